@@ -1,0 +1,56 @@
+"""Errors raised by the planner package.
+
+PlannerError                    root: anything the planner cannot do
+├── ConfigError                 planner.toml missing, malformed, or a field out of range (names file/field)
+├── ModelFolderError            a folder is not an onnxruntime-genai model (names the missing file)
+├── BackendError                a whole replay backend cannot go on
+│   ├── AuthError               the relay refused the key (401/403): names the candidate and its env var
+│   ├── CircuitOpenError        too many consecutive failures; the candidate is stopped
+│   └── BudgetExceeded          the run's cost cap would be exceeded; work done so far is saved
+└── PlanError                   the evidence cannot support a plan (no replays, no scores)
+
+A failure of one sample is data (``ReplayResult.error_kind``), never one of these.
+"""
+
+from __future__ import annotations
+
+
+class PlannerError(Exception):
+    """Root of every error the planner raises."""
+
+
+class ConfigError(PlannerError):
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+class ModelFolderError(PlannerError):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class BackendError(PlannerError):
+    def __init__(self, candidate: str, reason: str) -> None:
+        self.candidate = candidate
+        self.reason = reason
+        super().__init__(f"candidate {candidate!r}: {reason}")
+
+
+class AuthError(BackendError):
+    pass
+
+
+class CircuitOpenError(BackendError):
+    pass
+
+
+class BudgetExceeded(BackendError):
+    pass
+
+
+class PlanError(PlannerError):
+    pass

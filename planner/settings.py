@@ -1,0 +1,198 @@
+"""``planner.toml`` + ``PLANNER_<SECTION>__<FIELD>`` environment variables, as one typed object.
+
+Only ``flows/`` reads settings; it hands plain values to the stage functions. Environment
+variables win over the file, the file over the defaults. Secrets never live here: a relay
+candidate names the environment variable that holds its key (``api_key_env``) and
+:meth:`CandidateSettings.api_key` reads it at the moment a header is built.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from planner.errors import ConfigError
+
+DEFAULT_CONFIG = Path("planner.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WarehouseSettings(_Section):
+    path: Path = Field(Path("planner.duckdb"), description="The DuckDB warehouse file.")
+
+
+class PriceSettings(_Section):
+    price_in: float = Field(ge=0, description="USD per 1M input (prompt) tokens.")
+    price_out: float = Field(ge=0, description="USD per 1M output (completion) tokens.")
+
+
+class BaselineSettings(_Section):
+    model: str = Field("gpt-4.1", description="The production model traffic goes to today.")
+    price_in: float | None = Field(None, ge=0, description="USD per 1M input tokens; else the price table.")
+    price_out: float | None = Field(None, ge=0, description="USD per 1M output tokens; else the price table.")
+
+
+class CandidateSettings(_Section):
+    name: str = Field(min_length=1, description="Unique name used in reports and routing configs.")
+    kind: Literal["local", "relay"] = Field(description="'local': an onnxruntime-genai folder; 'relay': an OpenAI-compatible endpoint.")
+    path: Path | None = Field(None, description="local: the model folder.")
+    base_url: str | None = Field(None, description="relay: the endpoint base URL, ending in /v1.")
+    model: str | None = Field(None, description="relay: the model name sent in requests.")
+    api_key_env: str | None = Field(None, description="relay: the environment variable holding the API key.")
+    price_in: float = Field(0.0, ge=0, description="USD per 1M input tokens (local: 0).")
+    price_out: float = Field(0.0, ge=0, description="USD per 1M output tokens (local: 0).")
+    rpm: int | None = Field(None, gt=0, description="Requests per minute, never exceeded.")
+    tpm: int | None = Field(None, gt=0, description="Tokens per minute, never exceeded.")
+    max_concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Read timeout per request, seconds.")
+    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts (never on 400/401/403/404).")
+    stream: bool = Field(True, description="relay: stream responses (measures time to first token).")
+    threads: int | None = Field(None, gt=0, description="local: intra-op threads (default: all cores).")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> CandidateSettings:
+        if self.kind == "local" and self.path is None:
+            raise ValueError(f"candidate {self.name!r}: kind 'local' needs 'path' (a model folder)")
+        if self.kind == "relay" and (not self.base_url or not self.model):
+            raise ValueError(f"candidate {self.name!r}: kind 'relay' needs 'base_url' and 'model'")
+        return self
+
+    def api_key(self) -> SecretStr | None:
+        """The key from the environment variable this candidate names (None if unset or unnamed)."""
+        if not self.api_key_env:
+            return None
+        value = os.environ.get(self.api_key_env)
+        return SecretStr(value) if value else None
+
+
+class ObjectivesSettings(_Section):
+    quality_floor: float = Field(0.95, gt=0, le=1.5, description="Required quality relative to production (1.0 = as good).")
+    p95_latency_ms: float = Field(2000.0, gt=0, description="Latency SLO: p95 end-to-end milliseconds.")
+    device: str = Field("snapdragon-8-gen-3", description="Device tier local models must fit.")
+    migration_cost_usd: float = Field(0.0, ge=0, description="One-time migration cost, for the payback period.")
+
+
+class ClassifierSettings(_Section):
+    labels: Literal["metadata", "rules", "relay", "all"] = Field("all", description="Label sources used for training.")
+    confidence_threshold: float = Field(0.5, ge=0, le=1, description="Below this a prediction is 'uncertain'.")
+    annotator: str | None = Field(None, description="Name of the relay candidate that labels unlabeled requests.")
+    annotate_max: int = Field(200, ge=0, description="Most requests sent to the annotator per run.")
+
+
+class ReplaySettings(_Section):
+    per_type: int = Field(50, gt=0, description="Sampled requests per task type.")
+    uncertain: int = Field(10, ge=0, description="Extra sampled requests the classifier was unsure of.")
+    seed: int = Field(0, description="Sampling seed: same seed, same sample.")
+    max_cost_usd: float = Field(5.0, ge=0, description="Budget cap for one replay run.")
+    max_new_tokens: int = Field(256, gt=0, description="Cap on generated tokens (the logged max_tokens is respected below it).")
+
+
+class OutputSettings(_Section):
+    dir: Path = Field(Path("out"), description="Where run folders out/<run-id>/ are written.")
+
+
+class PlannerSettings(BaseSettings):
+    """Everything a run needs, from planner.toml and PLANNER_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PLANNER_", env_nested_delimiter="__", extra="forbid")
+
+    warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
+    baseline: BaselineSettings = Field(default_factory=BaselineSettings)
+    candidates: list[CandidateSettings] = Field(default_factory=list)
+    objectives: ObjectivesSettings = Field(default_factory=ObjectivesSettings)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    prices: dict[str, PriceSettings] = Field(default_factory=dict, description="Overrides of the shipped price table, by model name.")
+
+    @model_validator(mode="after")
+    def _unique_candidates(self) -> PlannerSettings:
+        names = [c.name for c in self.candidates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"candidate names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    def candidate(self, name: str) -> CandidateSettings:
+        for cand in self.candidates:
+            if cand.name == name:
+                return cand
+        known = ", ".join(c.name for c in self.candidates) or "none configured"
+        raise ConfigError("planner.toml", f"no candidate named {name!r} (known: {known})")
+
+    def price_overrides(self) -> dict[str, tuple[float, float]]:
+        """Model -> (USD/1M in, USD/1M out): the [prices] table plus the baseline's own prices."""
+        table = {model: (p.price_in, p.price_out) for model, p in self.prices.items()}
+        if self.baseline.price_in is not None and self.baseline.price_out is not None:
+            table[self.baseline.model] = (self.baseline.price_in, self.baseline.price_out)
+        return table
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Feeds the parsed TOML in below the environment variables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _settings_from(data: dict[str, Any]) -> type[PlannerSettings]:
+    class _Loaded(PlannerSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _TomlSource(settings_cls, data))
+
+    return _Loaded
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> PlannerSettings:
+    """Read ``path`` (default ``planner.toml`` if it exists, else built-in defaults) + environment.
+
+    A file named explicitly must exist. Every problem is one :class:`ConfigError` naming the file
+    and the field or line.
+    """
+    explicit = path is not None
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    data: dict[str, Any] = {}
+    if file.exists():
+        if file.is_dir():
+            raise ConfigError(str(file), "is a directory, not a TOML file")
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(file), f"not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(file), "not UTF-8 text") from exc
+    elif explicit:
+        raise ConfigError(str(file), "config file not found")
+    try:
+        settings = _settings_from(data)(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = first["msg"].removeprefix("Value error, ")
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(str(file), f"field {where}: {msg}{more}") from exc
+    return settings

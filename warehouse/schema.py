@@ -1,0 +1,159 @@
+"""The warehouse's tables, created on open. Later stages read and write these; the column
+meanings are a contract (see ARCHITECTURE.md), so add columns rather than change them.
+
+Time columns are UTC ``TIMESTAMP`` (no zone); token counts are integers; money is USD.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+SCHEMA_VERSION = 1
+
+DDL: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR, value VARCHAR)
+    """,
+    # One row per file (or batch input/output pair) ingested; content_hash makes re-ingest a no-op.
+    """
+    CREATE TABLE IF NOT EXISTS ingest_batches (
+        batch_id      VARCHAR,      -- 'b-' + first 16 hex of content_hash
+        source_file   VARCHAR,      -- path as given (batch format: the input file)
+        output_file   VARCHAR,      -- batch format only: the joined output file
+        source_format VARCHAR,      -- 'chat-log' | 'openai-batch'
+        content_hash  VARCHAR,      -- sha256 of the decompressed bytes (input + output for batches)
+        ingested_at   TIMESTAMP,
+        lines_read    BIGINT,
+        loaded        BIGINT,
+        duplicates    BIGINT,
+        rejected      BIGINT,
+        blank         BIGINT,
+        joined        BIGINT,       -- batch output lines merged into their request
+        seconds       DOUBLE
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS requests (
+        request_id        VARCHAR NOT NULL,
+        ts                TIMESTAMP NOT NULL,
+        conversation_id   VARCHAR NOT NULL,
+        conversation_derived BOOLEAN,   -- true when derived from system prompt + first user message
+        turn_index        INTEGER,      -- 0 for the first user turn of a conversation
+        model             VARCHAR,      -- requested model (else the responding model)
+        response_model    VARCHAR,
+        system_prompt     VARCHAR,
+        messages          JSON NOT NULL,  -- the request's messages as logged
+        last_user_message VARCHAR,
+        n_messages        INTEGER,
+        temperature       DOUBLE,
+        max_tokens        INTEGER,
+        params            JSON,         -- other request fields (response_format, tools...), credentials removed
+        prompt_tokens     INTEGER,
+        completion_tokens INTEGER,
+        tokens_estimated  BOOLEAN,      -- true when the log had no usage and tokens were estimated
+        response_text     VARCHAR,
+        finish_reason     VARCHAR,
+        latency_ms        DOUBLE,
+        ttft_ms           DOUBLE,
+        status_code       INTEGER,
+        error_message     VARCHAR,
+        cost_usd          DOUBLE,
+        cost_source       VARCHAR,      -- 'log' | 'price-table' | 'unknown-model'
+        label_task_type   VARCHAR,      -- human label from metadata.task_type, as logged
+        feature           VARCHAR,      -- metadata.feature
+        user_id           VARCHAR,
+        metadata          JSON,         -- credentials removed
+        source_file       VARCHAR NOT NULL,
+        source_line       BIGINT NOT NULL,
+        batch_id          VARCHAR NOT NULL,
+        prompt_hash       VARCHAR       -- md5 of model + messages: exact-repeat detection, replay cache key
+    )
+    """,
+    # Nothing a user hands in is silently dropped.
+    """
+    CREATE TABLE IF NOT EXISTS rejected_lines (
+        batch_id    VARCHAR,
+        source_file VARCHAR,
+        source_line BIGINT,
+        reason      VARCHAR,
+        raw         BLOB        -- the line's bytes as read (credential values masked)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS duplicate_lines (
+        batch_id    VARCHAR,
+        source_file VARCHAR,
+        source_line BIGINT,
+        request_id  VARCHAR
+    )
+    """,
+    # Labels from every source; human (metadata) labels win over relay over rules.
+    """
+    CREATE TABLE IF NOT EXISTS labels (
+        request_id VARCHAR,
+        task_type  VARCHAR,
+        source     VARCHAR,     -- 'metadata' | 'relay' | 'rules'
+        annotator  VARCHAR,     -- model that labeled it (relay), rule name (rules)
+        created_at TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS predictions (
+        request_id         VARCHAR,
+        task_type          VARCHAR,
+        confidence         DOUBLE,
+        uncertain          BOOLEAN,
+        classifier_version VARCHAR,
+        prediction_run     VARCHAR,
+        predicted_at       TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS samples (
+        sample_id  VARCHAR,     -- one sampling draw (seed + sizes + warehouse state)
+        request_id VARCHAR,
+        task_type  VARCHAR,
+        uncertain  BOOLEAN,
+        created_at TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS replays (
+        replay_id             VARCHAR,  -- = cache_key: candidate fingerprint + request hash + params
+        request_id            VARCHAR,
+        candidate             VARCHAR,
+        candidate_fingerprint VARCHAR,
+        output_text           VARCHAR,
+        ttft_ms               DOUBLE,
+        latency_ms            DOUBLE,
+        prompt_tokens         INTEGER,
+        completion_tokens     INTEGER,
+        tokens_estimated      BOOLEAN,
+        tokens_per_s          DOUBLE,
+        peak_rss_mb           DOUBLE,
+        cost_usd              DOUBLE,
+        error_kind            VARCHAR,  -- NULL when the replay succeeded
+        error_message         VARCHAR,
+        attempts              INTEGER,
+        created_at            TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS scores (
+        replay_id  VARCHAR,
+        metric     VARCHAR,
+        value      DOUBLE,
+        scorer     VARCHAR,
+        created_at TIMESTAMP
+    )
+    """,
+)
+
+
+def create_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every table that is missing; existing tables and rows are left alone."""
+    for statement in DDL:
+        con.execute(statement)
+    (count,) = con.execute("SELECT count(*) FROM schema_info WHERE key = 'version'").fetchone()  # type: ignore[misc]
+    if count == 0:
+        con.execute("INSERT INTO schema_info VALUES ('version', ?)", [str(SCHEMA_VERSION)])
