@@ -45,3 +45,10 @@ def open_warehouse(path: Path | str, *, read_only: bool = False, create: bool = 
     if not read_only:
         create_schema(con)
     return con
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None) -> tuple[object, ...] | None:
+    """The first row (or None), always draining the result: DuckDB 2.0 refuses ``con.sql()``
+    while an ``execute()`` result is left half-read, which ``fetchone()`` does."""
+    rows = con.execute(sql, params or []).fetchall()
+    return tuple(rows[0]) if rows else None

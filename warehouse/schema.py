@@ -114,7 +114,8 @@ DDL: tuple[str, ...] = (
         request_id VARCHAR,
         task_type  VARCHAR,
         uncertain  BOOLEAN,
-        created_at TIMESTAMP
+        created_at TIMESTAMP,
+        stratum    VARCHAR      -- 'type' (the per-type quota) | 'uncertain' (extra unsure ones)
     )
     """,
     """
@@ -154,6 +155,6 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every table that is missing; existing tables and rows are left alone."""
     for statement in DDL:
         con.execute(statement)
-    (count,) = con.execute("SELECT count(*) FROM schema_info WHERE key = 'version'").fetchone()  # type: ignore[misc]
+    ((count,),) = con.execute("SELECT count(*) FROM schema_info WHERE key = 'version'").fetchall()
     if count == 0:
         con.execute("INSERT INTO schema_info VALUES ('version', ?)", [str(SCHEMA_VERSION)])

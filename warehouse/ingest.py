@@ -1,0 +1,309 @@
+"""Ingest log files into the warehouse without losing a line.
+
+For every file: lines read = loaded + duplicates + rejected + blank (+ joined, for the output file
+of an OpenAI batch, whose lines merge into their requests). Each file is one transaction, recorded
+in ``ingest_batches`` with its content hash, so re-ingesting the same content changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+
+from warehouse.batch import extract_batch
+from warehouse.chatlog import extract_chat_log
+from warehouse.connection import fetch_one
+from warehouse.errors import FormatError, InputPathError, WarehouseError
+from warehouse.normalize import LineCounts, finish_stage, stage_requests
+from warehouse.pricing import Prices, price_table
+from warehouse.rawfile import MAX_LINE_BYTES, ScannedFile, scan_file
+
+LogFormat = Literal["auto", "chat-log", "openai-batch"]
+FORMATS: tuple[str, ...] = ("auto", "chat-log", "openai-batch")
+LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class FileReport:
+    path: str
+    format: str
+    status: Literal["ingested", "skipped"]
+    batch_id: str
+    output_file: str | None = None
+    lines_read: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    blank: int = 0
+    joined: int = 0
+    seconds: float = 0.0
+    skipped_because: str | None = None
+
+
+@dataclass
+class IngestReport:
+    files: list[FileReport] = field(default_factory=list)
+
+    @property
+    def totals(self) -> LineCounts:
+        total = LineCounts()
+        for f in self.files:
+            total.add(LineCounts(f.lines_read, f.loaded, f.duplicates, f.rejected, f.blank, f.joined))
+        return total
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self.totals), "files": [asdict(f) for f in self.files]}
+
+
+def expand_paths(paths: Sequence[Path | str]) -> list[Path]:
+    """Files as given, and the log files inside given folders (sorted). Missing paths are errors."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise InputPathError(path, "no such file or directory")
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(LOG_SUFFIXES))
+            if not found:
+                raise InputPathError(path, f"directory holds no log files ({', '.join(LOG_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def detect_format(path: Path) -> str:
+    """'chat-log', 'batch-input' or 'batch-output', from the first JSON line of the file."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:  # type: ignore[operator]
+            for _ in range(50):
+                line = handle.readline(MAX_LINE_BYTES)
+                if not line:
+                    break
+                try:
+                    obj = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if isinstance(obj, dict):
+                    return _shape(path, obj)
+    except (OSError, EOFError) as exc:
+        raise InputPathError(path, f"cannot read file: {exc}") from exc
+    raise FormatError(path, "cannot detect the format: no JSON object in the first 50 lines")
+
+
+def _shape(path: Path, obj: dict[str, object]) -> str:
+    if "custom_id" in obj and "body" in obj:
+        return "batch-input"
+    if "custom_id" in obj and ("response" in obj or "error" in obj):
+        return "batch-output"
+    if "request" in obj or "messages" in obj or ("id" in obj and "timestamp" in obj):
+        return "chat-log"
+    keys = ", ".join(sorted(obj)[:8])
+    raise FormatError(path, f"unrecognized log format (first JSON line has keys: {keys}); "
+                            "supported: chat-log, openai-batch")
+
+
+def ingest_paths(
+    con: duckdb.DuckDBPyConnection,
+    paths: Sequence[Path | str],
+    *,
+    fmt: LogFormat = "auto",
+    batch_output: Path | str | None = None,
+    prices: Prices | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest every file (folders are expanded). Detection, pairing and path errors are raised
+    before anything is written; bad lines inside files are data, kept in ``rejected_lines``."""
+    if fmt not in FORMATS:
+        raise FormatError(Path("."), f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    files = expand_paths(paths)
+    table = price_table(prices)
+    output = Path(batch_output) if batch_output is not None else None
+    if output is not None and not output.is_file():
+        raise InputPathError(output, "batch output file does not exist")
+    plan = _plan(files, fmt, output)
+    report = IngestReport()
+    for kind, path, out in plan:
+        started = time.perf_counter()
+        if kind == "chat-log":
+            rep = _ingest_chat_log(con, path, table)
+        else:
+            assert out is not None
+            rep = _ingest_batch(con, path, out, table)
+        rep.seconds = round(time.perf_counter() - started, 3)
+        report.files.append(rep)
+        if progress is not None:
+            progress(_progress_line(rep))
+    return report
+
+
+def _progress_line(rep: FileReport) -> str:
+    if rep.status == "skipped":
+        return f"{rep.path}: skipped ({rep.skipped_because})"
+    return (f"{rep.path}: {rep.lines_read} lines: {rep.loaded} loaded, {rep.duplicates} duplicates, "
+            f"{rep.rejected} rejected, {rep.blank} blank ({rep.seconds:.1f} s)")
+
+
+def _plan(files: list[Path], fmt: str, output: Path | None) -> list[tuple[str, Path, Path | None]]:
+    """Decide each file's reader; batch inputs are paired with their output file."""
+    if fmt == "chat-log":
+        if output is not None:
+            raise FormatError(output, "--batch-output goes with the openai-batch format")
+        return [("chat-log", f, None) for f in files]
+    kinds = {f: ("batch-input" if fmt == "openai-batch" else detect_format(f)) for f in files}
+    if output is not None:
+        kinds = {f: k for f, k in kinds.items() if f.resolve() != output.resolve()}
+    inputs = [f for f, k in kinds.items() if k == "batch-input"]
+    outputs = [f for f, k in kinds.items() if k == "batch-output"]
+    if output is not None:
+        if len(inputs) != 1:
+            raise FormatError(output, f"--batch-output pairs with exactly one batch input file; got {len(inputs)}")
+        outputs = [output] + outputs
+    if len(inputs) > 1 or len(outputs) > 1:
+        raise FormatError(inputs[0] if inputs else outputs[0],
+                          "several OpenAI batch files: ingest one input with --batch-output FILE at a time")
+    if inputs and not outputs:
+        raise FormatError(inputs[0], "OpenAI batch input needs its output file: pass --batch-output FILE")
+    if outputs and not inputs:
+        raise FormatError(outputs[0], "this is an OpenAI batch output file: ingest its input file "
+                                      "with --batch-output pointing here")
+    plan: list[tuple[str, Path, Path | None]] = []
+    for f, kind in kinds.items():
+        if kind == "chat-log":
+            plan.append(("chat-log", f, None))
+        elif kind == "batch-input":
+            plan.append(("openai-batch", f, outputs[0]))
+    return plan
+
+
+def _already(con: duckdb.DuckDBPyConnection, content_hash: str) -> str | None:
+    row = fetch_one(con, "SELECT batch_id FROM ingest_batches WHERE content_hash = ? LIMIT 1",
+                    [content_hash])
+    return str(row[0]) if row else None
+
+
+def _read_raw(con: duckdb.DuckDBPyConnection, table: str, scanned: ScannedFile) -> None:
+    """Every line of the file as one VARCHAR (NULL for an empty line), numbered from 1."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT row_number() OVER () AS line_no, line
+        FROM read_csv(?, columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1),
+                      quote = '', escape = '', auto_detect = false, new_line = '\\n',
+                      max_line_size = {MAX_LINE_BYTES}, strict_mode = false)
+    """, [str(scanned.read_path)])
+    count = (fetch_one(con, f"SELECT count(*) FROM {table}") or (0,))[0]
+    if count != scanned.n_lines:
+        raise WarehouseError(f"{scanned.path}: read {count} lines but the file has "
+                             f"{scanned.n_lines}; refusing to guess line numbers")
+    con.execute(f"UPDATE {table} SET line = rtrim(line, chr(13)) WHERE suffix(line, chr(13))")
+
+
+def _record_bad_lines(con: duckdb.DuckDBPyConnection, batch_id: str, path: Path,
+                      scanned: ScannedFile) -> None:
+    if scanned.bad_lines:
+        con.executemany("INSERT INTO rejected_lines VALUES (?, ?, ?, ?, ?)",
+                        [(batch_id, str(path), b.line_no, b.reason, b.raw) for b in scanned.bad_lines])
+
+
+def _record_batch(con: duckdb.DuckDBPyConnection, rep: FileReport, content_hash: str,
+                  fmt: str) -> None:
+    con.execute("INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        rep.batch_id, rep.path, rep.output_file, fmt, content_hash, datetime.now(UTC).replace(tzinfo=None),
+        rep.lines_read, rep.loaded, rep.duplicates, rep.rejected, rep.blank, rep.joined, rep.seconds,
+    ])
+
+
+def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) -> FileReport:
+    scanned = scan_file(path)
+    batch_id = "b-" + scanned.content_hash[:16]
+    try:
+        previous = _already(con, scanned.content_hash)
+        if previous is not None:
+            return FileReport(str(path), "chat-log", "skipped", previous,
+                              skipped_because=f"same content already ingested as batch {previous}")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _read_raw(con, "_raw", scanned)
+            extract_chat_log(con)
+            stage_requests(con, prices)
+            counts = finish_stage(con, batch_id=batch_id, source_file=str(path))
+            _record_bad_lines(con, batch_id, path, scanned)
+            rep = FileReport(str(path), "chat-log", "ingested", batch_id,
+                             lines_read=scanned.n_lines, loaded=counts.loaded,
+                             duplicates=counts.duplicates,
+                             rejected=counts.rejected + len(scanned.bad_lines), blank=counts.blank)
+            _check_balance(rep)
+            _record_batch(con, rep, scanned.content_hash, "chat-log")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return rep
+    finally:
+        scanned.cleanup()
+
+
+def _ingest_batch(con: duckdb.DuckDBPyConnection, path: Path, output: Path, prices: Prices) -> FileReport:
+    scanned_in, scanned_out = scan_file(path), scan_file(output)
+    pair_hash = _pair_hash(scanned_in.content_hash, scanned_out.content_hash)
+    batch_id = "b-" + pair_hash[:16]
+    try:
+        previous = _already(con, pair_hash)
+        if previous is not None:
+            return FileReport(str(path), "openai-batch", "skipped", previous, output_file=str(output),
+                              skipped_because=f"same batch already ingested as {previous}")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _read_raw(con, "_raw", scanned_in)
+            _read_raw(con, "_raw_out", scanned_out)
+            fallback = datetime.fromtimestamp(output.stat().st_mtime, UTC).replace(tzinfo=None)
+            out_counts = extract_batch(con, id_prefix=scanned_in.content_hash[:12] + ":",
+                                       fallback_ts=fallback, batch_id=batch_id,
+                                       output_file=str(output))
+            stage_requests(con, prices)
+            counts = finish_stage(con, batch_id=batch_id, source_file=str(path))
+            _record_bad_lines(con, batch_id, path, scanned_in)
+            _record_bad_lines(con, batch_id, output, scanned_out)
+            rep = FileReport(
+                str(path), "openai-batch", "ingested", batch_id, output_file=str(output),
+                lines_read=scanned_in.n_lines + scanned_out.n_lines,
+                loaded=counts.loaded, duplicates=counts.duplicates + out_counts.duplicates,
+                rejected=counts.rejected + out_counts.rejected
+                + len(scanned_in.bad_lines) + len(scanned_out.bad_lines),
+                blank=counts.blank + out_counts.blank, joined=out_counts.joined,
+            )
+            _check_balance(rep)
+            _record_batch(con, rep, pair_hash, "openai-batch")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return rep
+    finally:
+        scanned_in.cleanup()
+        scanned_out.cleanup()
+
+
+def _pair_hash(input_hash: str, output_hash: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{input_hash}:{output_hash}".encode()).hexdigest()
+
+
+def _check_balance(rep: FileReport) -> None:
+    """The promise of this module, checked on every file before it is committed."""
+    accounted = rep.loaded + rep.duplicates + rep.rejected + rep.blank + rep.joined
+    if accounted != rep.lines_read:
+        raise WarehouseError(f"{rep.path}: {rep.lines_read} lines read but {accounted} accounted "
+                             "for; nothing was written")

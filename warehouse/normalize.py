@@ -1,0 +1,175 @@
+"""From ``_extracted`` (any log format) to rows of ``requests``: shared by every reader.
+
+Checks each message, derives what later stages need (system prompt, last user message,
+conversation and turn, token estimates, cost, a prompt hash), then splits the lines into loaded,
+duplicate (request id seen earlier in this file or in the warehouse), rejected and blank — all in
+one transaction, so a failure leaves the warehouse as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from warehouse.credentials import mask_sql
+from warehouse.pricing import Prices, load_price_table
+
+_ROLES = "['system', 'developer', 'user', 'assistant', 'tool', 'function']"
+
+# A message is an object with a known role and string / content-part content (assistant and tool
+# messages may carry tool calls instead of content).
+_MSG_OK = (
+    "lambda m: json_type(m) = 'OBJECT' AND json_type(m, '$.role') = 'VARCHAR' "
+    f"AND list_contains({_ROLES}, m->>'$.role') "
+    "AND (json_type(m, '$.content') IN ('VARCHAR', 'ARRAY') "
+    "     OR (m->>'$.role' IN ('assistant', 'tool', 'function') "
+    "         AND coalesce(json_type(m, '$.content'), 'NULL') = 'NULL'))"
+)
+_MSG_TEXT = (
+    "lambda m: CASE json_type(m, '$.content') WHEN 'VARCHAR' THEN m->>'$.content' "
+    "WHEN 'ARRAY' THEN array_to_string(json_extract_string(m, '$.content[*].text'), chr(10)) "
+    "ELSE '' END"
+)
+
+
+@dataclass
+class LineCounts:
+    lines_read: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    blank: int = 0
+    joined: int = 0
+
+    def add(self, other: LineCounts) -> None:
+        for name in ("lines_read", "loaded", "duplicates", "rejected", "blank", "joined"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
+    """``_extracted`` -> ``_stage``: message checks and every derived column."""
+    models = [m for (m,) in con.execute(
+        "SELECT DISTINCT coalesce(response_model, model) FROM _extracted WHERE reason IS NULL"
+    ).fetchall() if m]
+    models += [m for (m,) in con.execute(
+        "SELECT DISTINCT model FROM _extracted WHERE reason IS NULL AND model IS NOT NULL"
+    ).fetchall()]
+    load_price_table(con, sorted(set(models)), prices)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _stage AS
+        WITH msgs AS (
+            SELECT *,
+                CASE WHEN reason IS NULL THEN json_extract(messages, '$[*]') END AS msg_list
+            FROM _extracted
+        ), checked AS (
+            SELECT *,
+                CASE WHEN msg_list IS NOT NULL
+                     THEN list_position(list_transform(msg_list, {_MSG_OK}), false) END AS bad_msg
+            FROM msgs
+        ), derived AS (
+            SELECT *,
+                CASE WHEN reason IS NULL AND bad_msg IS NULL
+                     THEN list_transform(msg_list, lambda m: m->>'$.role') END AS roles,
+                CASE WHEN reason IS NULL AND bad_msg IS NULL
+                     THEN list_transform(msg_list, {_MSG_TEXT}) END AS texts
+            FROM checked
+        )
+        SELECT
+            d.line_no, d.raw, d.is_blank, d.is_marker,
+            CASE
+                WHEN d.reason IS NOT NULL THEN d.reason
+                WHEN d.bad_msg IS NOT NULL THEN 'field request.messages[' || (d.bad_msg - 1)::VARCHAR
+                    || ']: needs a role (system/user/assistant/tool) and string or content-part content'
+                WHEN NOT list_contains(d.roles, 'user') THEN 'field request.messages: no user message'
+            END AS reason,
+            d.request_id, d.ts,
+            coalesce(d.conversation_id, 'derived-' || md5(
+                coalesce(d.texts[list_position(d.roles, 'system')], '') || chr(31) ||
+                coalesce(d.texts[list_position(d.roles, 'user')], ''))) AS conversation_id,
+            d.conversation_id IS NULL AS conversation_derived,
+            greatest(len(list_filter(d.roles, lambda r: r = 'user')) - 1, 0) AS turn_index,
+            coalesce(d.model, d.response_model) AS model,
+            d.response_model,
+            d.texts[list_position(d.roles, 'system')] AS system_prompt,
+            d.messages,
+            d.texts[len(d.roles) - list_position(list_reverse(d.roles), 'user') + 1] AS last_user_message,
+            len(d.roles) AS n_messages,
+            d.temperature, d.max_tokens,
+            CASE WHEN d.params IS NOT NULL THEN {mask_sql('d.params::VARCHAR')}::JSON END AS params,
+            coalesce(d.usage_prompt,
+                     (ceil(len(array_to_string(d.texts, ' ')) / 4) + 4 * len(d.roles))::INTEGER)
+                AS prompt_tokens,
+            coalesce(d.usage_completion,
+                     CASE WHEN d.response_text IS NOT NULL
+                          THEN ceil(len(d.response_text) / 4)::INTEGER END) AS completion_tokens,
+            (d.usage_prompt IS NULL OR (d.usage_completion IS NULL AND d.response_text IS NOT NULL))
+                AS tokens_estimated,
+            d.response_text, d.finish_reason, d.latency_ms, d.ttft_ms,
+            coalesce(d.status_code, CASE WHEN d.error_message IS NULL THEN 200 END) AS status_code,
+            coalesce(d.error_message, CASE WHEN d.status_code >= 400
+                                           THEN 'HTTP ' || d.status_code::VARCHAR END) AS error_message,
+            d.cost_log, d.label_task_type, d.feature, d.user_id,
+            CASE WHEN d.metadata IS NOT NULL THEN {mask_sql('d.metadata::VARCHAR')}::JSON END AS metadata,
+            md5(coalesce(coalesce(d.model, d.response_model), '') || chr(31) || d.messages::VARCHAR)
+                AS prompt_hash,
+            coalesce(d.response_model, d.model) AS priced_model
+        FROM derived d
+    """)
+
+
+def finish_stage(con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: str) -> LineCounts:
+    """Write ``_stage`` into the warehouse: loaded rows, duplicates and rejects. Caller commits."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ranked AS
+        SELECT s.*,
+               row_number() OVER (PARTITION BY request_id ORDER BY line_no) AS dup_rank
+        FROM _stage s
+        WHERE reason IS NULL AND NOT is_blank AND NOT is_marker
+    """)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _new AS
+        SELECT r.* FROM _ranked r
+        WHERE r.dup_rank = 1
+          AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.request_id = r.request_id)
+    """)
+    con.execute("""
+        INSERT INTO requests
+        SELECT n.request_id, n.ts, n.conversation_id, n.conversation_derived, n.turn_index,
+               n.model, n.response_model, n.system_prompt, n.messages, n.last_user_message,
+               n.n_messages, n.temperature, n.max_tokens, n.params, n.prompt_tokens,
+               n.completion_tokens, n.tokens_estimated, n.response_text, n.finish_reason,
+               n.latency_ms, n.ttft_ms, n.status_code, n.error_message,
+               CASE WHEN n.cost_log IS NOT NULL THEN n.cost_log
+                    WHEN n.error_message IS NOT NULL THEN 0.0
+                    WHEN p.model IS NOT NULL THEN (n.prompt_tokens * p.price_in
+                         + coalesce(n.completion_tokens, 0) * p.price_out) / 1e6 END,
+               CASE WHEN n.cost_log IS NOT NULL THEN 'log'
+                    WHEN n.error_message IS NOT NULL THEN 'failed-call'
+                    WHEN p.model IS NOT NULL THEN 'price-table' ELSE 'unknown-model' END,
+               n.label_task_type, n.feature, n.user_id, n.metadata,
+               ?, n.line_no, ?, n.prompt_hash
+        FROM _new n LEFT JOIN _prices p ON p.model = n.priced_model
+    """, [source_file, batch_id])
+    con.execute("""
+        INSERT INTO duplicate_lines
+        SELECT ?, ?, line_no, request_id FROM _ranked
+        WHERE dup_rank > 1 OR request_id NOT IN (SELECT request_id FROM _new)
+    """, [batch_id, source_file])
+    con.execute(f"""
+        INSERT INTO rejected_lines
+        SELECT ?, ?, line_no, reason, encode({mask_sql('raw')})
+        FROM _stage WHERE reason IS NOT NULL AND NOT is_blank AND NOT is_marker
+    """, [batch_id, source_file])
+    (loaded,) = _one(con, "SELECT count(*) FROM _new")
+    (ranked,) = _one(con, "SELECT count(*) FROM _ranked")
+    rejected, blank = _one(con, """
+        SELECT count(*) FILTER (WHERE reason IS NOT NULL AND NOT is_blank AND NOT is_marker),
+               count(*) FILTER (WHERE is_blank) FROM _stage
+    """)
+    return LineCounts(loaded=loaded, duplicates=ranked - loaded, rejected=rejected, blank=blank)
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[int, ...]:
+    row = con.execute(sql).fetchall()[0]
+    return tuple(int(v or 0) for v in row)
