@@ -1,3 +1,105 @@
 """`migration-planner replay`: the sample of real requests through every candidate."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from flows.cli_common import (
+    ConfigOption,
+    JsonOption,
+    UserError,
+    print_json,
+    quiet_prefect,
+    settings_from,
+    warehouse_path,
+)
+from warehouse.connection import open_warehouse
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _errors(errors: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(errors.items())) or "-"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The per-candidate table people read (stored figures cover this and earlier runs)."""
+    sample = result["sample"]
+    lines = [
+        f"sample {sample['sample_id']}: {sample['total']} requests "
+        f"({len(sample['counts'])} task types, {sample['uncertain_extra']} uncertain extra)",
+        f"cost this run ${result['spent_usd']:.4f} of a ${result['max_cost_usd']:.2f} cap",
+        "",
+    ]
+    header = (
+        f"{'candidate':<22} {'sent':>5} {'cached':>6} {'ok':>5} {'retries':>7} {'cost $':>9} "
+        f"{'ttft p50/p95 ms':>16} {'latency p50/p95 ms':>19} {'tok/s':>7}  errors"
+    )
+    lines += [header, "-" * len(header)]
+    notes = []
+    for run in result["candidates"]:
+        stored = run.get("stored") or {}
+        ttft = f"{_ms(stored.get('ttft_ms_p50'))}/{_ms(stored.get('ttft_ms_p95'))}"
+        latency = f"{_ms(stored.get('latency_ms_p50'))}/{_ms(stored.get('latency_ms_p95'))}"
+        rate = stored.get("tokens_per_s")
+        lines.append(
+            f"{run['candidate']:<22} {run.get('sent', 0):>5} {run.get('cached', 0):>6} "
+            f"{stored.get('ok', 0):>5} {run.get('retries', 0):>7} "
+            f"{stored.get('cost_usd', 0.0):>9.4f} {ttft:>16} {latency:>19} "
+            f"{'-' if rate is None else f'{rate:.0f}':>7}  {_errors(stored.get('errors', {}))}"
+        )
+        if run.get("skipped_budget"):
+            notes.append(f"{run['candidate']}: skipped (budget): {run['skipped_budget']}")
+        if run.get("stopped"):
+            notes.append(f"{run['candidate']}: stopped ({run['stopped']}): {run.get('message')}")
+    return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def replay(
+    config: Path | None = ConfigOption,
+    per_type: int | None = typer.Option(
+        None,
+        "--per-type",
+        min=1,
+        help="Sampled requests per task type (default: [replay] per_type).",
+    ),
+    candidates: str | None = typer.Option(
+        None, "--candidates", help="Comma-separated candidate names (default: every candidate)."
+    ),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Replay everything again, ignoring cached replays."
+    ),
+    json_output: bool = JsonOption,
+    warehouse: Path | None = typer.Option(
+        None, "--warehouse", "-w", help="The DuckDB warehouse (default: [warehouse] path)."
+    ),
+) -> None:
+    """Replay a seeded sample of production requests through local models and relays."""
+    settings = settings_from(config)
+    names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
+    for name in names or []:
+        settings.candidate(name)  # an unknown name is one clear error before anything starts
+    path = warehouse_path(settings, warehouse)
+    open_warehouse(path, create=False).close()  # missing or locked: one line, before Prefect
+    quiet_prefect()
+    from flows.replay_flow import replay_flow
+
+    result = replay_flow(
+        config_path=str(config) if config is not None else None,
+        per_type=per_type,
+        candidates=names,
+        refresh=refresh,
+        warehouse_path=str(path),
+    )
+    if json_output:
+        print_json(result)
+    else:
+        typer.echo(format_report(result))
+    refused = [r["message"] for r in result["candidates"] if r.get("stopped") == "auth"]
+    if refused:
+        raise UserError("; ".join(refused))

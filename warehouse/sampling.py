@@ -98,8 +98,9 @@ def _sample_id(
     row = con.execute(
         _ELIGIBLE
         + """
-        SELECT count(*), md5(coalesce(string_agg(request_id || '=' || task_type || '='
-                                                  || uncertain::VARCHAR, ',' ORDER BY request_id), ''))
+        SELECT count(*),
+               md5(coalesce(string_agg(request_id || '=' || task_type || '=' || uncertain::VARCHAR,
+                                       ',' ORDER BY request_id), ''))
         FROM eligible
         """,
         [str(seed), str(seed)],

@@ -1,0 +1,620 @@
+"""The relay backend: any OpenAI-compatible ``/v1/chat/completions`` endpoint, over httpx.
+
+Streaming (server-sent events) measures time to first token and asks for exact token counts with
+``stream_options.include_usage``; a server that sends no usage gets counts estimated from the
+text (about four characters a token) and the result says so (``tokens_estimated``).
+
+What the world does to a relay, and what this client does about it:
+
+- 429, 5xx, timeouts and dropped connections are retried with exponential backoff and jitter,
+  honouring ``Retry-After`` (or ``retry-after-ms``); every attempt passes the rate limiter, so a
+  retry spends rpm/tpm budget like any request and the limits hold under retries.
+- 400/404/422 are the request's fault: recorded (``client_error``/``context_overflow``), never
+  retried. 401/403 stop the candidate at once (:class:`AuthError` naming the key's variable).
+- Malformed SSE or JSON is recorded on that sample as ``protocol``.
+- After ``breaker_threshold`` consecutive failed samples the candidate stops; the rest are
+  reported ``circuit_open`` without being sent (:class:`CircuitOpenError`).
+- A shared :class:`CostBudget` is asked before each send for the worst case (prompt estimate +
+  ``max_tokens``); when it says no, the rest are reported ``budget`` unsent
+  (:class:`BudgetExceeded`) after the requests in flight finish.
+
+The API key is a ``SecretStr`` unwrapped only where the ``Authorization`` header is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from pydantic import SecretStr
+
+from planner.backends import ReplayRequest, ReplayResult
+from planner.errors import AuthError, BudgetExceeded, CircuitOpenError
+from planner.ratelimit import CircuitBreaker, CostBudget, SlidingWindowLimiter
+
+# error kinds retried within a run (after backoff) and counted by the circuit breaker
+RETRIED_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection"})
+BREAKER_KINDS = RETRIED_KINDS | {"protocol"}
+# logged request fields that change the answer and are sent again as logged; others ("user",
+# "metadata", "store", "stream", "n", ...) are the client's business and are not replayed
+REPLAYED_PARAMS = frozenset(
+    {"top_p", "stop", "seed", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+     "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort"}
+)  # fmt: skip
+_MESSAGE_OVERHEAD_TOKENS = 4
+_ERROR_TEXT_CHARS = 300
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token: the usual rule of thumb for English text and code."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def content_text(content: Any) -> str:
+    """The text of a message ``content``: a string, or a list of OpenAI content parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"] if isinstance(part, dict) and isinstance(part.get("text"), str) else ""
+            for part in content
+        )
+    return str(content)
+
+
+def estimate_prompt_tokens(request: ReplayRequest) -> int:
+    """Prompt tokens as a relay would count them, estimated (text + a few per message)."""
+    total = sum(
+        estimate_tokens(content_text(m.get("content"))) + _MESSAGE_OVERHEAD_TOKENS
+        for m in request.messages
+    )
+    extra = {k: v for k, v in request.params.items() if k in REPLAYED_PARAMS}
+    if extra:
+        total += estimate_tokens(json.dumps(extra, default=str))
+    return total
+
+
+def cost_usd(
+    prompt_tokens: int, completion_tokens: int, price_in: float, price_out: float
+) -> float:
+    """USD for one call at prices given per million tokens."""
+    return (prompt_tokens * price_in + completion_tokens * price_out) / 1_000_000
+
+
+def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(float(millis) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    reference = datetime.now(UTC).timestamp() if now is None else now
+    return max(when.timestamp() - reference, 0.0)
+
+
+class _Failure(Exception):
+    """One attempt went wrong; ``kind`` is an ERROR_KINDS value."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Answer:
+    text: str
+    ttft_ms: float | None
+    latency_ms: float
+    usage: dict[str, Any] | None
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and error.get("message"):
+            message = str(error["message"])
+        elif isinstance(error, str):
+            message = error
+        else:
+            message = response.text
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        message = response.text
+    return " ".join(message.split())[:_ERROR_TEXT_CHARS]
+
+
+def _failure_for_status(response: httpx.Response) -> _Failure:
+    status = response.status_code
+    text = _error_text(response)
+    message = f"HTTP {status}: {text}" if text else f"HTTP {status}"
+    retry_after = parse_retry_after(response.headers)
+    if status in (401, 403):
+        return _Failure("auth", message, status=status)
+    if status == 429:
+        return _Failure("rate_limited", message, status=status, retry_after=retry_after)
+    if status >= 500:
+        return _Failure("server_error", message, status=status, retry_after=retry_after)
+    if status == 408:
+        return _Failure("timeout", message, status=status, retry_after=retry_after)
+    lowered = text.lower()
+    if status == 413 or "context_length" in lowered or "maximum context" in lowered:
+        return _Failure("context_overflow", message, status=status)
+    return _Failure("client_error", message, status=status)
+
+
+def _failure_for_exception(exc: Exception) -> _Failure:
+    detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    if isinstance(exc, httpx.TimeoutException):
+        return _Failure("timeout", detail)
+    if isinstance(exc, httpx.DecodingError):
+        return _Failure("protocol", detail)
+    if isinstance(exc, httpx.TransportError):
+        return _Failure("connection", detail)
+    raise exc
+
+
+def _choice_text(choice: Any, key: str) -> str:
+    if not isinstance(choice, dict):
+        raise _Failure("protocol", f"choices[0] is not an object: {str(choice)[:80]}")
+    part = choice.get(key) or {}
+    if not isinstance(part, dict):
+        raise _Failure("protocol", f"choices[0].{key} is not an object")
+    return content_text(part.get("content"))
+
+
+def _parse_completion(data: Any) -> tuple[str, dict[str, Any] | None]:
+    """Text and usage of a non-streamed chat completion."""
+    if not isinstance(data, dict):
+        raise _Failure("protocol", "response body is not a JSON object")
+    if "error" in data:
+        error = data["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise _Failure("server_error", f"error in a 200 response: {str(message)[:200]}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _Failure("protocol", "response has no choices")
+    usage = data.get("usage")
+    return _choice_text(choices[0], "message"), usage if isinstance(usage, dict) else None
+
+
+@dataclass
+class _StreamState:
+    pieces: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+    first_event_at: float | None = None
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    done: bool = False
+
+
+def _take_event(data: str, state: _StreamState, now: float) -> None:
+    """Apply one SSE ``data`` payload of a chat completion stream."""
+    if state.first_event_at is None:
+        state.first_event_at = now
+    if data.strip() == "[DONE]":
+        state.done = True
+        return
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise _Failure("protocol", f"malformed SSE data (not JSON): {data[:80]!r}") from exc
+    if not isinstance(chunk, dict):
+        raise _Failure("protocol", f"SSE data is not a JSON object: {data[:80]!r}")
+    if "error" in chunk:
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise _Failure("server_error", f"error event in stream: {str(message)[:200]}")
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        state.usage = usage
+    choices = chunk.get("choices") or []
+    if not isinstance(choices, list):
+        raise _Failure("protocol", "SSE chunk 'choices' is not a list")
+    if choices:
+        text = _choice_text(choices[0], "delta")
+        if text:
+            if state.first_token_at is None:
+                state.first_token_at = now
+            state.pieces.append(text)
+        finish = choices[0].get("finish_reason")
+        if finish:
+            state.finish_reason = str(finish)
+
+
+def _usage_counts(usage: dict[str, Any] | None) -> tuple[int, int] | None:
+    if not usage:
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
+        return prompt, completion
+    return None
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url.strip())
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme.lower(), netloc.lower(), parts.path.rstrip("/"), "", ""))
+
+
+def run_coroutine(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine to the end from sync code, even when this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(factory())
+        return
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(factory())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="relay-replay")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+class _Stop(Exception):
+    """Internal: the candidate must stop (auth)."""
+
+
+class RelayBackend:
+    """One relay candidate: an OpenAI-compatible endpoint with its prices and limits.
+
+    ``prices`` are USD per million input/output tokens. ``rate_window_s`` is the rpm/tpm window
+    (60 s; benches may shrink it). ``transport`` replaces the network (tests of byte-level edge
+    cases only).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        model: str,
+        api_key: SecretStr | None = None,
+        *,
+        api_key_env: str | None = None,
+        price_in: float = 0.0,
+        price_out: float = 0.0,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_concurrency: int = 8,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+        max_retries: int = 4,
+        stream: bool = True,
+        breaker_threshold: int = 5,
+        budget: CostBudget | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_retry_after_s: float = 120.0,
+        rate_window_s: float = 60.0,
+        jitter_seed: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if max_concurrency <= 0:
+            raise ValueError(f"candidate {name!r}: max_concurrency must be positive")
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._api_key = api_key
+        self.api_key_env = api_key_env
+        self.price_in = price_in
+        self.price_out = price_out
+        self.max_concurrency = max_concurrency
+        self.timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
+        self.max_retries = max_retries
+        self.stream = stream
+        self.breaker = CircuitBreaker(breaker_threshold)
+        self.budget = budget if budget is not None else CostBudget(None)
+        self.limiter = SlidingWindowLimiter(rpm, tpm, window_s=rate_window_s)
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.max_retry_after_s = max_retry_after_s
+        self._rng = random.Random(jitter_seed)
+        self._transport = transport
+
+    def __repr__(self) -> str:
+        return f"RelayBackend(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
+
+    def fingerprint(self) -> str:
+        """Identifies what answers: the endpoint (credentials stripped) and the model name."""
+        ident = f"{_strip_credentials(self.base_url)}\n{self.model}"
+        return "relay-" + hashlib.sha256(ident.encode("utf-8")).hexdigest()[:16]
+
+    def close(self) -> None:
+        """Nothing held between runs: each ``replay`` opens and closes its own HTTP client."""
+
+    # -- the ReplayBackend protocol -------------------------------------------------------------
+
+    def replay(
+        self,
+        requests: Sequence[ReplayRequest],
+        on_result: Callable[[ReplayResult], None],
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Send every request (``max_concurrency`` at a time), reporting each as it finishes."""
+        run_coroutine(lambda: self.replay_async(requests, on_result, should_stop))
+
+    async def replay_async(
+        self,
+        requests: Sequence[ReplayRequest],
+        on_result: Callable[[ReplayResult], None],
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """The async core of :meth:`replay`, for callers that already run an event loop."""
+        pending = list(range(len(requests)))
+        pending.reverse()  # pop() from the end hands them out in order
+        started: set[int] = set()
+        stop: dict[str, bool] = {"budget": False}
+
+        def stopping() -> bool:
+            return stop["budget"] or self.breaker.is_open or should_stop()
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            while pending and not stopping():
+                index = pending.pop()
+                request = requests[index]
+                worst = self._worst_case_usd(request)
+                if not self.budget.reserve(worst):
+                    pending.append(index)
+                    stop["budget"] = True
+                    return
+                started.add(index)
+                result: ReplayResult | None = None
+                try:
+                    result = await self._replay_one(client, request)
+                finally:
+                    self.budget.settle(worst, result.cost_usd if result is not None else 0.0)
+                if result.error_kind in BREAKER_KINDS:
+                    self.breaker.record(success=False)
+                elif result.ok:
+                    self.breaker.record(success=True)
+                on_result(result)
+
+        limits = httpx.Limits(
+            max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+        )
+        async with httpx.AsyncClient(
+            timeout=self.timeout, limits=limits, transport=self._transport
+        ) as client:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(min(self.max_concurrency, len(requests))):
+                        group.create_task(worker(client))
+            except BaseExceptionGroup as group_error:
+                auth = group_error.subgroup(AuthError)
+                if auth is not None:
+                    raise auth.exceptions[0] from None
+                raise group_error.exceptions[0] from None
+
+        unsent = [requests[i] for i in sorted(pending) if i not in started]
+        if self.breaker.is_open and unsent:
+            for request in unsent:
+                on_result(self._not_sent(request, "circuit_open", "circuit breaker open"))
+            raise CircuitOpenError(
+                self.name,
+                f"stopped after {self.breaker.consecutive} consecutive failed requests; "
+                f"{len(unsent)} not sent",
+            )
+        if stop["budget"] and unsent:
+            for request in unsent:
+                on_result(self._not_sent(request, "budget", "run cost cap reached"))
+            cap = self.budget.max_cost_usd
+            raise BudgetExceeded(
+                self.name,
+                f"the run's cost cap of ${cap:.4f} would be exceeded; {len(unsent)} not sent",
+            )
+
+    # -- one request ----------------------------------------------------------------------------
+
+    def _worst_case_usd(self, request: ReplayRequest) -> float:
+        return cost_usd(
+            estimate_prompt_tokens(request), request.max_tokens, self.price_in, self.price_out
+        )
+
+    def _not_sent(self, request: ReplayRequest, kind: str, message: str) -> ReplayResult:
+        return ReplayResult(
+            request.request_id, self.name, error_kind=kind, error_message=message, attempts=0
+        )
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds before the next attempt, or None when the server asks for too long a wait."""
+        if retry_after is not None:
+            if retry_after > self.max_retry_after_s:
+                return None
+            return retry_after + self._rng.uniform(0.0, min(0.1 * retry_after, 1.0))
+        cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        return self._rng.uniform(cap / 2, cap)
+
+    async def _replay_one(self, client: httpx.AsyncClient, request: ReplayRequest) -> ReplayResult:
+        estimate = estimate_prompt_tokens(request) + request.max_tokens
+        attempt = 0
+        while True:
+            attempt += 1
+            admission = await self.limiter.acquire(estimate)
+            try:
+                answer = await self._attempt(client, request)
+            except _Failure as failure:
+                if failure.kind in ("rate_limited", "server_error", "client_error", "auth"):
+                    self.limiter.settle(admission, 0)  # refused: no tokens were processed
+                if failure.kind == "auth":
+                    where = f"the key from ${self.api_key_env}" if self.api_key_env else "no key"
+                    if self.api_key_env and self._api_key is None:
+                        where = f"${self.api_key_env} is not set"
+                    raise AuthError(
+                        self.name, f"the relay refused the API key ({failure.message}); {where}"
+                    ) from None
+                delay = None
+                if failure.kind in RETRIED_KINDS and attempt <= self.max_retries:
+                    delay = self._backoff(attempt, failure.retry_after)
+                if delay is None:
+                    return ReplayResult(
+                        request.request_id,
+                        self.name,
+                        error_kind=failure.kind,
+                        error_message=failure.message,
+                        attempts=attempt,
+                    )
+                await asyncio.sleep(delay)
+                continue
+            result = self._result(request, answer, attempt)
+            self.limiter.settle(
+                admission, (result.prompt_tokens or 0) + (result.completion_tokens or 0)
+            )
+            return result
+
+    def _result(self, request: ReplayRequest, answer: _Answer, attempts: int) -> ReplayResult:
+        counts = _usage_counts(answer.usage)
+        estimated = counts is None
+        if counts is None:
+            counts = (estimate_prompt_tokens(request), estimate_tokens(answer.text))
+        prompt_tokens, completion_tokens = counts
+        generating_ms = answer.latency_ms
+        if answer.ttft_ms is not None and answer.latency_ms > answer.ttft_ms:
+            generating_ms = answer.latency_ms - answer.ttft_ms
+        tokens_per_s = completion_tokens / (generating_ms / 1000) if generating_ms > 0 else None
+        result = ReplayResult(
+            request.request_id,
+            self.name,
+            output_text=answer.text,
+            ttft_ms=answer.ttft_ms,
+            latency_ms=answer.latency_ms,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            tokens_estimated=estimated,
+            tokens_per_s=tokens_per_s,
+            cost_usd=cost_usd(prompt_tokens, completion_tokens, self.price_in, self.price_out),
+            attempts=attempts,
+        )
+        if not answer.text.strip():
+            result.error_kind = "empty_output"
+            result.error_message = "the relay answered with no text"
+        return result
+
+    def _body(self, request: ReplayRequest) -> dict[str, Any]:
+        body = {k: v for k, v in request.params.items() if k in REPLAYED_PARAMS}
+        body.update(
+            model=self.model,
+            messages=request.messages,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+        )
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream" if self.stream else "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        return headers
+
+    async def _attempt(self, client: httpx.AsyncClient, request: ReplayRequest) -> _Answer:
+        url = f"{self.base_url}/chat/completions"
+        started = time.perf_counter()
+        try:
+            if not self.stream:
+                response = await client.post(url, json=self._body(request), headers=self._headers())
+                if response.status_code != 200:
+                    raise _failure_for_status(response)
+                return self._whole_answer(response, started)
+            async with client.stream(
+                "POST", url, json=self._body(request), headers=self._headers()
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _failure_for_status(response)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    await response.aread()  # a server that ignores "stream": one JSON answer
+                    return self._whole_answer(response, started)
+                return await self._streamed_answer(response, started)
+        except _Failure:
+            raise
+        except Exception as exc:
+            raise _failure_for_exception(exc) from exc
+
+    @staticmethod
+    def _whole_answer(response: httpx.Response, started: float) -> _Answer:
+        latency_ms = (time.perf_counter() - started) * 1000
+        try:
+            data = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _Failure(
+                "protocol", f"response body is not JSON: {response.text[:80]!r}"
+            ) from exc
+        text, usage = _parse_completion(data)
+        return _Answer(text, None, latency_ms, usage)
+
+    @staticmethod
+    async def _streamed_answer(response: httpx.Response, started: float) -> _Answer:
+        state = _StreamState()
+        data_lines: list[str] = []
+        async for line in response.aiter_lines():
+            if line == "":
+                if data_lines:
+                    _take_event("\n".join(data_lines), state, time.perf_counter())
+                    data_lines = []
+                    if state.done:
+                        break
+                continue
+            if line.startswith(":"):
+                continue  # an SSE comment (keep-alive)
+            name, _, value = line.partition(":")
+            if name == "data":
+                data_lines.append(value.removeprefix(" "))
+            elif name not in ("event", "id", "retry"):
+                raise _Failure("protocol", f"malformed SSE line: {line[:80]!r}")
+        if data_lines and not state.done:
+            _take_event("\n".join(data_lines), state, time.perf_counter())
+        if not state.done and state.finish_reason is None:
+            raise _Failure("protocol", "the stream ended before [DONE] and without a finish_reason")
+        end = time.perf_counter()
+        first = state.first_token_at if state.first_token_at is not None else state.first_event_at
+        ttft_ms = (first - started) * 1000 if first is not None else None
+        return _Answer("".join(state.pieces), ttft_ms, (end - started) * 1000, state.usage)
