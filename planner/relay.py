@@ -386,7 +386,11 @@ class RelayBackend:
         on_result: Callable[[ReplayResult], None],
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
-        """The async core of :meth:`replay`, for callers that already run an event loop."""
+        """The async core of :meth:`replay`, for callers that already run an event loop.
+
+        Each call starts with a closed circuit breaker; the rate limiter's window carries over.
+        """
+        self.breaker.record(success=True)
         pending = list(range(len(requests)))
         pending.reverse()  # pop() from the end hands them out in order
         started: set[int] = set()

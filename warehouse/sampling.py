@@ -6,7 +6,7 @@ else its human label, else ``'unknown'``. Within a task type, requests are order
 ``md5(request_id || ':' || seed)``, so the same seed on the same data draws the same sample, and
 a warehouse that grew keeps most of yesterday's sample (new requests only displace old ones they
 outrank) — which is what lets a nightly replay send only what is new. Exact repeats (same
-``prompt_hash``) are sampled once. Multi-turn requests are sampled like any other, with the full
+``prompt_hash``) are sampled once, through a copy that has a task type if any copy has one. Multi-turn requests are sampled like any other, with the full
 history as logged. On top of the per-type quota come ``uncertain`` extra requests the classifier
 was unsure of.
 """
@@ -42,7 +42,8 @@ eligible AS (
     WHERE coalesce(r.status_code, 200) < 400
       AND r.response_text IS NOT NULL AND r.response_text <> ''
     QUALIFY row_number() OVER (
-        PARTITION BY coalesce(r.prompt_hash, r.request_id) ORDER BY md5(r.request_id || ':' || ?)
+        PARTITION BY coalesce(r.prompt_hash, r.request_id)
+        ORDER BY coalesce(p.task_type, r.label_task_type) IS NULL, md5(r.request_id || ':' || ?)
     ) = 1
 )
 """

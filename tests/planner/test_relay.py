@@ -4,6 +4,7 @@ missing usage, the rate limit as the server saw it, the circuit breaker and the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -48,7 +49,7 @@ def chat_log(server: ServerThread) -> list[tuple[float, str, int]]:
 
 
 class Scripted:
-    """Answers chat requests from a script (status, headers) in arrival order, then the inner app."""
+    """Answers chat requests from a script of (status, headers) in arrival order, then the app."""
 
     def __init__(self, inner: Any, script: list[tuple[int, dict[str, str]]]) -> None:
         self.inner = inner
@@ -141,7 +142,7 @@ def test_429_without_retry_after_backs_off_and_gives_up() -> None:
     assert result.error_kind == "rate_limited" and result.attempts == 3
     assert "429" in (result.error_message or "")
     assert len(log) == 3
-    gaps = [b[0] - a[0] for a, b in zip(log, log[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(log)]
     assert gaps[0] >= 0.025 and gaps[1] >= 0.05  # exponential: half the cap at least
 
 
