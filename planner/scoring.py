@@ -216,7 +216,10 @@ def score_extraction(reference: str, candidate: str) -> Measured:
         return [(QUALITY, value, "token_f1 (answer not JSON)"), ("token_f1", value, "token_f1")]
     cand = parse_json_answer(candidate)
     if cand is None:
-        return [(QUALITY, 0.0, "json_field_f1 (candidate not JSON)"), ("field_f1", 0.0, "json_field_f1")]
+        return [
+            (QUALITY, 0.0, "json_field_f1 (candidate not JSON)"),
+            ("field_f1", 0.0, "json_field_f1"),
+        ]
     value = field_f1(ref, cand)
     return [(QUALITY, value, "json_field_f1"), ("field_f1", value, "json_field_f1")]
 
@@ -303,7 +306,10 @@ def score_code(reference: str, candidate: str) -> Measured:
     is_python = bool(tags & _PYTHON_TAGS) or untagged_python
     if not is_python:
         other = ", ".join(sorted(t for t in tags if t)) or "unknown language"
-        return [(QUALITY, sim, f"code: similarity (parse skipped: {other})"), ("similarity", sim, "rouge_l+token_f1")]
+        return [
+            (QUALITY, sim, f"code: similarity (parse skipped: {other})"),
+            ("similarity", sim, "rouge_l+token_f1"),
+        ]
     parsed = 1.0 if all(_parses(body) for _, body in cand_blocks) and cand_code.strip() else 0.0
     value = 0.3 * parsed + 0.7 * sim
     return [
@@ -316,7 +322,11 @@ def score_code(reference: str, candidate: str) -> Measured:
 def score_similarity(reference: str, candidate: str, scorer: str = "rouge_l+token_f1") -> Measured:
     """Mean of ROUGE-L and token F1, with both parts recorded."""
     rl, f1 = rouge_l(reference, candidate), token_f1(reference, candidate)
-    return [(QUALITY, (rl + f1) / 2, scorer), ("rouge_l", rl, "rouge_l"), ("token_f1", f1, "token_f1")]
+    return [
+        (QUALITY, (rl + f1) / 2, scorer),
+        ("rouge_l", rl, "rouge_l"),
+        ("token_f1", f1, "token_f1"),
+    ]
 
 
 # ---------------------------------------------------------------- the judge
@@ -340,9 +350,13 @@ def _message_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def judge_messages(messages: Sequence[dict[str, Any]], answer_a: str, answer_b: str) -> list[dict[str, Any]]:
+def judge_messages(
+    messages: Sequence[dict[str, Any]], answer_a: str, answer_b: str
+) -> list[dict[str, Any]]:
     """The judge's prompt: the conversation (tail-trimmed) and the two answers between markers."""
-    convo = "\n".join(f"[{m.get('role', 'user')}] {_message_text(m.get('content'))}" for m in messages)
+    convo = "\n".join(
+        f"[{m.get('role', 'user')}] {_message_text(m.get('content'))}" for m in messages
+    )
     if len(convo) > _MAX_CONTEXT_CHARS:
         convo = "…" + convo[-_MAX_CONTEXT_CHARS:]
     user = (
@@ -361,7 +375,9 @@ def parse_verdict(text: str) -> str | None:
 
 
 def judge_cache_key(judge_name: str, messages: list[dict[str, Any]]) -> str:
-    blob = json.dumps({"judge": judge_name, "messages": messages}, sort_keys=True, ensure_ascii=False)
+    blob = json.dumps(
+        {"judge": judge_name, "messages": messages}, sort_keys=True, ensure_ascii=False
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -389,8 +405,12 @@ def score_with_judge(judge: JudgeSetup, item: ScoreItem) -> Measured:
     Per order the candidate gets 1 when it wins or ties ("not worse") and 0 when it loses; the
     quality is the mean over the orders that parsed. ``judge_preference`` keeps ties at 0.5.
     """
-    first = parse_verdict(_ask(judge, judge_messages(item.messages, item.reference, item.candidate)) or "")
-    second = parse_verdict(_ask(judge, judge_messages(item.messages, item.candidate, item.reference)) or "")
+    first = parse_verdict(
+        _ask(judge, judge_messages(item.messages, item.reference, item.candidate)) or ""
+    )
+    second = parse_verdict(
+        _ask(judge, judge_messages(item.messages, item.candidate, item.reference)) or ""
+    )
     not_worse: list[float] = []
     preference: list[float] = []
     if first is not None:  # candidate is B
@@ -428,7 +448,10 @@ def score_item(item: ScoreItem, judge: JudgeSetup | None = None) -> list[Score]:
         measured = score_similarity(item.reference, item.candidate, "similarity (no judge)")
     else:
         measured = score_similarity(item.reference, item.candidate)
-    return [Score(item.replay_id, metric, min(1.0, max(0.0, float(value))), scorer) for metric, value, scorer in measured]
+    return [
+        Score(item.replay_id, metric, min(1.0, max(0.0, float(value))), scorer)
+        for metric, value, scorer in measured
+    ]
 
 
 def score_items(items: Iterable[ScoreItem], judge: JudgeSetup | None = None) -> list[Score]:
