@@ -1,0 +1,460 @@
+"""The plan a person reads: one :class:`PlanReport` in, one self-contained HTML page out.
+
+The report holds plain data from every stage (evidence, decision, projection, risks, samples) and
+is also what ``metrics.json`` is made of, so every figure the page shows is in that file. Charts
+are drawn by matplotlib into inline SVG; CSS is inline; the page fetches nothing and opens from
+file://. Every quoted prompt and answer is redacted here and escaped by the template engine.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from planner.decision import (
+    Decision,
+    Objectives,
+    Stickiness,
+    Turn,
+    View,
+    compare_views,
+    decide,
+    pick_tiers,
+    stickiness_impact,
+    sweep_floors,
+)
+from planner.evidence import PRODUCTION, Candidate, DeviceFit, Evidence, Observation, build_evidence
+from planner.projection import (
+    Device,
+    FrontierPoint,
+    Projection,
+    Risk,
+    Traffic,
+    assess_risks,
+    frontier,
+    project,
+)
+from planner.redact import redact
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+PLAN_TEMPLATE = "plan.html.j2"
+MAX_SAMPLE_CHARS = 600
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """One sampled request: its prompt, production's answer, and each candidate's answer."""
+
+    task_type: str
+    request_id: str
+    prompt: str
+    production: str
+    answers: tuple[tuple[str, str | None, float | None, str | None], ...]  # (candidate, text, quality, error)
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """Everything the HTML plan and metrics.json show."""
+
+    title: str
+    generated_at: str
+    objectives: Objectives
+    traffic: Traffic
+    evidence: tuple[Evidence, ...]
+    decision: Decision
+    projection: Projection
+    candidates: Mapping[str, Candidate]
+    frontier: tuple[FrontierPoint, ...] = ()
+    views: tuple[View, ...] = ()
+    risks: tuple[Risk, ...] = ()
+    samples: tuple[SampleOutput, ...] = ()
+    stickiness: Stickiness | None = None
+    conversation_depth: Mapping[int, int] = field(default_factory=dict)  # turns -> conversations
+    classifier: Mapping[str, Any] | None = None
+    device: Device | None = None
+    judge: str | None = None
+    run_id: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def checklist(self) -> list[str]:
+        """The migration steps this plan implies, in order."""
+        steps = [
+            f"Deploy the task classifier (classifier.onnx) in the gateway with confidence threshold "
+            f"{(self.classifier or {}).get('confidence_threshold', 'as in routing.yaml')}; "
+            f"requests below it go to {self.decision.uncertain_route}.",
+        ]
+        envs = sorted({c.api_key_env for c in self.candidates.values() if c.api_key_env})
+        if envs:
+            steps.append("Set the API key variables on the gateway hosts: " + ", ".join(envs) + " (never in a file).")
+        local = sorted({r.route for r in self.decision.routes if r.kind == "local"})
+        for name in local:
+            guard = max((r.memory_guard_mb or 0) for r in self.decision.routes if r.route == name)
+            where = self.device.name if self.device else "the device tier"
+            steps.append(f"Ship {name} to {where}; its memory guard needs {guard:.0f} MB free, else traffic takes the next hop.")
+        steps += [
+            "Load routing.yaml (or litellm.yaml) in shadow mode for a week: route, compare, but answer from production.",
+            "Schedule the nightly replay run (`migration-planner run`); its quality figures feed the rollback triggers.",
+            "Canary each migrated task type: 5% of traffic, then 25%, then 100%, watching error rate and p95 latency.",
+            "Rehearse the rollback: load the all_to_production config from rollback.yaml and check traffic returns.",
+        ]
+        return steps
+
+    def metrics(self) -> dict[str, Any]:
+        """Every figure of the report as JSON-ready data (sample texts left out; NaN as null)."""
+        data = {
+            "title": self.title,
+            "run_id": self.run_id,
+            "generated_at": self.generated_at,
+            "objectives": vars(self.objectives).copy(),
+            "device": None if self.device is None else vars(self.device).copy(),
+            "judge": self.judge,
+            "workload": workload(self),
+            "classifier": dict(self.classifier) if self.classifier else None,
+            "projection": self.projection.summary(),
+            "routes": [r.summary() for r in self.decision.routes],
+            "uncertain_route": self.decision.uncertain_route,
+            "uncertain_fallbacks": list(self.decision.uncertain_fallbacks),
+            "stickiness": None if self.stickiness is None else self.stickiness.summary(),
+            "evidence": [e.summary() for e in self.evidence],
+            "frontier": [vars(p).copy() for p in self.frontier],
+            "views": [{k: v for k, v in v.summary().items() if k != "assignment"} | {"assignment": dict(v.assignment)} for v in self.views],
+            "risks": [vars(r).copy() for r in self.risks],
+            "checklist": self.checklist(),
+            "notes": list(self.notes),
+            "samples": [{"task_type": s.task_type, "request_id": s.request_id} for s in self.samples],
+        }
+        return _clean(data)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def workload(report: PlanReport) -> dict[str, Any]:
+    """The task mix, tokens and conversation depth of the logged traffic."""
+    t = report.traffic
+    total = t.requests
+    depth = dict(sorted(report.conversation_depth.items()))
+    conversations = sum(depth.values())
+    return {
+        "requests": total,
+        "period_days": t.period_days,
+        "prompt_tokens": sum(x.prompt_tokens for x in t.types),
+        "completion_tokens": sum(x.completion_tokens for x in t.types),
+        "cost_usd": sum(x.cost_usd for x in t.types),
+        "uncertain": sum(x.uncertain for x in t.types),
+        "types": [
+            {
+                "task_type": x.task_type,
+                "requests": x.requests,
+                "share": x.requests / total if total else 0.0,
+                "prompt_tokens_avg": x.prompt_tokens / x.requests if x.requests else 0.0,
+                "completion_tokens_avg": x.completion_tokens / x.requests if x.requests else 0.0,
+                "cost_usd": x.cost_usd,
+            }
+            for x in sorted(t.types, key=lambda x: -x.requests)
+        ],
+        "conversation_depth": depth,
+        "conversations": conversations,
+        "multi_turn_conversations": sum(n for d, n in depth.items() if d > 1),
+    }
+
+
+# ---------------------------------------------------------------- charts (matplotlib -> inline SVG)
+
+
+def _label(text: str) -> str:
+    """Plain text for matplotlib: a '$' would start mathtext."""
+    return text.replace("$", r"\$")
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg") :]
+    svg = re.sub(r'\s(width|height)="[\d.]+pt"', "", svg, count=2)  # scale with the page
+    return svg
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "plan", "font.size": 9, "font.family": "sans-serif"})
+    return plt
+
+
+def frontier_chart(points: Sequence[FrontierPoint], cost_before: float) -> str | None:
+    """Monthly cost against expected quality at each floor; the chosen plan marked."""
+    usable = [p for p in points if p.quality is not None]
+    if not usable:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    xs = [p.monthly_cost_usd for p in usable]
+    ys = [p.quality for p in usable]
+    ax.plot(xs, ys, "-o", color="#4a6fa5", markersize=4, linewidth=1.2, label="plan at each floor")
+    for p in usable:
+        ax.annotate(f"{p.floor:.2f}", (p.monthly_cost_usd, p.quality), textcoords="offset points", xytext=(4, 4), fontsize=7, color="#555")
+    chosen = [p for p in usable if p.chosen]
+    if chosen:
+        ax.plot([chosen[0].monthly_cost_usd], [chosen[0].quality], "*", color="#d1495b", markersize=14, label=f"chosen (floor {chosen[0].floor:.2f})")
+    ax.plot([cost_before], [1.0], "s", color="#333", markersize=6, label="production today")
+    ax.set_xlabel(_label("monthly cost (USD)"))
+    ax.set_ylabel("expected quality vs production")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _svg(fig)
+
+
+def mix_chart(types: Sequence[Mapping[str, Any]]) -> str | None:
+    """Requests per task type (horizontal bars)."""
+    if not types:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(types) + 0.8))
+    names = [_label(str(t["task_type"])) for t in types][::-1]
+    values = [t["requests"] for t in types][::-1]
+    ax.barh(names, values, color="#4a6fa5")
+    ax.set_xlabel("requests in the logged period")
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(fig)
+
+
+def cost_chart(projection: Projection) -> str | None:
+    """Monthly cost before and after, per task type."""
+    rows = [t for t in projection.types if t.cost_before_usd > 0 or t.cost_after_usd > 0]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(rows) + 0.9))
+    names = [_label(t.task_type) for t in rows][::-1]
+    before = [t.cost_before_usd for t in rows][::-1]
+    after = [t.cost_after_usd for t in rows][::-1]
+    pos = list(range(len(rows)))
+    ax.barh([p + 0.2 for p in pos], before, height=0.4, color="#999", label="today")
+    ax.barh([p - 0.2 for p in pos], after, height=0.4, color="#2e8b57", label="after the plan")
+    ax.set_yticks(pos, names)
+    ax.set_xlabel(_label("USD per month"))
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(fig)
+
+
+# ---------------------------------------------------------------- template filters
+
+
+def _pct(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value * 100:.{digits}f}%"
+
+
+def _usd(value: Any) -> str:
+    if value is None:
+        return "–"
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if value >= 100:
+        return f"{sign}${value:,.0f}"
+    if value >= 1:
+        return f"{sign}${value:,.2f}"
+    return f"{sign}${value:.4f}" if value else "$0"
+
+
+def _ms(value: Any) -> str:
+    return "–" if value is None else f"{value:,.0f} ms"
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def _clip(text: str | None) -> str:
+    clean = redact(text)
+    return clean if len(clean) <= MAX_SAMPLE_CHARS else clean[:MAX_SAMPLE_CHARS] + " …"
+
+
+def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
+    """Autoescape everything (select_autoescape would skip .j2) and fail on a missing value."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(pct=_pct, usd=_usd, ms=_ms, num=_num, redact=_clip)
+    return env
+
+
+def _interval_bar(ev: Evidence, floor: float) -> dict[str, float] | None:
+    """Positions (percent of a 0..1 axis) for the CSS interval bar."""
+    if ev.quality_mean is None or ev.quality_low is None or ev.quality_high is None:
+        return None
+    return {
+        "low": max(0.0, ev.quality_low) * 100,
+        "width": max(0.5, (ev.quality_high - ev.quality_low) * 100),
+        "mean": min(1.0, max(0.0, ev.quality_mean)) * 100,
+        "floor": min(1.0, floor) * 100,
+    }
+
+
+def context(report: PlanReport) -> dict[str, Any]:
+    """Plain data for the template (no connections, no ORM rows)."""
+    floor = report.objectives.quality_floor
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for ev in report.evidence:
+        by_type.setdefault(ev.task_type, []).append({"ev": ev, "bar": _interval_bar(ev, floor)})
+    for rows in by_type.values():
+        rows.sort(key=lambda r: (r["ev"].kind != "production", r["ev"].cost_per_1k_usd or 0.0, r["ev"].candidate))
+    types = []
+    projections = {t.task_type: t for t in report.projection.types}
+    for route in report.decision.routes:
+        types.append(
+            {
+                "route": route,
+                "projection": projections.get(route.task_type),
+                "candidates": by_type.get(route.task_type, []),
+                "samples": [s for s in report.samples if s.task_type == route.task_type][:3],
+            }
+        )
+    chains = [
+        {"task_type": r.task_type, "hops": [_hop_info(h, report, r.memory_guard_mb if h == r.route else None) for h in (r.route, *r.fallbacks)]}
+        for r in report.decision.routes
+    ]
+    wl = workload(report)
+    return {
+        "r": report,
+        "p": report.projection,
+        "d": report.decision,
+        "o": report.objectives,
+        "workload": wl,
+        "types": types,
+        "chains": chains,
+        "checklist": report.checklist(),
+        "charts": {
+            "frontier": frontier_chart(report.frontier, report.projection.cost_before_usd),
+            "mix": mix_chart(wl["types"]),
+            "cost": cost_chart(report.projection),
+        },
+        "scorers_used": sorted({s for e in report.evidence for s in e.scorers}),
+        "production": PRODUCTION,
+    }
+
+
+def _hop_info(name: str, report: PlanReport, guard: float | None) -> dict[str, Any]:
+    cand = report.candidates.get(name)
+    return {
+        "name": name,
+        "kind": cand.kind if cand else "production",
+        "rpm": cand.rpm if cand else None,
+        "tpm": cand.tpm if cand else None,
+        "guard_mb": guard,
+    }
+
+
+def render_plan(report: PlanReport, templates: Path = TEMPLATES) -> str:
+    """The HTML plan as one string."""
+    return environment(templates).get_template(PLAN_TEMPLATE).render(**context(report))
+
+
+def write_plan(report: PlanReport, path: Path, templates: Path = TEMPLATES) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_plan(report, templates), encoding="utf-8")
+    return path
+
+
+DEFAULT_FLOORS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+
+
+def assemble_report(
+    *,
+    observations: Sequence[Observation],
+    candidates: Mapping[str, Candidate],
+    traffic: Traffic,
+    objectives: Objectives,
+    fits: Mapping[str, DeviceFit | Mapping[str, Any]] | None = None,
+    turns: Sequence[Turn] = (),
+    device: Device | None = None,
+    migration_cost_usd: float = 0.0,
+    classifier: Mapping[str, Any] | None = None,
+    samples: Sequence[SampleOutput] = (),
+    judge: str | None = None,
+    previous_quality: Mapping[str, float] | None = None,
+    floors: Sequence[float] = DEFAULT_FLOORS,
+    title: str = "LLM migration plan",
+    generated_at: str = "",
+    run_id: str | None = None,
+    seed: int = 0,
+) -> PlanReport:
+    """Evidence -> decision -> stickiness -> projection -> frontier -> views -> risks, in one call."""
+    evidence = build_evidence(observations, candidates, floor=objectives.quality_floor, fits=fits, seed=seed)
+    types = [t.task_type for t in traffic.types]
+    decision = decide(evidence, objectives, types)
+    sticky = stickiness_impact(turns, decision) if turns else None
+    projection = project(
+        decision, traffic, evidence, candidates, device=device, migration_cost_usd=migration_cost_usd, stickiness=sticky
+    )
+    points = frontier(sweep_floors(evidence, objectives, floors, types), traffic, evidence, candidates, objectives.quality_floor)
+    fit_map = {e.candidate: e.fit for e in evidence if e.fit is not None}
+    views = compare_views(observations, decision, candidates, pick_tiers(candidates, evidence, fit_map))
+    risks = assess_risks(
+        decision, evidence, traffic, candidates, projection, previous_quality=previous_quality, judge_used=judge is not None
+    )
+    depth: dict[int, int] = {}
+    by_conv: dict[str, int] = {}
+    for turn in turns:
+        by_conv[turn.conversation_id] = by_conv.get(turn.conversation_id, 0) + 1
+    for n in by_conv.values():
+        depth[n] = depth.get(n, 0) + 1
+    notes = []
+    if judge is None and any("no judge" in s for e in evidence for s in e.scorers):
+        notes.append("No LLM judge was configured: open-ended task types were scored by text similarity.")
+    unscored = sum(e.n_unscored for e in evidence)
+    if unscored:
+        notes.append(f"{unscored} successful replays have no score yet and are left out of the quality figures.")
+    return PlanReport(
+        title=title,
+        generated_at=generated_at,
+        objectives=objectives,
+        traffic=traffic,
+        evidence=tuple(evidence),
+        decision=decision,
+        projection=projection,
+        candidates=dict(candidates),
+        frontier=tuple(points),
+        views=tuple(views),
+        risks=tuple(risks),
+        samples=tuple(samples),
+        stickiness=sticky,
+        conversation_depth=depth,
+        classifier=classifier,
+        device=device,
+        judge=judge,
+        run_id=run_id,
+        notes=tuple(notes),
+    )
