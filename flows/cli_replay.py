@@ -8,9 +8,9 @@ from typing import Any
 import typer
 
 from flows.cli_common import (
+    EXIT_USER_ERROR,
     ConfigOption,
     JsonOption,
-    UserError,
     print_json,
     quiet_prefect,
     settings_from,
@@ -101,5 +101,7 @@ def replay(
     else:
         typer.echo(format_report(result))
     refused = [r["message"] for r in result["candidates"] if r.get("stopped") == "auth"]
+    for message in refused:
+        typer.echo(f"error: {message}", err=True)
     if refused:
-        raise UserError("; ".join(refused))
+        raise typer.Exit(EXIT_USER_ERROR)

@@ -98,11 +98,23 @@ def replay_row(result: ReplayResult, key: str, fingerprint: str) -> dict[str, An
 
 
 def _selected(settings: PlannerSettings, names: list[str] | None) -> list[CandidateSettings]:
+    """The candidates to replay; two relays with the same endpoint and model would share one
+    cache (replays are keyed by what answers, not by name), so that is refused."""
     if not settings.candidates:
         raise ConfigError("planner.toml", "no [[candidates]] configured; nothing to replay")
-    if not names:
-        return list(settings.candidates)
-    return [settings.candidate(n) for n in names]
+    chosen = [settings.candidate(n) for n in names] if names else list(settings.candidates)
+    seen: dict[str, str] = {}
+    for c in chosen:
+        if c.kind == "relay" and c.base_url and c.model:
+            fingerprint = RelayBackend(c.name, c.base_url, c.model).fingerprint()
+            if fingerprint in seen:
+                raise ConfigError(
+                    "planner.toml",
+                    f"candidates {seen[fingerprint]!r} and {c.name!r} are the same endpoint and "
+                    "model; keep one of them",
+                )
+            seen[fingerprint] = c.name
+    return chosen
 
 
 @task(name="draw-sample", cache_policy=NO_CACHE)
