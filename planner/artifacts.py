@@ -137,7 +137,9 @@ def routing_config(
         "rule": "first_turn",
         "rerouted_share": _round(stickiness.rerouted_share) if stickiness else None,
     }
-    doc["endpoints"] = {n: _endpoint(_candidate(n, candidates), gw) for n in _used_endpoints(decision)}
+    doc["endpoints"] = {
+        n: _endpoint(_candidate(n, candidates), gw) for n in _used_endpoints(decision)
+    }
     doc["routes"] = {r.task_type: _route_entry(r) for r in decision.routes}
     validate_routing(doc)
     return doc
@@ -162,39 +164,85 @@ def _require(cond: bool, where: str, what: str) -> None:
 def validate_routing(doc: Any) -> None:
     """Check a routing config against schema version 1; one :class:`PlanError` names the field."""
     _require(isinstance(doc, dict), "(top level)", "must be a mapping")
-    _require(doc.get("version") == ROUTING_VERSION, "version", f"must be {ROUTING_VERSION}, got {doc.get('version')!r}")
+    _require(
+        doc.get("version") == ROUTING_VERSION,
+        "version",
+        f"must be {ROUTING_VERSION}, got {doc.get('version')!r}",
+    )
     endpoints = doc.get("endpoints")
-    _require(isinstance(endpoints, dict) and bool(endpoints), "endpoints", "must be a non-empty mapping")
+    _require(
+        isinstance(endpoints, dict) and bool(endpoints), "endpoints", "must be a non-empty mapping"
+    )
     for name, ep in endpoints.items():
         _require(isinstance(ep, dict), f"endpoints.{name}", "must be a mapping")
-        _require(ep.get("kind") in ("local", "relay", "production"), f"endpoints.{name}.kind", "must be local, relay or production")
+        _require(
+            ep.get("kind") in ("local", "relay", "production"),
+            f"endpoints.{name}.kind",
+            "must be local, relay or production",
+        )
         for key in ("rpm", "tpm"):
             value = ep.get(key)
-            _require(value is None or (isinstance(value, int) and value > 0), f"endpoints.{name}.{key}", "must be a positive integer or null")
-        _require("api_key" not in ep, f"endpoints.{name}", "must not hold an api_key (name the variable in api_key_env)")
+            _require(
+                value is None or (isinstance(value, int) and value > 0),
+                f"endpoints.{name}.{key}",
+                "must be a positive integer or null",
+            )
+        _require(
+            "api_key" not in ep,
+            f"endpoints.{name}",
+            "must not hold an api_key (name the variable in api_key_env)",
+        )
     cls = doc.get("classifier")
     _require(isinstance(cls, dict), "classifier", "must be a mapping")
     threshold = cls.get("confidence_threshold")
-    _require(isinstance(threshold, int | float) and 0 <= threshold <= 1, "classifier.confidence_threshold", "must be within [0, 1]")
-    _require(cls.get("uncertain_route") in endpoints, "classifier.uncertain_route", "must name an endpoint")
+    _require(
+        isinstance(threshold, int | float) and 0 <= threshold <= 1,
+        "classifier.confidence_threshold",
+        "must be within [0, 1]",
+    )
+    _require(
+        cls.get("uncertain_route") in endpoints,
+        "classifier.uncertain_route",
+        "must name an endpoint",
+    )
     _require(doc.get("default_route") in endpoints, "default_route", "must name an endpoint")
     sticky = doc.get("stickiness")
-    _require(isinstance(sticky, dict) and isinstance(sticky.get("enabled"), bool), "stickiness.enabled", "must be true or false")
+    _require(
+        isinstance(sticky, dict) and isinstance(sticky.get("enabled"), bool),
+        "stickiness.enabled",
+        "must be true or false",
+    )
     routes = doc.get("routes")
     _require(isinstance(routes, dict), "routes", "must be a mapping of task type -> route")
     for task_type, entry in routes.items():
         where = f"routes.{task_type}"
         _require(isinstance(entry, dict), where, "must be a mapping")
-        _require(entry.get("route") in endpoints, f"{where}.route", f"{entry.get('route')!r} is not an endpoint")
+        _require(
+            entry.get("route") in endpoints,
+            f"{where}.route",
+            f"{entry.get('route')!r} is not an endpoint",
+        )
         fallbacks = entry.get("fallbacks", [])
         _require(isinstance(fallbacks, list), f"{where}.fallbacks", "must be a list")
         for hop in fallbacks:
             _require(hop in endpoints, f"{where}.fallbacks", f"{hop!r} is not an endpoint")
-        _require(entry["route"] not in fallbacks, f"{where}.fallbacks", "must not repeat the route itself")
+        _require(
+            entry["route"] not in fallbacks,
+            f"{where}.fallbacks",
+            "must not repeat the route itself",
+        )
         guard = entry.get("memory_guard")
         if guard is not None:
-            _require(endpoints[entry["route"]]["kind"] == "local", f"{where}.memory_guard", "only a local route has a memory guard")
-            _require(isinstance(guard.get("min_free_mb"), int | float) and guard["min_free_mb"] > 0, f"{where}.memory_guard.min_free_mb", "must be a positive number")
+            _require(
+                endpoints[entry["route"]]["kind"] == "local",
+                f"{where}.memory_guard",
+                "only a local route has a memory guard",
+            )
+            _require(
+                isinstance(guard.get("min_free_mb"), int | float) and guard["min_free_mb"] > 0,
+                f"{where}.memory_guard.min_free_mb",
+                "must be a positive number",
+            )
 
 
 def load_routing(path: Path) -> dict[str, Any]:
@@ -230,7 +278,9 @@ def _litellm_params(cand: Candidate, gateway: Gateway) -> dict[str, Any]:
     return params
 
 
-def litellm_config(decision: Decision, candidates: Mapping[str, Candidate], gateway: Gateway | None = None) -> dict[str, Any]:
+def litellm_config(
+    decision: Decision, candidates: Mapping[str, Candidate], gateway: Gateway | None = None
+) -> dict[str, Any]:
     """A LiteLLM proxy config: a model group per endpoint, a route alias per task type, fallbacks."""
     gw = gateway or Gateway()
     model_list = [
@@ -263,9 +313,17 @@ def litellm_config(decision: Decision, candidates: Mapping[str, Candidate], gate
 # ---------------------------------------------------------------- rollback
 
 
-def _hop(name: str, candidates: Mapping[str, Candidate], route: Route | None, gateway: Gateway) -> dict[str, Any]:
+def _hop(
+    name: str, candidates: Mapping[str, Candidate], route: Route | None, gateway: Gateway
+) -> dict[str, Any]:
     cand = _candidate(name, candidates)
-    hop: dict[str, Any] = {"hop": name, "kind": cand.kind, "rpm": cand.rpm, "tpm": cand.tpm, "timeout_s": cand.timeout_s}
+    hop: dict[str, Any] = {
+        "hop": name,
+        "kind": cand.kind,
+        "rpm": cand.rpm,
+        "tpm": cand.tpm,
+        "timeout_s": cand.timeout_s,
+    }
     if route is not None and name == route.route and route.memory_guard_mb is not None:
         hop["memory_guard_mb"] = round(route.memory_guard_mb)
     return hop
@@ -291,7 +349,10 @@ def rollback_config(
             planned = route.quality_mean if route.quality_mean is not None else floor
             entry["triggers"] = {
                 "error_rate": {"above": trig.error_rate, "window_minutes": trig.window_minutes},
-                "p95_latency_ms": {"above": trig.p95_latency_ms, "window_minutes": trig.window_minutes},
+                "p95_latency_ms": {
+                    "above": trig.p95_latency_ms,
+                    "window_minutes": trig.window_minutes,
+                },
                 "quality": {
                     "below": round(max(0.0, min(floor, planned - trig.quality_drop)), 4),
                     "lower_bound_below": floor,
@@ -303,7 +364,12 @@ def rollback_config(
     return {
         "version": ROUTING_VERSION,
         "routes": routes,
-        "uncertain": {"chain": [_hop(h, candidates, None, gw) for h in (decision.uncertain_route, *decision.uncertain_fallbacks)]},
+        "uncertain": {
+            "chain": [
+                _hop(h, candidates, None, gw)
+                for h in (decision.uncertain_route, *decision.uncertain_fallbacks)
+            ]
+        },
         "all_to_production": {
             "description": "One step back: load this routing config instead of routing.yaml to send all traffic to production.",
             "routing": production_only_routing(routing),
@@ -349,12 +415,21 @@ def write_artifacts(
         "rollback": folder / "rollback.yaml",
         "metrics": folder / "metrics.json",
     }
-    _dump_yaml(paths["routing"], routing, "Routing config, schema version 1 (docs/routing-schema.md).")
-    _dump_yaml(paths["litellm"], litellm_config(decision, candidates, gateway), "LiteLLM proxy config: `litellm --config litellm.yaml`.")
+    _dump_yaml(
+        paths["routing"], routing, "Routing config, schema version 1 (docs/routing-schema.md)."
+    )
+    _dump_yaml(
+        paths["litellm"],
+        litellm_config(decision, candidates, gateway),
+        "LiteLLM proxy config: `litellm --config litellm.yaml`.",
+    )
     _dump_yaml(
         paths["rollback"],
         rollback_config(decision, candidates, routing, triggers=triggers, gateway=gateway),
         "Rollback chain: per route, the hops in order and what moves traffic back.",
     )
-    paths["metrics"].write_text(json.dumps(metrics, indent=2, sort_keys=False, default=str, allow_nan=False), encoding="utf-8")
+    paths["metrics"].write_text(
+        json.dumps(metrics, indent=2, sort_keys=False, default=str, allow_nan=False),
+        encoding="utf-8",
+    )
     return paths

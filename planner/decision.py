@@ -356,33 +356,36 @@ def pick_tiers(
     evidence: Sequence[Evidence],
     fits: Mapping[str, DeviceFit] | None = None,
 ) -> Tiers:
-    """Smallest/largest local model by memory needed (else peak RSS), cloud = best relay or production."""
-    size: dict[str, float] = {}
+    """The rule of thumb's tiers from the candidates.
+
+    Local models that are known not to fit the device are left out; the rest are ordered by memory
+    needed (else peak RSS). The cloud tier is the relay with the best mean quality, else production.
+    """
+    fit_map = dict(fits or {})
     for ev in evidence:
-        if ev.kind == "local":
-            mem = (fits or {}).get(ev.candidate)
-            size[ev.candidate] = max(
-                size.get(ev.candidate, 0.0), mem.needed_mb if mem else _memory_of(ev)
-            )
+        if ev.fit is not None:
+            fit_map.setdefault(ev.candidate, ev.fit)
+    size: dict[str, float] = {}
     for name, cand in candidates.items():
-        if cand.kind == "local" and name not in size:
-            mem = (fits or {}).get(name)
-            size[name] = mem.needed_mb if mem else 0.0
+        if cand.kind != "local":
+            continue
+        fit = fit_map.get(name)
+        if fit is not None and not fit.fits:
+            continue
+        measured = [_memory_of(e) for e in evidence if e.candidate == name]
+        size[name] = fit.needed_mb if fit is not None else max(measured, default=0.0)
     relay_quality: dict[str, list[float]] = defaultdict(list)
     for ev in evidence:
         if ev.kind == "relay" and ev.quality_mean is not None:
             relay_quality[ev.candidate].append(ev.quality_mean)
-    cloud = (
-        max(relay_quality, key=lambda c: (float(np.mean(relay_quality[c])), c))
-        if relay_quality
-        else PRODUCTION
-    )
-    if not relay_quality:
-        relays = sorted(n for n, c in candidates.items() if c.kind == "relay")
+    relays = sorted(n for n, c in candidates.items() if c.kind == "relay")
+    if relay_quality:
+        cloud = max(relay_quality, key=lambda c: (float(np.mean(relay_quality[c])), c))
+    else:
         cloud = relays[0] if relays else PRODUCTION
-    locals_by_size = sorted(size, key=lambda n: (size[n], n))
-    small = locals_by_size[0] if locals_by_size else cloud
-    large = locals_by_size[-1] if locals_by_size else cloud
+    by_size = sorted(size, key=lambda n: (size[n], n))
+    small = by_size[0] if by_size else cloud
+    large = by_size[-1] if by_size else cloud
     return Tiers(small=small, large=large, cloud=cloud)
 
 

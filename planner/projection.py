@@ -512,24 +512,35 @@ def assess_risks(
                         route.task_type,
                     )
                 )
+    chosen = {(r.task_type, r.route) for r in decision.routes}
     for low_bits, high_bits in _quant_pairs(candidates):
+        losses = []
         for t in sorted({e.task_type for e in evidence}):
             a, b = ev.get((t, low_bits)), ev.get((t, high_bits))
-            if (
-                a
-                and b
-                and a.quality_mean is not None
-                and b.quality_mean is not None
-                and b.quality_mean - a.quality_mean > 0.02
-            ):
+            if a is None or b is None or a.quality_mean is None or b.quality_mean is None:
+                continue
+            loss = b.quality_mean - a.quality_mean
+            losses.append(loss)
+            if loss > 0.02 and (t, low_bits) in chosen:
                 risks.append(
                     Risk(
                         "medium",
                         "Quantization loss",
-                        f"On {t}, {low_bits} scores {a.quality_mean:.2f} vs {b.quality_mean:.2f} for {high_bits}: INT4 loses {b.quality_mean - a.quality_mean:.2f}.",
+                        f"On {t}, the chosen {low_bits} scores {a.quality_mean:.2f} against "
+                        f"{b.quality_mean:.2f} for {high_bits} (INT4 loses {loss:.2f}).",
                         t,
                     )
                 )
+        if losses and sum(losses) / len(losses) > 0.02:
+            mean_loss = sum(losses) / len(losses)
+            risks.append(
+                Risk(
+                    "low",
+                    "Quantization loss",
+                    f"Across {len(losses)} task types, {low_bits} scores {mean_loss:.2f} below "
+                    f"{high_bits} on average.",
+                )
+            )
     first = sum(t.first_half for t in traffic.types)
     second = sum(t.second_half for t in traffic.types)
     if first and second:

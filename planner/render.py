@@ -56,7 +56,9 @@ class SampleOutput:
     request_id: str
     prompt: str
     production: str
-    answers: tuple[tuple[str, str | None, float | None, str | None], ...]  # (candidate, text, quality, error)
+    answers: tuple[
+        tuple[str, str | None, float | None, str | None], ...
+    ]  # (candidate, text, quality, error)
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,18 @@ class PlanReport:
         ]
         envs = sorted({c.api_key_env for c in self.candidates.values() if c.api_key_env})
         if envs:
-            steps.append("Set the API key variables on the gateway hosts: " + ", ".join(envs) + " (never in a file).")
+            steps.append(
+                "Set the API key variables on the gateway hosts: "
+                + ", ".join(envs)
+                + " (never in a file)."
+            )
         local = sorted({r.route for r in self.decision.routes if r.kind == "local"})
         for name in local:
             guard = max((r.memory_guard_mb or 0) for r in self.decision.routes if r.route == name)
             where = self.device.name if self.device else "the device tier"
-            steps.append(f"Ship {name} to {where}; its memory guard needs {guard:.0f} MB free, else traffic takes the next hop.")
+            steps.append(
+                f"Ship {name} to {where}; its memory guard needs {guard:.0f} MB free, else traffic takes the next hop."
+            )
         steps += [
             "Load routing.yaml (or litellm.yaml) in shadow mode for a week: route, compare, but answer from production.",
             "Schedule the nightly replay run (`migration-planner run`); its quality figures feed the rollback triggers.",
@@ -124,11 +132,17 @@ class PlanReport:
             "stickiness": None if self.stickiness is None else self.stickiness.summary(),
             "evidence": [e.summary() for e in self.evidence],
             "frontier": [vars(p).copy() for p in self.frontier],
-            "views": [{k: v for k, v in v.summary().items() if k != "assignment"} | {"assignment": dict(v.assignment)} for v in self.views],
+            "views": [
+                {k: v for k, v in v.summary().items() if k != "assignment"}
+                | {"assignment": dict(v.assignment)}
+                for v in self.views
+            ],
             "risks": [vars(r).copy() for r in self.risks],
             "checklist": self.checklist(),
             "notes": list(self.notes),
-            "samples": [{"task_type": s.task_type, "request_id": s.request_id} for s in self.samples],
+            "samples": [
+                {"task_type": s.task_type, "request_id": s.request_id} for s in self.samples
+            ],
         }
         return _clean(data)
 
@@ -199,7 +213,14 @@ def _pyplot() -> Any:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "plan", "font.size": 9, "font.family": "sans-serif"})
+    plt.rcParams.update(
+        {
+            "svg.fonttype": "none",
+            "svg.hashsalt": "plan",
+            "font.size": 9,
+            "font.family": "sans-serif",
+        }
+    )
     return plt
 
 
@@ -214,10 +235,24 @@ def frontier_chart(points: Sequence[FrontierPoint], cost_before: float) -> str |
     ys = [p.quality for p in usable]
     ax.plot(xs, ys, "-o", color="#4a6fa5", markersize=4, linewidth=1.2, label="plan at each floor")
     for p in usable:
-        ax.annotate(f"{p.floor:.2f}", (p.monthly_cost_usd, p.quality), textcoords="offset points", xytext=(4, 4), fontsize=7, color="#555")
+        ax.annotate(
+            f"{p.floor:.2f}",
+            (p.monthly_cost_usd, p.quality),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+            color="#555",
+        )
     chosen = [p for p in usable if p.chosen]
     if chosen:
-        ax.plot([chosen[0].monthly_cost_usd], [chosen[0].quality], "*", color="#d1495b", markersize=14, label=f"chosen (floor {chosen[0].floor:.2f})")
+        ax.plot(
+            [chosen[0].monthly_cost_usd],
+            [chosen[0].quality],
+            "*",
+            color="#d1495b",
+            markersize=14,
+            label=f"chosen (floor {chosen[0].floor:.2f})",
+        )
     ax.plot([cost_before], [1.0], "s", color="#333", markersize=6, label="production today")
     ax.set_xlabel(_label("monthly cost (USD)"))
     ax.set_ylabel("expected quality vs production")
@@ -330,7 +365,13 @@ def context(report: PlanReport) -> dict[str, Any]:
     for ev in report.evidence:
         by_type.setdefault(ev.task_type, []).append({"ev": ev, "bar": _interval_bar(ev, floor)})
     for rows in by_type.values():
-        rows.sort(key=lambda r: (r["ev"].kind != "production", r["ev"].cost_per_1k_usd or 0.0, r["ev"].candidate))
+        rows.sort(
+            key=lambda r: (
+                r["ev"].kind != "production",
+                r["ev"].cost_per_1k_usd or 0.0,
+                r["ev"].candidate,
+            )
+        )
     types = []
     projections = {t.task_type: t for t in report.projection.types}
     for route in report.decision.routes:
@@ -343,7 +384,13 @@ def context(report: PlanReport) -> dict[str, Any]:
             }
         )
     chains = [
-        {"task_type": r.task_type, "hops": [_hop_info(h, report, r.memory_guard_mb if h == r.route else None) for h in (r.route, *r.fallbacks)]}
+        {
+            "task_type": r.task_type,
+            "hops": [
+                _hop_info(h, report, r.memory_guard_mb if h == r.route else None)
+                for h in (r.route, *r.fallbacks)
+            ],
+        }
         for r in report.decision.routes
     ]
     wl = workload(report)
@@ -412,18 +459,40 @@ def assemble_report(
     seed: int = 0,
 ) -> PlanReport:
     """Evidence -> decision -> stickiness -> projection -> frontier -> views -> risks, in one call."""
-    evidence = build_evidence(observations, candidates, floor=objectives.quality_floor, fits=fits, seed=seed)
+    evidence = build_evidence(
+        observations, candidates, floor=objectives.quality_floor, fits=fits, seed=seed
+    )
     types = [t.task_type for t in traffic.types]
     decision = decide(evidence, objectives, types)
     sticky = stickiness_impact(turns, decision) if turns else None
     projection = project(
-        decision, traffic, evidence, candidates, device=device, migration_cost_usd=migration_cost_usd, stickiness=sticky
+        decision,
+        traffic,
+        evidence,
+        candidates,
+        device=device,
+        migration_cost_usd=migration_cost_usd,
+        stickiness=sticky,
     )
-    points = frontier(sweep_floors(evidence, objectives, floors, types), traffic, evidence, candidates, objectives.quality_floor)
+    points = frontier(
+        sweep_floors(evidence, objectives, floors, types),
+        traffic,
+        evidence,
+        candidates,
+        objectives.quality_floor,
+    )
     fit_map = {e.candidate: e.fit for e in evidence if e.fit is not None}
-    views = compare_views(observations, decision, candidates, pick_tiers(candidates, evidence, fit_map))
+    views = compare_views(
+        observations, decision, candidates, pick_tiers(candidates, evidence, fit_map)
+    )
     risks = assess_risks(
-        decision, evidence, traffic, candidates, projection, previous_quality=previous_quality, judge_used=judge is not None
+        decision,
+        evidence,
+        traffic,
+        candidates,
+        projection,
+        previous_quality=previous_quality,
+        judge_used=judge is not None,
     )
     depth: dict[int, int] = {}
     by_conv: dict[str, int] = {}
@@ -433,10 +502,14 @@ def assemble_report(
         depth[n] = depth.get(n, 0) + 1
     notes = []
     if judge is None and any("no judge" in s for e in evidence for s in e.scorers):
-        notes.append("No LLM judge was configured: open-ended task types were scored by text similarity.")
+        notes.append(
+            "No LLM judge was configured: open-ended task types were scored by text similarity."
+        )
     unscored = sum(e.n_unscored for e in evidence)
     if unscored:
-        notes.append(f"{unscored} successful replays have no score yet and are left out of the quality figures.")
+        notes.append(
+            f"{unscored} successful replays have no score yet and are left out of the quality figures."
+        )
     return PlanReport(
         title=title,
         generated_at=generated_at,

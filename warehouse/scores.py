@@ -72,7 +72,9 @@ def _sample(con: duckdb.DuckDBPyConnection, sample_id: str | None) -> str:
         if not found:
             raise WarehouseError(f"no sample {sample_id!r} in the warehouse")
         return sample_id
-    row = con.execute("SELECT sample_id FROM samples ORDER BY created_at DESC, sample_id LIMIT 1").fetchone()
+    row = con.execute(
+        "SELECT sample_id FROM samples ORDER BY created_at DESC, sample_id LIMIT 1"
+    ).fetchone()
     if row is None:
         raise EmptyWarehouseError("sample of requests (run `migration-planner replay` first)")
     return str(row[0])
@@ -240,7 +242,16 @@ def traffic_by_type(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         """,
         [start, end, start, start, end, start],
     ).fetchall()
-    keys = ("task_type", "requests", "prompt_tokens", "completion_tokens", "cost_usd", "uncertain", "first_half", "second_half")
+    keys = (
+        "task_type",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "uncertain",
+        "first_half",
+        "second_half",
+    )
     return {
         "period_days": period_days,
         "start": start,
@@ -299,11 +310,19 @@ def sample_outputs(
     for task, rid, prompt, reference, cand, text, quality, error in rows:
         item = index.get(rid)
         if item is None:
-            item = {"task_type": task, "request_id": rid, "prompt": prompt or "", "production": reference or "", "answers": []}
+            item = {
+                "task_type": task,
+                "request_id": rid,
+                "prompt": prompt or "",
+                "production": reference or "",
+                "answers": [],
+            }
             index[rid] = item
             out.append(item)
         if cand is not None:
-            item["answers"].append({"candidate": cand, "text": text, "quality": quality, "error_kind": error})
+            item["answers"].append(
+                {"candidate": cand, "text": text, "quality": quality, "error_kind": error}
+            )
     return out
 
 
@@ -311,7 +330,8 @@ def judge_cache_get(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
     """A judge's stored reply for this prompt hash, if any."""
     con.execute(JUDGE_CACHE_DDL)
     row = con.execute(
-        "SELECT response FROM judge_cache WHERE cache_key = ? ORDER BY created_at DESC LIMIT 1", [key]
+        "SELECT response FROM judge_cache WHERE cache_key = ? ORDER BY created_at DESC LIMIT 1",
+        [key],
     ).fetchone()
     return None if row is None else str(row[0])
 
@@ -322,9 +342,10 @@ def judge_cache_put(con: duckdb.DuckDBPyConnection, key: str, judge: str, respon
     con.begin()
     try:
         con.execute("DELETE FROM judge_cache WHERE cache_key = ?", [key])
-        con.execute("INSERT INTO judge_cache VALUES (?, ?, ?, now()::TIMESTAMP)", [key, judge, response])
+        con.execute(
+            "INSERT INTO judge_cache VALUES (?, ?, ?, now()::TIMESTAMP)", [key, judge, response]
+        )
         con.commit()
     except BaseException:
         con.rollback()
         raise
-
