@@ -30,8 +30,8 @@ class SlidingWindowLimiter:
 
     ``margin_s`` widens the window the limiter looks back over (default: 1% of the window, at
     least 0.25 s), so a request that travels a little faster than the one before it still lands
-    outside the server's window. State survives across event loops (a backend may run several batches), so one
-    limiter per candidate keeps the limit across the whole run.
+    outside the server's window. State survives across event loops (a backend may run several
+    batches), so one limiter per candidate keeps the limit across the whole run.
     """
 
     def __init__(

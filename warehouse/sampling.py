@@ -6,9 +6,9 @@ else its human label, else ``'unknown'``. Within a task type, requests are order
 ``md5(request_id || ':' || seed)``, so the same seed on the same data draws the same sample, and
 a warehouse that grew keeps most of yesterday's sample (new requests only displace old ones they
 outrank) — which is what lets a nightly replay send only what is new. Exact repeats (same
-``prompt_hash``) are sampled once, through a copy that has a task type if any copy has one. Multi-turn requests are sampled like any other, with the full
-history as logged. On top of the per-type quota come ``uncertain`` extra requests the classifier
-was unsure of.
+``prompt_hash``) are sampled once, through a copy that has a task type if any copy has one.
+Multi-turn requests are sampled like any other, with the full history as logged. On top of the
+per-type quota come ``uncertain`` extra requests the classifier was unsure of.
 """
 
 from __future__ import annotations

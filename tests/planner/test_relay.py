@@ -132,7 +132,7 @@ def test_429_with_retry_after_is_honoured() -> None:
 
 
 def test_429_without_retry_after_backs_off_and_gives_up() -> None:
-    script = [(429, {})] * 3
+    script: list[tuple[int, dict[str, str]]] = [(429, {})] * 3
     with ServerThread(Scripted(create_app(EchoEngine("echo")), script)) as server:
         backend = RelayBackend(
             "relay", server.base_url, "echo", max_retries=2, backoff_base_s=0.05, jitter_seed=1
@@ -147,7 +147,7 @@ def test_429_without_retry_after_backs_off_and_gives_up() -> None:
 
 
 def test_503_burst_is_ridden_out() -> None:
-    script = [(503, {})] * 3
+    script: list[tuple[int, dict[str, str]]] = [(503, {})] * 3
     with ServerThread(Scripted(create_app(EchoEngine("echo")), script)) as server:
         backend = RelayBackend(
             "relay", server.base_url, "echo", max_concurrency=1, backoff_base_s=0.01
