@@ -1,1 +1,34 @@
-"""warehouse."""
+"""The DuckDB warehouse: log readers, ingestion with quarantine, profile queries, and storage of
+what later stages produce. Imports duckdb and the standard library only."""
+
+from warehouse.connection import fetch_one, open_warehouse
+from warehouse.errors import (
+    EmptyWarehouseError,
+    FormatError,
+    InputPathError,
+    WarehouseError,
+    WarehouseOpenError,
+)
+from warehouse.ingest import FORMATS, FileReport, IngestReport, ingest_paths
+from warehouse.pricing import default_prices, match_price, price_table
+from warehouse.profile import profile_warehouse
+from warehouse.rejects import list_rejects
+
+__all__ = [
+    "FORMATS",
+    "EmptyWarehouseError",
+    "FileReport",
+    "FormatError",
+    "IngestReport",
+    "InputPathError",
+    "WarehouseError",
+    "WarehouseOpenError",
+    "default_prices",
+    "fetch_one",
+    "ingest_paths",
+    "list_rejects",
+    "match_price",
+    "open_warehouse",
+    "price_table",
+    "profile_warehouse",
+]

@@ -37,14 +37,14 @@ def extract_batch(con: duckdb.DuckDBPyConnection, *, id_prefix: str, fallback_ts
                                     *REQUEST_SECRET_FIELDS)) + "}"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _extracted AS
-        WITH parsed AS ({_PARSE.format(table='_raw')}),
-        fields AS (
+        WITH parsed AS MATERIALIZED ({_PARSE.format(table='_raw')}),
+        fields AS MATERIALIZED (
             SELECT *, json_type(j) AS top,
                    json_extract(j, ['$.custom_id', '$.url', '$.body', '$.body.messages',
                                     '$.body.model', '$.body.temperature', '$.body.max_tokens',
                                     '$.body.max_completion_tokens', '$.body.metadata']) AS e
             FROM parsed
-        ), checked AS (
+        ), checked AS MATERIALIZED (
             SELECT *,
                 CASE
                     WHEN is_blank OR is_marker THEN NULL
@@ -65,7 +65,7 @@ def extract_batch(con: duckdb.DuckDBPyConnection, *, id_prefix: str, fallback_ts
             FROM fields
         )
         SELECT
-            c.line_no, c.line AS raw, c.is_blank, c.is_marker, c.reason,
+            c.line_no, c.is_blank, c.is_marker, c.reason,
             ? || (c.e[1]->>'$') AS request_id,
             coalesce(o.created_ts, ?::TIMESTAMP) AS ts,
             NULL::VARCHAR AS conversation_id,
@@ -97,8 +97,8 @@ def _extract_output(con: duckdb.DuckDBPyConnection) -> None:
     ts = timestamp_sql("e[9]")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _out AS
-        WITH parsed AS ({_PARSE.format(table='_raw_out')}),
-        fields AS (
+        WITH parsed AS MATERIALIZED ({_PARSE.format(table='_raw_out')}),
+        fields AS MATERIALIZED (
             SELECT *, json_type(j) AS top,
                    json_extract(j, ['$.custom_id', '$.response', '$.response.status_code',
                                     '$.response.body', '$.error', '$.response.body.error',
@@ -108,7 +108,7 @@ def _extract_output(con: duckdb.DuckDBPyConnection) -> None:
                                     '$.response.body.usage.prompt_tokens',
                                     '$.response.body.usage.completion_tokens']) AS e
             FROM parsed
-        ), checked AS (
+        ), checked AS MATERIALIZED (
             SELECT *,
                 CASE
                     WHEN is_blank OR is_marker THEN NULL
@@ -122,7 +122,7 @@ def _extract_output(con: duckdb.DuckDBPyConnection) -> None:
                 END AS reason
             FROM fields
         )
-        SELECT line_no, line AS raw, is_blank, is_marker, reason,
+        SELECT line_no, is_blank, is_marker, reason,
                e[1]->>'$' AS custom_id,
                row_number() OVER (PARTITION BY CASE WHEN reason IS NULL AND NOT is_blank
                                   AND NOT is_marker THEN e[1]->>'$' END ORDER BY line_no) AS out_rank,
@@ -162,8 +162,8 @@ def _settle_output(con: duckdb.DuckDBPyConnection, *, id_prefix: str, batch_id: 
     """, [id_prefix])
     con.execute(f"""
         INSERT INTO rejected_lines
-        SELECT ?, ?, line_no, final_reason, encode({mask_sql('raw')})
-        FROM _out_status WHERE final_reason IS NOT NULL
+        SELECT ?, ?, s.line_no, s.final_reason, encode({mask_sql('r.line')})
+        FROM _out_status s JOIN _raw_out r USING (line_no) WHERE s.final_reason IS NOT NULL
     """, [batch_id, output_file])
     con.execute("""
         INSERT INTO duplicate_lines

@@ -96,31 +96,45 @@ def messages_reason(value: str, label: str) -> str:
     )
 
 
-def extract_chat_log(con: duckdb.DuckDBPyConnection) -> None:
-    """``_raw`` -> ``_extracted`` for chat-log lines."""
+def extract_chat_log(con: duckdb.DuckDBPyConnection, source: str = "_raw") -> None:
+    """``source(line_no, line)`` -> ``_extracted`` for chat-log lines.
+
+    One JSON parse per line when every line of the chunk is JSON (a fast validation pass tells);
+    otherwise each line is checked before it is parsed, and bad ones become reasons.
+    """
+    ((all_json,),) = con.execute(
+        f"SELECT coalesce(bool_and(json_valid(line)), true) FROM {source} "
+        "WHERE line IS NOT NULL AND line <> chr(2) AND trim(line) <> ''").fetchall()
+    _extract(con, source, checked=not all_json)
+
+
+def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> None:
     paths = ", ".join(f"'{p}'" for _, p in _PATHS)
     secret_patch = "{" + ", ".join(f'"{k}": null' for k in
                                    ("messages", "model", "temperature", "max_tokens",
                                     *REQUEST_SECRET_FIELDS)) + "}"
     ts = timestamp_sql(f("timestamp"))
+    valid = ("line IS NOT NULL AND json_valid(line)" if checked
+             else "line IS NOT NULL AND line <> chr(2) AND trim(line) <> ''")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _extracted AS
-        WITH parsed AS (
+        WITH parsed AS MATERIALIZED (
             SELECT line_no, line,
                    (line IS NULL OR trim(line) = '') AS is_blank,
                    line = chr(2) AS is_marker,
-                   CASE WHEN line IS NOT NULL AND json_valid(line) THEN line::JSON END AS j
-            FROM _raw
-        ), fields AS (
-            SELECT *, json_type(j) AS top, json_extract(j, [{paths}]) AS e FROM parsed
-        ), typed AS (
+                   CASE WHEN {valid} THEN line END AS j
+            FROM {source}
+        ), fields AS MATERIALIZED (
+            SELECT line_no, is_blank, is_marker, j IS NULL AS bad_json, json_type(j) AS top,
+                   json_extract(j, [{paths}]) AS e FROM parsed
+        ), typed AS MATERIALIZED (
             SELECT *, {ts} AS ts_parsed FROM fields
         )
         SELECT
-            line_no, line AS raw, is_blank, is_marker,
+            line_no, is_blank, is_marker,
             CASE
                 WHEN is_blank OR is_marker THEN NULL
-                WHEN j IS NULL THEN 'not valid JSON'
+                WHEN bad_json THEN 'not valid JSON'
                 WHEN top <> 'OBJECT' THEN 'not a JSON object (got ' || lower(top) || ')'
                 WHEN {f('id')} IS NULL OR {jt('id')} = 'NULL' THEN 'missing field: id'
                 WHEN {jt('id')} NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')

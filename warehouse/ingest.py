@@ -29,6 +29,9 @@ LogFormat = Literal["auto", "chat-log", "openai-batch"]
 FORMATS: tuple[str, ...] = ("auto", "chat-log", "openai-batch")
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz")
 Progress = Callable[[str], None]
+# Lines normalized at a time: bounds memory on large files (cross-chunk duplicates are still
+# caught, by the anti-join against rows loaded from earlier chunks).
+CHUNK_LINES = 100_000
 
 
 @dataclass
@@ -235,10 +238,15 @@ def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices)
         con.execute("BEGIN TRANSACTION")
         try:
             _read_raw(con, "_raw", scanned)
-            extract_chat_log(con)
-            stage_requests(con, prices)
-            counts = finish_stage(con, batch_id=batch_id, source_file=str(path))
+            counts = LineCounts()
+            for first in range(1, scanned.n_lines + 1, CHUNK_LINES):
+                con.execute("CREATE OR REPLACE TEMP TABLE _chunk AS SELECT * FROM _raw "
+                            "WHERE line_no BETWEEN ? AND ?", [first, first + CHUNK_LINES - 1])
+                extract_chat_log(con, "_chunk")
+                stage_requests(con, prices)
+                counts.add(finish_stage(con, batch_id=batch_id, source_file=str(path), raw="_chunk"))
             _record_bad_lines(con, batch_id, path, scanned)
+            con.execute("DROP TABLE IF EXISTS _raw")
             rep = FileReport(str(path), "chat-log", "ingested", batch_id,
                              lines_read=scanned.n_lines, loaded=counts.loaded,
                              duplicates=counts.duplicates,

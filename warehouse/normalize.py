@@ -58,16 +58,16 @@ def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
     load_price_table(con, sorted(set(models)), prices)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _stage AS
-        WITH msgs AS (
+        WITH msgs AS MATERIALIZED (
             SELECT *,
                 CASE WHEN reason IS NULL THEN json_extract(messages, '$[*]') END AS msg_list
             FROM _extracted
-        ), checked AS (
+        ), checked AS MATERIALIZED (
             SELECT *,
                 CASE WHEN msg_list IS NOT NULL
                      THEN list_position(list_transform(msg_list, {_MSG_OK}), false) END AS bad_msg
             FROM msgs
-        ), derived AS (
+        ), derived AS MATERIALIZED (
             SELECT *,
                 CASE WHEN reason IS NULL AND bad_msg IS NULL
                      THEN list_transform(msg_list, lambda m: m->>'$.role') END AS roles,
@@ -76,7 +76,7 @@ def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
             FROM checked
         )
         SELECT
-            d.line_no, d.raw, d.is_blank, d.is_marker,
+            d.line_no, d.is_blank, d.is_marker,
             CASE
                 WHEN d.reason IS NOT NULL THEN d.reason
                 WHEN d.bad_msg IS NOT NULL THEN 'field request.messages[' || (d.bad_msg - 1)::VARCHAR
@@ -118,18 +118,20 @@ def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
     """)
 
 
-def finish_stage(con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: str) -> LineCounts:
+def finish_stage(con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: str,
+                 raw: str = "_raw") -> LineCounts:
     """Write ``_stage`` into the warehouse: loaded rows, duplicates and rejects. Caller commits."""
+    # Only ids travel here, never whole rows: the first line of an id not yet in the warehouse wins.
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ranked AS
-        SELECT s.*,
+        SELECT line_no, request_id,
                row_number() OVER (PARTITION BY request_id ORDER BY line_no) AS dup_rank
-        FROM _stage s
+        FROM _stage
         WHERE reason IS NULL AND NOT is_blank AND NOT is_marker
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _new AS
-        SELECT r.* FROM _ranked r
+        SELECT r.line_no FROM _ranked r
         WHERE r.dup_rank = 1
           AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.request_id = r.request_id)
     """)
@@ -149,17 +151,19 @@ def finish_stage(con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: 
                     WHEN p.model IS NOT NULL THEN 'price-table' ELSE 'unknown-model' END,
                n.label_task_type, n.feature, n.user_id, n.metadata,
                ?, n.line_no, ?, n.prompt_hash
-        FROM _new n LEFT JOIN _prices p ON p.model = n.priced_model
+        FROM _stage n SEMI JOIN _new USING (line_no)
+        LEFT JOIN _prices p ON p.model = n.priced_model
     """, [source_file, batch_id])
     con.execute("""
         INSERT INTO duplicate_lines
         SELECT ?, ?, line_no, request_id FROM _ranked
-        WHERE dup_rank > 1 OR request_id NOT IN (SELECT request_id FROM _new)
+        WHERE line_no NOT IN (SELECT line_no FROM _new)
     """, [batch_id, source_file])
     con.execute(f"""
         INSERT INTO rejected_lines
-        SELECT ?, ?, line_no, reason, encode({mask_sql('raw')})
-        FROM _stage WHERE reason IS NOT NULL AND NOT is_blank AND NOT is_marker
+        SELECT ?, ?, s.line_no, s.reason, encode({mask_sql('r.line')})
+        FROM _stage s JOIN {raw} r USING (line_no)
+        WHERE s.reason IS NOT NULL AND NOT s.is_blank AND NOT s.is_marker
     """, [batch_id, source_file])
     (loaded,) = _one(con, "SELECT count(*) FROM _new")
     (ranked,) = _one(con, "SELECT count(*) FROM _ranked")

@@ -443,3 +443,35 @@ def write_chat_log(path: Path, n: int, seed: int = 0, *, malformed: int = 0,
         data = gzip.compress(data, mtime=0)
     path.write_bytes(data)
     return len(lines)
+
+
+def write_openai_batch(input_path: Path, output_path: Path, n: int, seed: int = 0) -> tuple[int, int]:
+    """An OpenAI Batch API input/output pair of ``n`` requests, as the Batch API writes them:
+    output lines in a different order, one request with no output line (expired) and one with an
+    error. Returns (input lines, output lines)."""
+    rng = random.Random(seed + 2)
+    records = [r for r in generate_records(n * 2, seed + 7, failed_share=0.0)
+               if r["request"]["messages"][-1]["role"] == "user"][:n]
+    inputs, outputs = [], []
+    for i, rec in enumerate(records):
+        custom_id = f"request-{i + 1}"
+        body = {k: v for k, v in rec["request"].items() if k != "api_key"}
+        body["metadata"] = {"task_type": rec["metadata"].get("task_type")} if "task_type" in rec["metadata"] else {}
+        inputs.append({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+                       "body": body})
+        if i == 1:
+            continue  # no output: the batch expired before this request ran
+        if i == 2:
+            outputs.append({"id": f"batch_req_{i}", "custom_id": custom_id, "response": None,
+                            "error": {"code": "server_error", "message": "The model had an error"}})
+            continue
+        resp = dict(rec["response"], object="chat.completion",
+                    created=int(datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()))
+        outputs.append({"id": f"batch_req_{i}", "custom_id": custom_id,
+                        "response": {"status_code": 200, "request_id": f"req_{i}", "body": resp},
+                        "error": None})
+    rng.shuffle(outputs)
+    input_path.parent.mkdir(parents=True, exist_ok=True)
+    input_path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in inputs), encoding="utf-8")
+    output_path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in outputs), encoding="utf-8")
+    return len(inputs), len(outputs)

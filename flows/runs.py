@@ -1,0 +1,30 @@
+"""Run folders: ``out/<run-id>/``, written to a temporary folder and moved into place only when
+complete, so a failed run never leaves half a plan where a good one is expected."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+@contextmanager
+def run_folder(out_dir: Path, run_id: str) -> Iterator[Path]:
+    """Yield a scratch folder; on success it becomes ``out_dir/run_id``, on failure it is removed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = out_dir / f".{run_id}.partial"
+    scratch.mkdir()
+    try:
+        yield scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    final = out_dir / run_id
+    scratch.rename(final)
