@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 
 @dataclass
-class _Admission:
+class Admission:
+    """One send counted in the window (its tokens are settled to the real count later)."""
+
     at: float
     tokens: int
 
@@ -54,7 +56,7 @@ class SlidingWindowLimiter:
         self.window_s = window_s
         self.margin_s = max(0.01 * window_s, 0.25) if margin_s is None else margin_s
         self._clock = clock
-        self._admitted: deque[_Admission] = deque()
+        self._admitted: deque[Admission] = deque()
         self._tokens = 0
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
@@ -97,19 +99,19 @@ class SlidingWindowLimiter:
                         break
         return max(wait, 0.0)
 
-    async def acquire(self, tokens: int = 0) -> _Admission:
+    async def acquire(self, tokens: int = 0) -> Admission:
         """Wait (first come, first served) until the send fits, then count it as sent now."""
         if not self.limited:
-            return _Admission(self._clock(), tokens)
+            return Admission(self._clock(), tokens)
         async with self._loop_lock():
             while (wait := self.wait_time(tokens)) > 0:
                 await asyncio.sleep(wait)
-            admission = _Admission(self._clock(), tokens)
+            admission = Admission(self._clock(), tokens)
             self._admitted.append(admission)
             self._tokens += tokens
             return admission
 
-    def settle(self, admission: _Admission, actual_tokens: int) -> None:
+    def settle(self, admission: Admission, actual_tokens: int) -> None:
         """Replace an admission's estimated tokens by the count the server reported."""
         if admission in self._admitted:
             self._tokens += actual_tokens - admission.tokens
