@@ -458,7 +458,7 @@ def assess_risks(
     previous_quality: Mapping[str, float] | None = None,
     judge_used: bool = False,
     few_samples: int = 30,
-    wide_interval: float = 0.10,
+    wide_interval: float = 0.04,
 ) -> list[Risk]:
     """What could make this plan wrong, each tied to a figure: few samples, wide intervals, little
     memory headroom, INT4 vs INT8 loss, drift of the task mix or of quality, rate limits."""
