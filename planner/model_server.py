@@ -43,6 +43,8 @@ from typing import Any, Protocol, runtime_checkable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from planner.local_backend import GenaiRuntime, message_text
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -95,23 +97,6 @@ class ChatEngine(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
 
-def message_text(content: Any) -> str:
-    """The text of an OpenAI message ``content``: a string or a list of content parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif isinstance(part, str):
-                parts.append(part)
-        return "".join(parts)
-    return str(content)
-
-
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -154,8 +139,6 @@ class LocalEngine:
     def __init__(
         self, model_dir: Path, model_name: str | None = None, threads: int | None = None
     ) -> None:
-        from planner.local_backend import GenaiRuntime
-
         self._runtime = GenaiRuntime(Path(model_dir), threads=threads)
         self.model_name = model_name or Path(model_dir).resolve().name
         self._lock = threading.Lock()
