@@ -225,31 +225,34 @@ def measure_host(cache_file: Path | None = None, max_age_s: float = 7 * 86400) -
     in ``cache_file`` (if given) for ``max_age_s`` on the same machine."""
     key = _machine_key()
     with _host_lock:
-        if key in _host_cache:
-            return _host_cache[key]
-        if cache_file is not None and cache_file.is_file():
-            try:
-                data = json.loads(cache_file.read_text())
-                if data.get("key") == key and time.time() - data["measured_at"] < max_age_s:
-                    cached = HostMeasurement(**{k: v for k, v in data.items() if k != "key"})
-                    _host_cache[key] = cached
-                    return cached
-            except (ValueError, KeyError, TypeError):
-                pass  # a stale or foreign cache is simply measured again
-        mem = psutil.virtual_memory()
-        host = HostMeasurement(
-            total_ram_gb=mem.total / GB,
-            available_ram_gb=mem.available / GB,
-            bandwidth_gbs=measure_bandwidth(),
-            cpu_count=os.cpu_count() or 1,
-            machine=f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
-            measured_at=time.time(),
-        )
+        host = _host_cache.get(key)
+        if host is None and cache_file is not None:
+            host = _read_host_cache(cache_file, key, max_age_s)
+        if host is None:
+            mem = psutil.virtual_memory()
+            host = HostMeasurement(
+                total_ram_gb=mem.total / GB,
+                available_ram_gb=mem.available / GB,
+                bandwidth_gbs=measure_bandwidth(),
+                cpu_count=os.cpu_count() or 1,
+                machine=f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
+                measured_at=time.time(),
+            )
         _host_cache[key] = host
-        if cache_file is not None:
+        if cache_file is not None and _read_host_cache(cache_file, key, max_age_s) != host:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             cache_file.write_text(json.dumps({"key": key, **asdict(host)}, indent=2))
         return host
+
+
+def _read_host_cache(cache_file: Path, key: str, max_age_s: float) -> HostMeasurement | None:
+    try:
+        data = json.loads(cache_file.read_text())
+        if data.get("key") != key or time.time() - float(data["measured_at"]) >= max_age_s:
+            return None
+        return HostMeasurement(**{k: v for k, v in data.items() if k != "key"})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, stale or foreign: measured again
 
 
 def memory_needed_mb(info: ModelInfo, context_tokens: int) -> tuple[float, float, float]:

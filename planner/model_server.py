@@ -107,6 +107,8 @@ class EchoEngine:
     is a word or a punctuation mark; ``max_tokens`` cuts the answer at that many tokens.
     """
 
+    pieces_are_tokens = True
+
     def __init__(self, model_name: str = "echo") -> None:
         self.model_name = model_name
 
@@ -130,11 +132,18 @@ class EchoEngine:
         return len(_WORD.findall(text))
 
 
+class ContextOverflow(ValueError):
+    """An engine's prompt does not fit its context window: answered 400 context_length_exceeded."""
+
+
 class LocalEngine:
     """An onnxruntime-genai model folder behind the server (shares the runtime with LocalBackend).
 
-    Generation is serialized with a lock: one model, one generator at a time.
+    Generation is serialized with a lock: one model, one generator at a time. Each text piece is
+    one generated token.
     """
+
+    pieces_are_tokens = True
 
     def __init__(
         self, model_dir: Path, model_name: str | None = None, threads: int | None = None
@@ -149,9 +158,9 @@ class LocalEngine:
         with self._lock:
             prompt_ids = self._runtime.encode_messages(messages)
             if len(prompt_ids) >= self._runtime.context_length:
-                raise ValueError(
-                    f"prompt of {len(prompt_ids)} tokens exceeds the context window of "
-                    f"{self._runtime.context_length}"
+                raise ContextOverflow(
+                    f"This model's maximum context length is {self._runtime.context_length} "
+                    f"tokens; the messages resulted in {len(prompt_ids)} tokens"
                 )
             for _token, piece in self._runtime.stream(prompt_ids, max_tokens, temperature):
                 yield piece
@@ -280,6 +289,18 @@ def _produce(
             close()
 
 
+def _completion_tokens(engine: ChatEngine, text: str, pieces: list[str]) -> int:
+    if getattr(engine, "pieces_are_tokens", False):
+        return len(pieces)
+    return engine.count_tokens(text) if text else 0
+
+
+def _generation_error(exc: Exception) -> JSONResponse:
+    if isinstance(exc, ContextOverflow):
+        return _error(400, str(exc), "invalid_request_error", "context_length_exceeded")
+    return _error(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+
+
 def _prompt_tokens(engine: ChatEngine, messages: list[dict[str, Any]]) -> int:
     counter = getattr(engine, "count_prompt_tokens", None)
     if callable(counter):
@@ -361,12 +382,12 @@ def create_app(
             try:
                 while (item := await queue.get()) is not _DONE:
                     if isinstance(item, Exception):
-                        return _error(500, f"generation failed: {item}", "server_error")
+                        return _generation_error(item)
                     pieces.append(item)
             finally:
                 cancelled.set()
             text = "".join(pieces)
-            completion_tokens = engine.count_tokens(text) if text else 0
+            completion_tokens = _completion_tokens(engine, text, pieces)
             finish = "length" if len(pieces) >= call.max_tokens else "stop"
             answer: dict[str, Any] = {
                 "id": completion_id,
@@ -392,6 +413,11 @@ def create_app(
             return JSONResponse(answer)
 
         malformed = dice.roll_malformed()
+        # wait for the first piece, so a failure before any output is a proper HTTP error
+        first = await queue.get()
+        if isinstance(first, Exception):
+            cancelled.set()
+            return _generation_error(first)
 
         def chunk(delta: dict[str, Any], finish: str | None) -> str:
             data = {
@@ -410,18 +436,19 @@ def create_app(
                 if malformed:
                     yield f'data: {{"id": "{completion_id}", "object": "chat.completion.chu\n\n'
                     return
-                while (item := await queue.get()) is not _DONE:
+                item = first
+                while item is not _DONE:
                     if isinstance(item, Exception):
                         error = {"error": {"message": f"generation failed: {item}"}}
                         yield f"data: {json.dumps(error)}\n\n"
                         return
                     pieces.append(item)
                     yield chunk({"content": item}, None)
+                    item = await queue.get()
                 finish = "length" if len(pieces) >= call.max_tokens else "stop"
                 yield chunk({}, finish)
                 if call.include_usage and not faults.omit_usage:
-                    text = "".join(pieces)
-                    completion_tokens = engine.count_tokens(text) if text else 0
+                    completion_tokens = _completion_tokens(engine, "".join(pieces), pieces)
                     prompt = await loop.run_in_executor(
                         executor, _prompt_tokens, engine, call.messages
                     )

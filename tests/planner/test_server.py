@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from planner.backends import ReplayRequest, ReplayResult
+from planner.local_backend import LocalBackend
 from planner.model_server import (
     ChatEngine,
     EchoEngine,
     FaultConfig,
+    LocalEngine,
     ServerThread,
     create_app,
 )
@@ -255,3 +259,121 @@ def test_fault_config_rejects_impossible_rates() -> None:
         FaultConfig(rate_429=1.5)
     with pytest.raises(ValueError, match="exceed"):
         FaultConfig(rate_429=0.6, rate_503=0.6)
+
+
+class SlowEngine:
+    """Takes 0.3 s per piece, in the worker thread."""
+
+    model_name = "slow"
+
+    def complete(
+        self, messages: list[dict[str, Any]], max_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        for piece in ("one", " two", " three"):
+            time.sleep(0.3)
+            yield piece
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+class BrokenEngine(EchoEngine):
+    def complete(
+        self, messages: list[dict[str, Any]], max_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        raise RuntimeError("model exploded")
+        yield ""
+
+
+def test_generation_never_blocks_the_event_loop() -> None:
+    with ServerThread(create_app(SlowEngine())) as server, httpx.Client() as client:
+        body = {"model": "slow", "messages": MESSAGES, "stream": True}
+        with client.stream("POST", f"{server.base_url}/chat/completions", json=body) as resp:
+            started = time.monotonic()
+            models = httpx.get(f"{server.base_url}/models")
+            assert models.status_code == 200
+            assert time.monotonic() - started < 0.25  # answered while generation runs
+            text = "".join(
+                json.loads(e)["choices"][0]["delta"].get("content", "")
+                for e in sse_events(resp)
+                if e != "[DONE]"
+            )
+        assert text == "one two three"
+        # engines without pieces_are_tokens are counted with count_tokens
+        reply = client_for(server).chat.completions.create(
+            model="slow",
+            messages=MESSAGES,  # type: ignore[arg-type]
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens == 3
+
+
+def test_engine_failure_is_a_500_for_both_modes() -> None:
+    with ServerThread(create_app(BrokenEngine("broken"))) as server:
+        url = f"{server.base_url}/chat/completions"
+        for stream in (False, True):
+            resp = httpx.post(url, json={"model": "broken", "messages": MESSAGES, "stream": stream})
+            assert resp.status_code == 500
+            assert "model exploded" in resp.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def local_server(tiny_model_dir: Path) -> Iterator[ServerThread]:
+    engine = LocalEngine(tiny_model_dir, model_name="tiny")
+    with ServerThread(create_app(engine)) as server:
+        yield server
+
+
+def test_local_engine_non_streaming_matches_the_backend(
+    local_server: ServerThread, tiny_model_dir: Path
+) -> None:
+    reply = client_for(local_server).chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+    )
+    results: list[ReplayResult] = []
+    LocalBackend("tiny", tiny_model_dir).replay(
+        [ReplayRequest("r", MESSAGES, max_tokens=8)], results.append
+    )
+    assert reply.choices[0].message.content == results[0].output_text
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == results[0].prompt_tokens
+    assert reply.usage.completion_tokens == 8
+
+
+def test_local_engine_streaming_equals_non_streaming(local_server: ServerThread) -> None:
+    client = client_for(local_server)
+    plain = client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=10,
+        temperature=0,
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage is not None and plain.usage is not None
+    assert chunks[-1].usage.completion_tokens == 10
+    assert chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_local_engine_context_overflow_is_a_400(local_server: ServerThread) -> None:
+    long = [{"role": "user", "content": "the payment failed and " * 200}]
+    for stream in (False, True):
+        resp = httpx.post(
+            f"{local_server.base_url}/chat/completions",
+            json={"model": "tiny", "messages": long, "stream": stream},
+        )
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == "context_length_exceeded"
