@@ -354,6 +354,16 @@ def _stickiness_cost(
     return delta * factor
 
 
+def money(value: float) -> str:
+    """USD with as many decimals as a small amount needs ($1,234 / $12.50 / $0.0042)."""
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if value >= 100:
+        return f"{sign}${value:,.0f}"
+    if value >= 1:
+        return f"{sign}${value:,.2f}"
+    return f"{sign}${value:.4f}" if value else "$0"
+
+
 def _overall_verdict(
     migrated: float, savings: float, before: float, payback: float | None, quality: float | None
 ) -> tuple[str, str]:
@@ -366,7 +376,7 @@ def _overall_verdict(
         )
     )
     saving_txt = (
-        f"saves ${savings:,.0f}/month ({savings / before:.0%})"
+        f"saves {money(savings)}/month ({savings / before:.0%})"
         if before > 0 and savings > 0
         else "saves nothing"
     )

@@ -39,6 +39,7 @@ from planner.projection import (
     Traffic,
     assess_risks,
     frontier,
+    money,
     project,
 )
 from planner.redact import redact
@@ -195,7 +196,8 @@ def _label(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _svg(fig: Any) -> str:
+def _svg(fig: Any, prefix: str) -> str:
+    """The figure as an inline <svg> element; its ids get ``prefix`` so charts never collide."""
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
@@ -204,6 +206,8 @@ def _svg(fig: Any) -> str:
     svg = buf.getvalue()
     svg = svg[svg.index("<svg") :]
     svg = re.sub(r'\s(width|height)="[\d.]+pt"', "", svg, count=2)  # scale with the page
+    svg = re.sub(r'\bid="', f'id="{prefix}-', svg)
+    svg = svg.replace("url(#", f"url(#{prefix}-").replace('href="#', f'href="#{prefix}-')
     return svg
 
 
@@ -258,7 +262,7 @@ def frontier_chart(points: Sequence[FrontierPoint], cost_before: float) -> str |
     ax.set_ylabel("expected quality vs production")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _svg(fig)
+    return _svg(fig, "frontier")
 
 
 def mix_chart(types: Sequence[Mapping[str, Any]]) -> str | None:
@@ -272,7 +276,7 @@ def mix_chart(types: Sequence[Mapping[str, Any]]) -> str | None:
     ax.barh(names, values, color="#4a6fa5")
     ax.set_xlabel("requests in the logged period")
     ax.grid(axis="x", alpha=0.3)
-    return _svg(fig)
+    return _svg(fig, "mix")
 
 
 def cost_chart(projection: Projection) -> str | None:
@@ -292,7 +296,7 @@ def cost_chart(projection: Projection) -> str | None:
     ax.set_xlabel(_label("USD per month"))
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    return _svg(fig)
+    return _svg(fig, "cost")
 
 
 # ---------------------------------------------------------------- template filters
@@ -305,15 +309,7 @@ def _pct(value: Any, digits: int = 0) -> str:
 
 
 def _usd(value: Any) -> str:
-    if value is None:
-        return "–"
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    if value >= 100:
-        return f"{sign}${value:,.0f}"
-    if value >= 1:
-        return f"{sign}${value:,.2f}"
-    return f"{sign}${value:.4f}" if value else "$0"
+    return "–" if value is None else money(value)
 
 
 def _ms(value: Any) -> str:
