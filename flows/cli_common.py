@@ -1,7 +1,8 @@
 """What every CLI command shares: the error-to-exit-code rule, JSON output, the settings option.
 
 Library errors (warehouse, classifiers, planner) are a user's problem to fix: they become one line
-on stderr and exit code 2. Anything else is a bug and keeps its traceback.
+on stderr and exit code 2. Anything else is a bug and keeps its traceback. Typer 0.29 vendors its
+own click (``typer._click``): errors must derive from that ClickException to be caught.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
+from typer._click import Context
+from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
 from classifiers.errors import ClassifierError
@@ -25,19 +27,19 @@ USER_ERRORS = (WarehouseError, PlannerError, ClassifierError)
 EXIT_USER_ERROR = 2
 
 
-class UserError(click.ClickException):
+class UserError(ClickException):
     """Printed as ``error: <message>`` with exit code 2."""
 
     exit_code = EXIT_USER_ERROR
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        typer.echo(f"error: {self.format_message()}", err=True)
 
 
 class PlannerGroup(TyperGroup):
     """Turns the library error tree into :class:`UserError` for every nested command."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except USER_ERRORS as exc:
@@ -51,6 +53,7 @@ def new_app(help_text: str) -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # plain `error: ...` lines, not rich boxes: one line per error
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 

@@ -23,7 +23,7 @@ from flows.cli_common import (
     settings_from,
     warehouse_path,
 )
-from warehouse import FORMATS, ingest_paths, list_rejects, open_warehouse, profile_warehouse
+from warehouse import FORMATS, ingest_paths, prepare_ingest, list_rejects, open_warehouse, profile_warehouse
 
 WarehouseOption = typer.Option(None, "--warehouse", "-w",
                                help="DuckDB warehouse file (default: [warehouse] path in planner.toml, "
@@ -60,6 +60,7 @@ def ingest(
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     settings = settings_from(config)
+    prepare_ingest(paths, fmt=fmt, batch_output=batch_output)  # type: ignore[arg-type]
     con = open_warehouse(warehouse_path(settings, warehouse))
     try:
         report = ingest_paths(con, paths, fmt=fmt, batch_output=batch_output,  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from warehouse.errors import (
     WarehouseError,
     WarehouseOpenError,
 )
-from warehouse.ingest import FORMATS, FileReport, IngestReport, ingest_paths
+from warehouse.ingest import FORMATS, FileReport, IngestReport, ingest_paths, prepare_ingest
 from warehouse.pricing import default_prices, match_price, price_table
 from warehouse.profile import profile_warehouse
 from warehouse.rejects import list_rejects
@@ -29,6 +29,7 @@ __all__ = [
     "list_rejects",
     "match_price",
     "open_warehouse",
+    "prepare_ingest",
     "price_table",
     "profile_warehouse",
 ]

@@ -102,7 +102,9 @@ def detect_format(path: Path) -> str:
                     return _shape(path, obj)
     except (OSError, EOFError) as exc:
         raise InputPathError(path, f"cannot read file: {exc}") from exc
-    raise FormatError(path, "cannot detect the format: no JSON object in the first 50 lines")
+    # No JSON object at all: read it as chat-log, so every line is kept in rejected_lines with
+    # its reason instead of the whole file being refused.
+    return "chat-log"
 
 
 def _shape(path: Path, obj: dict[str, object]) -> str:
@@ -117,6 +119,22 @@ def _shape(path: Path, obj: dict[str, object]) -> str:
                             "supported: chat-log, openai-batch")
 
 
+IngestPlan = list[tuple[str, Path, Path | None]]
+
+
+def prepare_ingest(paths: Sequence[Path | str], *, fmt: LogFormat = "auto",
+                   batch_output: Path | str | None = None) -> IngestPlan:
+    """Check every path and decide each file's reader, without touching the warehouse: a missing
+    file, an empty folder or an unpaired batch file is an error before anything is written."""
+    if fmt not in FORMATS:
+        raise FormatError(Path("."), f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    files = expand_paths(paths)
+    output = Path(batch_output) if batch_output is not None else None
+    if output is not None and not output.is_file():
+        raise InputPathError(output, "batch output file does not exist")
+    return _plan(files, fmt, output)
+
+
 def ingest_paths(
     con: duckdb.DuckDBPyConnection,
     paths: Sequence[Path | str],
@@ -128,14 +146,9 @@ def ingest_paths(
 ) -> IngestReport:
     """Ingest every file (folders are expanded). Detection, pairing and path errors are raised
     before anything is written; bad lines inside files are data, kept in ``rejected_lines``."""
-    if fmt not in FORMATS:
-        raise FormatError(Path("."), f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    files = expand_paths(paths)
+    plan = prepare_ingest(paths, fmt=fmt, batch_output=batch_output)
     table = price_table(prices)
-    output = Path(batch_output) if batch_output is not None else None
-    if output is not None and not output.is_file():
-        raise InputPathError(output, "batch output file does not exist")
-    plan = _plan(files, fmt, output)
+    _bound_memory(con)
     report = IngestReport()
     for kind, path, out in plan:
         started = time.perf_counter()
@@ -246,7 +259,6 @@ def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices)
                 stage_requests(con, prices)
                 counts.add(finish_stage(con, batch_id=batch_id, source_file=str(path), raw="_chunk"))
             _record_bad_lines(con, batch_id, path, scanned)
-            con.execute("DROP TABLE IF EXISTS _raw")
             rep = FileReport(str(path), "chat-log", "ingested", batch_id,
                              lines_read=scanned.n_lines, loaded=counts.loaded,
                              duplicates=counts.duplicates,
@@ -259,6 +271,7 @@ def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices)
             raise
         return rep
     finally:
+        _drop_staging(con)
         scanned.cleanup()
 
 
@@ -299,8 +312,38 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, path: Path, output: Path, pric
             raise
         return rep
     finally:
+        _drop_staging(con)
         scanned_in.cleanup()
         scanned_out.cleanup()
+
+
+# DuckDB keeps temp tables in memory up to its limit (80% of RAM by default); below this it
+# spills them to disk instead, which keeps a large ingest's peak RSS bounded.
+INGEST_MEMORY_LIMIT = "1200MB"
+
+
+def _bound_memory(con: duckdb.DuckDBPyConnection) -> None:
+    ((limit,),) = con.execute("SELECT current_setting('memory_limit')").fetchall()
+    if _mb(str(limit)) > _mb(INGEST_MEMORY_LIMIT):
+        con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
+
+
+def _mb(setting: str) -> float:
+    number, _, unit = setting.strip().partition(" ")
+    unit = (unit or "".join(c for c in setting if c.isalpha())).upper()
+    value = float("".join(c for c in number if c.isdigit() or c == ".") or 0)
+    scale = {"KB": 1e-3, "KIB": 1 / 1024, "MB": 1, "MIB": 1, "GB": 1e3, "GIB": 1024, "TB": 1e6, "TIB": 1024**2}
+    return value * scale.get(unit, 1)
+
+
+_STAGING = ("_raw", "_raw_out", "_chunk", "_extracted", "_stage", "_ranked", "_new", "_out",
+            "_out_status", "_prices")
+
+
+def _drop_staging(con: duckdb.DuckDBPyConnection) -> None:
+    """Staging tables hold raw lines (credentials unmasked): none outlives its ingest."""
+    for table in _STAGING:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _pair_hash(input_hash: str, output_hash: str) -> str:

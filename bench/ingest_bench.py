@@ -1,0 +1,70 @@
+"""Ingest of 1,000,000 chat-log lines against a bare DuckDB ``read_json`` of the same file.
+
+Both run in their own child process (so each one's peak RSS is its own), one after the other, in
+the same benchmark run. Goal: the project's ingest — validation, quarantine, normalization,
+dedupe — takes at most 2x the bare read, with peak RSS under 2 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from warehouse.synthetic import generate_records
+
+_CHILD = r"""
+import json, resource, sys, time
+mode, path, db = sys.argv[1:4]
+started = time.perf_counter()
+if mode == "bare":
+    import duckdb
+    con = duckdb.connect(db)
+    con.execute("CREATE TABLE t AS SELECT * FROM read_json(?)", [path])
+    rows = con.execute("SELECT count(*) FROM t").fetchall()[0][0]
+else:
+    from warehouse import ingest_paths, open_warehouse
+    con = open_warehouse(db)
+    rows = ingest_paths(con, [path]).totals.loaded
+con.close()
+print(json.dumps({"seconds": time.perf_counter() - started, "rows": rows,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_lines(path: Path, n: int, seed: int = 0) -> None:
+    """``n`` distinct realistic lines: 20k generated records, repeated with fresh ids."""
+    base = [json.dumps(r, ensure_ascii=False) for r in generate_records(20_000, seed)]
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n):
+            line = base[i % len(base)]
+            out.write(line.replace('"id": "req-', f'"id": "b{i // len(base)}-', 1) + "\n")
+
+
+def _child(mode: str, path: Path, db: Path) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(path), str(db)],
+                          capture_output=True, text=True, check=True, env=os.environ.copy())
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(n_lines: int = 1_000_000) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        path = Path(tmp) / "logs.jsonl"
+        started = time.perf_counter()
+        write_lines(path, n_lines)
+        size_mb = path.stat().st_size / 1e6
+        print(f"generated {n_lines:,} lines ({size_mb:,.0f} MB) in {time.perf_counter() - started:.0f} s")
+        bare = _child("bare", path, Path(tmp) / "bare.duckdb")
+        ours = _child("ours", path, Path(tmp) / "planner.duckdb")
+    ratio = ours["seconds"] / bare["seconds"]
+    print(f"{'':28} {'seconds':>9} {'rows/s':>11} {'peak RSS MB':>12}")
+    for name, r in (("bare duckdb read_json", bare), ("migration-planner ingest", ours)):
+        print(f"{name:28} {r['seconds']:9.2f} {r['rows'] / r['seconds']:11,.0f} {r['peak_rss_mb']:12,.0f}")
+    print(f"ingest / bare read: {ratio:.2f}x (goal <= 2.0x); peak RSS {ours['peak_rss_mb']:,.0f} MB "
+          f"(goal < 2048 MB)")
+    return {"lines": n_lines, "file_mb": round(size_mb), "bare": bare, "ingest": ours,
+            "ratio": round(ratio, 2)}
