@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows import cli_classify, cli_models
+from flows import cli_classify, cli_models, cli_plan, cli_replay
 from flows.cli_common import new_app
 from flows.cli_warehouse import register as register_warehouse_commands
 
@@ -12,7 +12,10 @@ app = new_app(
 )
 register_warehouse_commands(app)
 app.add_typer(cli_classify.app, name="classify")
+app.command("replay")(cli_replay.replay)
+app.command("plan")(cli_plan.plan)
 app.add_typer(cli_models.app, name="models")
+app.command("serve-model")(cli_models.serve_model)
 
 
 def main() -> None:
