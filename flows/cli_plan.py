@@ -1,4 +1,4 @@
-"""`migration-planner plan`: score the replays, decide the routes, write the plan and its configs."""
+"""`migration-planner plan`: score the replays, decide the routes, write the plan and configs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The files a gateway loads and a person keeps: routing.yaml, litellm.yaml, rollback.yaml, metrics.json.
+"""The files a gateway loads and a person keeps: routing, LiteLLM, rollback configs and metrics.
 
 All three configs describe the same routes. ``routing.yaml`` is this project's own schema
 (``version: 1``, see docs/routing-schema.md); ``litellm.yaml`` is a LiteLLM proxy config (one
@@ -281,7 +281,7 @@ def _litellm_params(cand: Candidate, gateway: Gateway) -> dict[str, Any]:
 def litellm_config(
     decision: Decision, candidates: Mapping[str, Candidate], gateway: Gateway | None = None
 ) -> dict[str, Any]:
-    """A LiteLLM proxy config: a model group per endpoint, a route alias per task type, fallbacks."""
+    """A LiteLLM proxy config: a group per endpoint, a route alias per task type, fallbacks."""
     gw = gateway or Gateway()
     model_list = [
         {"model_name": name, "litellm_params": _litellm_params(_candidate(name, candidates), gw)}
@@ -371,7 +371,8 @@ def rollback_config(
             ]
         },
         "all_to_production": {
-            "description": "One step back: load this routing config instead of routing.yaml to send all traffic to production.",
+            "description": "One step back: load this routing config instead of routing.yaml "
+            "to send all traffic to production.",
             "routing": production_only_routing(routing),
         },
     }

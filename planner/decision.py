@@ -121,20 +121,23 @@ def check(ev: Evidence, objectives: Objectives) -> tuple[str, ...]:
         reasons.append("no quality scores")
     elif ev.quality_low < objectives.quality_floor:
         reasons.append(
-            f"quality lower bound {ev.quality_low:.3f} below the floor {objectives.quality_floor:.3f}"
+            f"quality lower bound {ev.quality_low:.3f} below the floor "
+            f"{objectives.quality_floor:.3f}"
         )
     if ev.latency_p95_ms is None:
         reasons.append("no latency measured")
     elif ev.latency_p95_ms > objectives.p95_latency_ms:
         reasons.append(
-            f"p95 latency {ev.latency_p95_ms:.0f} ms over the SLO {objectives.p95_latency_ms:.0f} ms"
+            f"p95 latency {ev.latency_p95_ms:.0f} ms over the SLO "
+            f"{objectives.p95_latency_ms:.0f} ms"
         )
     if ev.kind == "local":
         if ev.fit is None:
             reasons.append("device fit unknown")
         elif not ev.fit.fits:
             reasons.append(
-                f"does not fit the device (needs {ev.fit.needed_mb:.0f} MB, headroom {ev.fit.headroom_mb:.0f} MB)"
+                f"does not fit the device (needs {ev.fit.needed_mb:.0f} MB, "
+                f"headroom {ev.fit.headroom_mb:.0f} MB)"
             )
     if ev.cost_per_1k_usd is None:
         reasons.append("cost unknown")
@@ -185,7 +188,8 @@ def choose_route(task_type: str, evidence: Sequence[Evidence], objectives: Objec
     assert best.quality_low is not None
     reason = (
         f"cheapest route with quality lower bound {best.quality_low:.3f} >= floor "
-        f"{objectives.quality_floor:.3f} and p95 {best.latency_p95_ms:.0f} ms <= {objectives.p95_latency_ms:.0f} ms"
+        f"{objectives.quality_floor:.3f} and p95 {best.latency_p95_ms:.0f} ms "
+        f"<= {objectives.p95_latency_ms:.0f} ms"
     )
     return Route(
         task_type=task_type,
@@ -230,7 +234,7 @@ def sweep_floors(
     floors: Iterable[float],
     task_types: Iterable[str] | None = None,
 ) -> list[tuple[float, Decision]]:
-    """The decision at each floor (the configured one included): the cost-quality frontier's points."""
+    """The decision at each floor (the configured one included): the frontier's points."""
     wanted = sorted({round(f, 4) for f in floors} | {round(objectives.quality_floor, 4)})
     types = list(task_types or ())
     return [
@@ -318,7 +322,7 @@ def stickiness_impact(turns: Iterable[Turn], decision: Decision) -> Stickiness:
     )
 
 
-# ---------------------------------------------------------------- other routing rules, same evidence
+# ---------------------------------------------------------------- other rules, same evidence
 
 
 @dataclass(frozen=True)
@@ -489,7 +493,8 @@ def compare_views(
         evaluate_view(
             "by_length",
             f"By expected output length: < {SHORT_OUTPUT_TOKENS} tokens -> smallest model, "
-            f"{SHORT_OUTPUT_TOKENS}-{LONG_OUTPUT_TOKENS} -> larger model, > {LONG_OUTPUT_TOKENS} -> cloud",
+            f"{SHORT_OUTPUT_TOKENS}-{LONG_OUTPUT_TOKENS} -> larger model, "
+            f"> {LONG_OUTPUT_TOKENS} -> cloud",
             observations,
             lambda ref: by_length[length_bucket(ref.reference_tokens)],
             candidates,
@@ -498,7 +503,8 @@ def compare_views(
         ),
         evaluate_view(
             "static",
-            "Static rule of thumb: simple types -> smallest edge model, moderate -> larger edge model, "
+            "Static rule of thumb: simple types -> smallest edge model, "
+            "moderate -> larger edge model, "
             "complex -> relay",
             observations,
             lambda ref: by_tier[static_tier(ref.task_type)],

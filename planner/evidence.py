@@ -48,7 +48,8 @@ class Candidate:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise PlanError(
-                f"candidate {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
+                f"candidate {self.name!r}: kind must be one of {', '.join(KINDS)}, "
+                f"got {self.kind!r}"
             )
 
     def cost_usd(self, prompt_tokens: float, completion_tokens: float) -> float:
@@ -274,7 +275,8 @@ def build_evidence(
         if name not in candidates:
             known = ", ".join(sorted(candidates)) or "none"
             raise PlanError(
-                f"replays of candidate {name!r} but no such candidate is configured (known: {known})"
+                f"replays of candidate {name!r} but no such candidate is configured "
+                f"(known: {known})"
             )
         cand = candidates[name]
         out.append(

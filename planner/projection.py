@@ -117,7 +117,7 @@ def _evidence_map(evidence: Iterable[Evidence]) -> dict[tuple[str, str], Evidenc
 
 
 def request_cost(route: str, traffic: TypeTraffic, candidates: Mapping[str, Candidate]) -> float:
-    """USD per request of ``traffic``'s type on ``route`` (production: what the log says it cost)."""
+    """USD per request of ``traffic``'s type on ``route`` (production: what the log says)."""
     if traffic.requests == 0:
         return 0.0
     if route == PRODUCTION:
@@ -209,7 +209,10 @@ def type_verdict(route: Route) -> str:
         return f"Not suitable yet: stay on production ({route.reason})."
     where = "on the device" if route.kind == "local" else "through the relay"
     low = f"{route.quality_low:.0%}" if route.quality_low is not None else "?"
-    return f"Suitable: move to {route.route} {where}; quality at least {low} of production (95% lower bound)."
+    return (
+        f"Suitable: move to {route.route} {where}; "
+        f"quality at least {low} of production (95% lower bound)."
+    )
 
 
 def project(
@@ -383,7 +386,8 @@ def _overall_verdict(
     if migrated <= 0:
         return (
             "not suitable",
-            "Not suitable: no task type meets the quality floor, the SLO and the device; keep production.",
+            "Not suitable: no task type meets the quality floor, the SLO and the device; keep "
+            "production.",
         )
     if savings <= 0:
         return (
@@ -393,7 +397,8 @@ def _overall_verdict(
     level = "suitable" if migrated >= 0.5 else "partly suitable"
     return (
         level,
-        f"{level.capitalize()}: move {migrated:.0%} of traffic; it {saving_txt}{quality_txt}{payback_txt}.",
+        f"{level.capitalize()}: move {migrated:.0%} of traffic; it "
+        f"{saving_txt}{quality_txt}{payback_txt}.",
     )
 
 
@@ -485,7 +490,8 @@ def assess_risks(
                 Risk(
                     "medium",
                     "Few samples",
-                    f"{route.route} on {route.task_type} rests on {hit.n} replays (< {few_samples}).",
+                    f"{route.route} on {route.task_type} rests on {hit.n} replays (< "
+                    f"{few_samples}).",
                     route.task_type,
                 )
             )
@@ -495,7 +501,8 @@ def assess_risks(
                 Risk(
                     "medium",
                     "Wide interval",
-                    f"{route.route} on {route.task_type}: quality 95% interval {hit.quality_low:.2f}-{hit.quality_high:.2f} (width {width:.2f}).",
+                    f"{route.route} on {route.task_type}: quality 95% interval "
+                    f"{hit.quality_low:.2f}-{hit.quality_high:.2f} (width {width:.2f}).",
                     route.task_type,
                 )
             )
@@ -507,7 +514,9 @@ def assess_risks(
                     Risk(
                         level,
                         "Little memory headroom",
-                        f"{route.route} needs {hit.fit.needed_mb:.0f} MB and leaves {hit.fit.headroom_mb:.0f} MB free on the device; the memory guard will send traffic to the next hop when memory is short.",
+                        f"{route.route} needs {hit.fit.needed_mb:.0f} MB and leaves "
+                        f"{hit.fit.headroom_mb:.0f} MB free on the device; the memory guard will "
+                        "send traffic to the next hop when memory is short.",
                         route.task_type,
                     )
                 )
@@ -518,7 +527,9 @@ def assess_risks(
                     Risk(
                         "medium",
                         "Failures",
-                        f"{route.route} on {route.task_type} failed {hit.error_rate:.0%} of replays (mostly {worst[0]}); failures fall back to {route.fallbacks[0] if route.fallbacks else PRODUCTION}.",
+                        f"{route.route} on {route.task_type} failed {hit.error_rate:.0%} of "
+                        f"replays (mostly {worst[0]}); failures fall back to "
+                        f"{route.fallbacks[0] if route.fallbacks else PRODUCTION}.",
                         route.task_type,
                     )
                 )
@@ -551,18 +562,20 @@ def assess_risks(
                     f"{high_bits} on average.",
                 )
             )
-    first = sum(t.first_half for t in traffic.types)
-    second = sum(t.second_half for t in traffic.types)
+    first = sum(tt.first_half for tt in traffic.types)
+    second = sum(tt.second_half for tt in traffic.types)
     if first and second:
-        for t in traffic.types:
-            shift = t.second_half / second - t.first_half / first
+        for tt in traffic.types:
+            shift = tt.second_half / second - tt.first_half / first
             if abs(shift) > 0.05:
                 risks.append(
                     Risk(
                         "medium",
                         "Task mix drift",
-                        f"{t.task_type} went from {t.first_half / first:.0%} to {t.second_half / second:.0%} of traffic between the halves of the logged period.",
-                        t.task_type,
+                        f"{tt.task_type} went from {tt.first_half / first:.0%} to "
+                        f"{tt.second_half / second:.0%} of traffic between the halves of the "
+                        "logged period.",
+                        tt.task_type,
                     )
                 )
     for route in decision.routes:
@@ -576,7 +589,8 @@ def assess_risks(
                 Risk(
                     "high",
                     "Quality drift",
-                    f"{route.task_type} on {route.route}: quality {route.quality_mean:.2f}, down from {before:.2f} in the previous run.",
+                    f"{route.task_type} on {route.route}: quality {route.quality_mean:.2f}, down "
+                    f"from {before:.2f} in the previous run.",
                     route.task_type,
                 )
             )
@@ -585,7 +599,8 @@ def assess_risks(
             Risk(
                 "low",
                 "Short logged period",
-                f"The month is extrapolated from {traffic.period_days:.1f} days of logs (x{projection.monthly_factor:.0f}).",
+                f"The month is extrapolated from {traffic.period_days:.1f} days of logs "
+                f"(x{projection.monthly_factor:.0f}).",
             )
         )
     uncertain = (
@@ -596,7 +611,8 @@ def assess_risks(
             Risk(
                 "medium",
                 "Uncertain classifier",
-                f"{uncertain:.0%} of requests are below the classifier's confidence threshold and go to {decision.uncertain_route}.",
+                f"{uncertain:.0%} of requests are below the classifier's confidence threshold and "
+                f"go to {decision.uncertain_route}.",
             )
         )
     if not judge_used and any(
@@ -606,7 +622,8 @@ def assess_risks(
             Risk(
                 "low",
                 "No LLM judge",
-                "Open-ended types (text generation, brainstorming, chat) were scored by text similarity, which under-rates good answers worded differently.",
+                "Open-ended types (text generation, brainstorming, chat) were scored by text "
+                "similarity, which under-rates good answers worded differently.",
             )
         )
     for name, share in projection.route_share.items():
@@ -619,7 +636,8 @@ def assess_risks(
                 Risk(
                     "high",
                     "Relay rate limit",
-                    f"{name} would get ~{per_minute:.0f} requests/min on average (peaks ~{per_minute * 3:.0f}) against rpm {cand.rpm}.",
+                    f"{name} would get ~{per_minute:.0f} requests/min on average (peaks "
+                    f"~{per_minute * 3:.0f}) against rpm {cand.rpm}.",
                 )
             )
     order = {"high": 0, "medium": 1, "low": 2}

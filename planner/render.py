@@ -89,7 +89,8 @@ class PlanReport:
     def checklist(self) -> list[str]:
         """The migration steps this plan implies, in order."""
         steps = [
-            f"Deploy the task classifier (classifier.onnx) in the gateway with confidence threshold "
+            "Deploy the task classifier (classifier.onnx) in the gateway with confidence "
+            "threshold "
             f"{(self.classifier or {}).get('confidence_threshold', 'as in routing.yaml')}; "
             f"requests below it go to {self.decision.uncertain_route}.",
         ]
@@ -105,13 +106,18 @@ class PlanReport:
             guard = max((r.memory_guard_mb or 0) for r in self.decision.routes if r.route == name)
             where = self.device.name if self.device else "the device tier"
             steps.append(
-                f"Ship {name} to {where}; its memory guard needs {guard:.0f} MB free, else traffic takes the next hop."
+                f"Ship {name} to {where}; its memory guard needs {guard:.0f} MB free, else "
+                "traffic takes the next hop."
             )
         steps += [
-            "Load routing.yaml (or litellm.yaml) in shadow mode for a week: route, compare, but answer from production.",
-            "Schedule the nightly replay run (`migration-planner run`); its quality figures feed the rollback triggers.",
-            "Canary each migrated task type: 5% of traffic, then 25%, then 100%, watching error rate and p95 latency.",
-            "Rehearse the rollback: load the all_to_production config from rollback.yaml and check traffic returns.",
+            "Load routing.yaml (or litellm.yaml) in shadow mode for a week: route, compare, but "
+            "answer from production.",
+            "Schedule the nightly replay run (`migration-planner run`); its quality figures feed "
+            "the rollback triggers.",
+            "Canary each migrated task type: 5% of traffic, then 25%, then 100%, watching error "
+            "rate and p95 latency.",
+            "Rehearse the rollback: load the all_to_production config from rollback.yaml and "
+            "check traffic returns.",
         ]
         return steps
 
@@ -454,7 +460,7 @@ def assemble_report(
     run_id: str | None = None,
     seed: int = 0,
 ) -> PlanReport:
-    """Evidence -> decision -> stickiness -> projection -> frontier -> views -> risks, in one call."""
+    """Evidence -> decision -> stickiness -> projection -> frontier -> views -> risks, at once."""
     evidence = build_evidence(
         observations, candidates, floor=objectives.quality_floor, fits=fits, seed=seed
     )
@@ -504,7 +510,8 @@ def assemble_report(
     unscored = sum(e.n_unscored for e in evidence)
     if unscored:
         notes.append(
-            f"{unscored} successful replays have no score yet and are left out of the quality figures."
+            f"{unscored} successful replays have no score yet and are left out of the quality "
+            "figures."
         )
     return PlanReport(
         title=title,

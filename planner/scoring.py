@@ -178,7 +178,7 @@ def _leaf(value: Any) -> str:
 
 
 def flatten_fields(value: Any, prefix: str = "") -> Counter[tuple[str, str]]:
-    """(path, normalized leaf) pairs; list items share the path ``key[]`` so order does not count."""
+    """(path, normalized leaf) pairs; list items share the path ``key[]``: order does not count."""
     out: Counter[tuple[str, str]] = Counter()
     if isinstance(value, dict):
         for key, item in value.items():

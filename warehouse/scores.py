@@ -140,7 +140,8 @@ def store_scores(con: duckdb.DuckDBPyConnection, rows: Iterable[Sequence[Any]]) 
     try:
         con.execute("DELETE FROM scores WHERE replay_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
         con.executemany(
-            "INSERT INTO scores (replay_id, metric, value, scorer, created_at) VALUES (?, ?, ?, ?, now()::TIMESTAMP)",
+            "INSERT INTO scores (replay_id, metric, value, scorer, created_at) "
+            "VALUES (?, ?, ?, ?, now()::TIMESTAMP)",
             batch,
         )
         con.commit()
@@ -223,6 +224,7 @@ def traffic_by_type(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     if span is None or not span[2]:
         raise EmptyWarehouseError("requests")
     start, end, _ = span
+    middle = start + (end - start) / 2
     seconds = (end - start).total_seconds()
     period_days = max(seconds / 86400.0, 1.0 / 24.0)  # at least an hour: one burst is not a rate
     rows = con.execute(
@@ -235,12 +237,12 @@ def traffic_by_type(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                coalesce(sum(r.completion_tokens), 0)::BIGINT,
                coalesce(sum(r.cost_usd), 0)::DOUBLE,
                count(*) FILTER (WHERE coalesce(p.uncertain, false))::BIGINT,
-               count(*) FILTER (WHERE r.ts < ?::TIMESTAMP + (?::TIMESTAMP - ?::TIMESTAMP) / 2)::BIGINT,
-               count(*) FILTER (WHERE r.ts >= ?::TIMESTAMP + (?::TIMESTAMP - ?::TIMESTAMP) / 2)::BIGINT
+               count(*) FILTER (WHERE r.ts < ?::TIMESTAMP)::BIGINT,
+               count(*) FILTER (WHERE r.ts >= ?::TIMESTAMP)::BIGINT
         FROM requests AS r LEFT JOIN latest_prediction AS p USING (request_id)
         GROUP BY 1 ORDER BY 2 DESC, 1
         """,
-        [start, end, start, start, end, start],
+        [middle, middle],
     ).fetchall()
     keys = (
         "task_type",

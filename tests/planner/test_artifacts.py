@@ -280,7 +280,7 @@ def test_write_artifacts_files_and_no_secret_written(
     with pytest.raises(ValueError):  # NaN is not JSON: the report must clean it first
         write_artifacts(tmp_path / "bad", decision(), candidates(), {"x": float("nan")})
     (tmp_path / "broken.yaml").write_text("version: 1\nroutes: [")
-    with pytest.raises(PlanError, match="broken.yaml"):
+    with pytest.raises(PlanError, match=r"broken\.yaml"):
         load_routing(tmp_path / "broken.yaml")
 
 

@@ -214,7 +214,8 @@ def test_stickiness_counts_later_turns_routed_elsewhere() -> None:
     s = stickiness_impact(turns, decision)
     assert (s.requests, s.conversations, s.multi_turn_conversations, s.later_turns) == (8, 4, 3, 4)
     assert s.multi_turn_share == pytest.approx(7 / 8)
-    # c1 turn 1 (summarization -> relay, stays on small: lower tier); c2 turn 1 (relay -> production: higher)
+    # c1 turn 1 (summarization -> relay, stays on small: lower tier);
+    # c2 turn 1 (relay -> production: higher tier)
     assert s.rerouted_turns == 2 and s.rerouted_share == pytest.approx(2 / 8)
     assert (s.to_lower_tier, s.to_higher_tier) == (1, 1)
     assert s.moves == (
@@ -286,11 +287,13 @@ def test_views_compare_plan_length_rule_and_static_tiers_on_the_same_requests() 
     assert plan.quality_mean == pytest.approx((1.0 + 0.0 + 0.9 + 1.0) / 4)
     assert plan.route_share == {"production": 0.25, "relay": 0.25, "small": 0.5}
     assert plan.cost_per_1k_usd == pytest.approx((0 + 0 + 0.001 + 0.004) / 4 * 1000)
-    # by length: r1 (5) -> small 1.0; r2 (50), r4 (60) -> relay 1.0 and failed 0; r3 (150) -> production
+    # by length: r1 (5) -> small 1.0; r2 (50), r4 (60) -> relay 1.0 and failed 0;
+    # r3 (150) -> production
     assert by_length.quality_mean == pytest.approx((1.0 + 1.0 + 1.0 + 0.0) / 4)
     assert by_length.route_share == {"production": 0.25, "relay": 0.5, "small": 0.25}
     assert by_length.share_at_floor == pytest.approx(0.75)
-    # static: classification simple -> small; summarization moderate -> relay (failed); reasoning complex -> production
+    # static: classification simple -> small; summarization moderate -> relay (failed);
+    # reasoning complex -> production
     assert static.quality_mean == pytest.approx((1.0 + 0.0 + 1.0 + 0.0) / 4)
     assert static.assignment == {"simple": "small", "moderate": "relay", "complex": "production"}
     assert plan.requests == by_length.requests == static.requests == 4

@@ -140,7 +140,7 @@ def test_device_fit_from_names_the_candidate_on_bad_input() -> None:
     assert device_fit_from("m", {"fits": 1, "needed_mb": "10", "headroom_mb": 5}) == DeviceFit(
         True, 10.0, 5.0, None
     )
-    with pytest.raises(PlanError, match="candidate 'm'.*needed_mb"):
+    with pytest.raises(PlanError, match=r"candidate 'm'.*needed_mb"):
         device_fit_from("m", {"fits": True, "headroom_mb": 5})
 
 

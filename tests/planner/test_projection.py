@@ -128,7 +128,8 @@ def test_monthly_cost_savings_payback_and_shares() -> None:
     assert proj.monthly_factor == pytest.approx(3.0)
     assert proj.monthly_requests == pytest.approx(1700 * 3)
     by = {t.task_type: t for t in proj.types}
-    # classification: 900 local (10% fail over to the relay at $0.00024) + 100 uncertain on production
+    # classification: 900 local (10% fail over to the relay at $0.00024)
+    # + 100 uncertain on production
     assert by["classification"].cost_after_usd == pytest.approx(
         (900 * 0.1 * 0.00024 + 100 * 0.01) * 3
     )
@@ -152,7 +153,8 @@ def test_monthly_cost_savings_payback_and_shares() -> None:
     assert proj.route_share == pytest.approx(
         {"production": 300 / 1700, "relay": 500 / 1700, "small": 900 / 1700}
     )
-    # quality: classification 0.9 x 0.97 + 0.1 x 1.0; summarization 0.96; code 1.0; weighted by requests
+    # quality: classification 0.9 x 0.97 + 0.1 x 1.0; summarization 0.96; code 1.0;
+    # weighted by requests
     q_cls = 0.9 * 0.97 + 0.1 * 1.0
     assert by["classification"].quality == pytest.approx(q_cls)
     assert proj.quality == pytest.approx((1000 * q_cls + 500 * 0.96 + 200 * 1.0) / 1700)
@@ -207,12 +209,12 @@ def test_stickiness_cost_and_no_payback_without_savings() -> None:
 
 
 def test_verdict_per_type() -> None:
-    d = plan()
-    assert type_verdict(d.route_for("classification")).startswith(
+    routes = {r.task_type: r for r in plan().routes}
+    assert type_verdict(routes["classification"]).startswith(
         "Suitable: move to small on the device"
-    )  # type: ignore[arg-type]
-    assert "through the relay" in type_verdict(d.route_for("summarization"))  # type: ignore[arg-type]
-    assert type_verdict(d.route_for("code")).startswith("Not suitable yet: stay on production")  # type: ignore[arg-type]
+    )
+    assert "through the relay" in type_verdict(routes["summarization"])
+    assert type_verdict(routes["code"]).startswith("Not suitable yet: stay on production")
 
 
 def test_frontier_marks_the_chosen_floor_and_costs_rise_with_the_floor() -> None:

@@ -1,4 +1,4 @@
-"""Scorers on hand-made answers whose right score is known, and the judge over a real HTTP server."""
+"""Scorers on hand-made answers whose right score is known; the judge over a real HTTP server."""
 
 from __future__ import annotations
 
@@ -60,7 +60,10 @@ def test_extraction_field_f1_on_json() -> None:
     ref = json.dumps(
         {"name": "Ann Lee", "email": "ann@acme.example", "company": "Acme", "city": "Oslo"}
     )
-    same = '```json\n{"city": "oslo", "company": "Acme", "email": "ann@acme.example", "name": "ann  lee"}\n```'
+    same = (
+        '```json\n{"city": "oslo", "company": "Acme", "email": "ann@acme.example", '
+        '"name": "ann  lee"}\n```'
+    )
     assert quality("extraction", ref, same) == (1.0, "json_field_f1")
     # 3 of 4 fields right, nothing extra: P = 1, R = 3/4 -> F1 = 6/7
     three = json.dumps({"name": "Ann Lee", "email": "ann@acme.example", "company": "Acme"})
@@ -80,7 +83,10 @@ def test_extraction_field_f1_on_json() -> None:
 
 
 def test_reasoning_final_answer() -> None:
-    ref = "Cost of 7 apples at $3 each: 7 x 3 = 21. Minus the $5 voucher: 21 - 5 = 16. The answer is 16."
+    ref = (
+        "Cost of 7 apples at $3 each: 7 x 3 = 21. Minus the $5 voucher: 21 - 5 = 16. "
+        "The answer is 16."
+    )
     assert final_answer(ref) == 16.0
     assert quality("reasoning", ref, "7*3=21, 21-5 leaves 16.") == (1.0, "final_answer")
     assert quality("reasoning", ref, "The answer is 16.0") == (1.0, "final_answer")
@@ -169,8 +175,10 @@ def test_judge_asks_both_orders_and_scores_not_worse() -> None:
 
 
 def test_position_bias_is_cancelled() -> None:
-    calls: list[list[dict[str, Any]]] = []
-    always_first = JudgeSetup(lambda m: calls.append(m) or "A", name="biased")
+    def first_is_better(messages: list[dict[str, Any]]) -> str:
+        return "A"
+
+    always_first = JudgeSetup(first_is_better, name="biased")
     value, _ = quality("text_generation", "x", "y", always_first)
     assert value == 0.5  # loses as B, wins as A
     assert {
