@@ -34,7 +34,7 @@ from planner.decision import (
     stickiness_impact,
     sweep_floors,
 )
-from planner.errors import ConfigError, PlanError
+from planner.errors import ConfigError, PlanError, PlannerError
 from planner.evidence import PRODUCTION, Candidate, Evidence, Observation, build_evidence
 from planner.projection import (
     Device,
@@ -58,10 +58,12 @@ from warehouse.scores import (
     evidence_rows,
     judge_cache_get,
     judge_cache_put,
+    measured_decode_speed,
     sample_outputs,
     scoring_inputs,
     store_scores,
     traffic_by_type,
+    workload_tokens,
 )
 
 PRODUCTION_BASE_URL = "https://api.openai.com/v1"
@@ -136,26 +138,14 @@ def plan_candidates(settings: PlannerSettings) -> dict[str, Candidate]:
     return out
 
 
-def device_fits(
-    settings: PlannerSettings, candidates: Mapping[str, Candidate]
-) -> dict[str, dict[str, Any]]:
-    """HOOK for the lead: each local candidate's fit on ``settings.objectives.device``.
-
-    Should return {candidate: {fits, needed_mb, headroom_mb, est_tokens_per_s}} from
-    planner.devices once it exists. Until then no local model has a known fit, so the plan keeps
-    local candidates out (the report names "device fit unknown" as the reason).
-    """
-    return {}
-
-
-def device_power(
-    settings: PlannerSettings, power_w: float | None, battery_wh: float | None
-) -> Device | None:
-    """HOOK for the lead: the device tier's power draw and battery (planner.devices), else the
-    numbers given to the flow, else none (no energy figures)."""
-    if power_w is None:
-        return None
-    return Device(name=settings.objectives.device, power_w=power_w, battery_wh=battery_wh)
+def fit_row(fit: Any) -> dict[str, Any]:
+    """The plain fit figures the planner takes, from a planner.devices fit."""
+    return {
+        "fits": fit.fits,
+        "needed_mb": fit.required_mb,
+        "headroom_mb": fit.headroom_mb,
+        "est_tokens_per_s": fit.decode_tokens_per_s,
+    }
 
 
 def classifier_figures(classifier_path: Path | None) -> dict[str, Any] | None:
@@ -279,6 +269,56 @@ def score_task(
     finally:
         con.close()
     return {"replays": len(rows), "scored": len(items), "rows": len(scores), "judge": judge}
+
+
+@task(name="device-fit", cache_policy=NO_CACHE)
+def device_task(
+    config_path: str | None, warehouse_path: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, list[str]]:
+    """Each local candidate's fit on the configured device tier (planner.devices estimates).
+
+    Returns (fits by candidate, the device's name/power/battery, notes). A local candidate whose
+    folder cannot be inspected has no fit (the plan then keeps it out, and says why).
+    """
+    from planner.devices import device_by_id, estimate_fit, load_devices, measure_host
+    from planner.model_folder import inspect_model
+
+    settings = load_settings(config_path)
+    local = [c for c in settings.candidates if c.kind == "local"]
+    if not local:
+        return {}, None, []
+    con = open_warehouse(warehouse_path, read_only=True, create=False)
+    try:
+        tokens = workload_tokens(con)
+        speeds = measured_decode_speed(con)
+    finally:
+        con.close()
+    host = measure_host()
+    device = device_by_id(load_devices(host), settings.objectives.device)
+    fits: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    for cand in local:
+        try:
+            info = inspect_model(Path(str(cand.path)))
+        except PlannerError as exc:
+            notes.append(f"No device fit for {cand.name}: {exc}.")
+            continue
+        fit = estimate_fit(
+            info,
+            device,
+            host,
+            context_tokens=max(1, round(tokens["context_p95"])),
+            prompt_tokens=max(1, round(tokens["prompt_mean"])),
+            output_tokens=max(1, round(tokens["completion_mean"])),
+            host_decode_tokens_per_s=speeds.get(cand.name),
+        )
+        fits[cand.name] = fit_row(fit)
+    power = {
+        "name": device.name,
+        "power_w": device.sustained_power_w,
+        "battery_wh": device.battery_wh,
+    }
+    return fits, power, notes
 
 
 @dataclass(frozen=True)
@@ -455,14 +495,22 @@ def plan_flow(
         raise PlanError(f"{classifier_path}: classifier file not found")
 
     scored = score_task(config_path, warehouse, judge, rescore)
-    fits = device_fits(settings, candidates)
+    fits, power, device_notes = device_task(config_path, warehouse)
     inputs, evidence = evidence_task(
         warehouse, candidates, fits, objectives.quality_floor, settings.replay.seed
     )
     if not any(e.kind != "production" for e in evidence):
         raise PlanError("no replays to plan from: run `migration-planner replay` first")
     decision, sticky, sweep, views = decide_task(inputs, evidence, objectives, candidates)
-    device = device_power(settings, device_power_w, battery_wh)
+    tier = power or {}
+    power_w = device_power_w if device_power_w is not None else tier.get("power_w")
+    device = None
+    if power_w:
+        device = Device(
+            name=str(tier.get("name", settings.objectives.device)),
+            power_w=float(power_w),
+            battery_wh=battery_wh if battery_wh is not None else tier.get("battery_wh"),
+        )
     previous = (
         previous_quality(settings.output.dir, run_dir) if settings.output.dir.is_dir() else {}
     )
@@ -497,8 +545,7 @@ def plan_flow(
             + ", ".join(inputs.dropped_candidates)
             + "."
         )
-    if not fits and any(c.kind == "local" for c in candidates.values()):
-        notes.append("No device fit was available: local models were not considered for routing.")
+    notes.extend(device_notes)
     classifier = classifier_figures(Path(classifier_path) if classifier_path else None)
     if classifier is not None:
         classifier = {

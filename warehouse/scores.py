@@ -351,3 +351,38 @@ def judge_cache_put(con: duckdb.DuckDBPyConnection, key: str, judge: str, respon
     except BaseException:
         con.rollback()
         raise
+
+
+def workload_tokens(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """Token figures a device fit needs: p95 context (prompt + output), mean prompt and output."""
+    row = con.execute(
+        """
+        SELECT quantile_cont(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0), 0.95),
+               avg(prompt_tokens), avg(completion_tokens)
+        FROM requests WHERE coalesce(status_code, 200) < 400
+        """
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise EmptyWarehouseError("successful requests")
+    return {
+        "context_p95": float(row[0]),
+        "prompt_mean": float(row[1] or 0.0),
+        "completion_mean": float(row[2] or 0.0),
+    }
+
+
+def measured_decode_speed(
+    con: duckdb.DuckDBPyConnection, sample_id: str | None = None
+) -> dict[str, float]:
+    """Median tokens/s of each candidate's successful replays of the sample (on this host)."""
+    sid = _sample(con, sample_id)
+    rows = con.execute(
+        """
+        SELECT rp.candidate, median(rp.tokens_per_s) FROM replays AS rp
+        JOIN (SELECT DISTINCT request_id FROM samples WHERE sample_id = ?) USING (request_id)
+        WHERE rp.error_kind IS NULL AND rp.tokens_per_s > 0
+        GROUP BY rp.candidate ORDER BY rp.candidate
+        """,
+        [sid],
+    ).fetchall()
+    return {str(c): float(v) for c, v in rows if v is not None}

@@ -353,7 +353,8 @@ def _warehouse(path: Path, log: Path) -> dict[str, int]:
             answers = {
                 "good-relay": row.response_text,  # as good as production everywhere
                 "poor-relay": "I am not sure.",
-                "phone": row.response_text,
+                # the local model is as good as production, except on classification
+                "phone": "no idea" if row.task_type == "classification" else row.response_text,
             }
             for cand, text in answers.items():
                 store_replay(
@@ -377,7 +378,10 @@ def _warehouse(path: Path, log: Path) -> dict[str, int]:
     return counts
 
 
-def _config(tmp_path: Path, warehouse: Path) -> Path:
+def _config(tmp_path: Path, warehouse: Path, local_model: bool = True) -> Path:
+    from planner.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny-model") if local_model else tmp_path / "no-model"
     config = tmp_path / "planner.toml"
     config.write_text(
         f"""
@@ -392,7 +396,7 @@ price_out = 8.0
 [[candidates]]
 name = "phone"
 kind = "local"
-path = "{tmp_path / "no-model"}"
+path = "{model}"
 
 [[candidates]]
 name = "good-relay"
@@ -442,35 +446,53 @@ def test_plan_flow_end_to_end(tmp_path: Path, prefect_harness: None) -> None:
     ]
     assert result["scoring"]["replays"] == 3 * counts["sampled"]
     assert result["scoring"]["scored"] == 3 * counts["sampled"]
-    # the good relay answers exactly like production: every type with enough samples moves to
-    # it; the phone has no known device fit, the poor relay fails the floor
+    # The phone (a real model folder, tiny: it fits the device tier) is free and as good as
+    # production except on classification, which goes to the good relay; types with fewer than
+    # 5 sampled requests stay on production; the poor relay never meets the floor.
     metrics = json.loads((run / "metrics.json").read_text())
-    n_good = {e["task_type"]: e["n"] for e in metrics["evidence"] if e["candidate"] == "good-relay"}
-    assert sum(n_good.values()) == counts["sampled"]
+    n = {e["task_type"]: e["n"] for e in metrics["evidence"] if e["candidate"] == "good-relay"}
+    assert sum(n.values()) == counts["sampled"]
+    expected = {
+        t: ("production" if k < 5 else "good-relay" if t == "classification" else "phone")
+        for t, k in n.items()
+    }
+    assert result["routes"] == expected
+    assert sum(r == "phone" for r in expected.values()) >= 7
+    phone_fit = next(e["fit"] for e in metrics["evidence"] if e["candidate"] == "phone")
+    assert phone_fit["fits"] is True and 0 < phone_fit["needed_mb"] < 1000
     for route in metrics["routes"]:
         reasons = {r["candidate"]: r["reasons"] for r in route["rejected"]}
-        assert "device fit unknown" in reasons["phone"]
         assert any("below the floor" in why for why in reasons["poor-relay"])
-        if n_good[route["task_type"]] >= 5:
-            assert route["route"] == "good-relay", route
+        if route["route"] == "phone":
+            assert route["fallbacks"] == ["good-relay", "production"]
+            assert route["memory_guard_mb"] == pytest.approx(phone_fit["needed_mb"])
+        elif route["route"] == "good-relay":
+            assert reasons["phone"] == ["quality lower bound 0.000 below the floor 0.900"]
             assert route["fallbacks"] == ["production"]
         else:
-            assert route["route"] == "production", route
-            assert reasons["good-relay"] == [
-                f"too few scored samples ({n_good[route['task_type']]} < 5)"
-            ]
-    moved = {t for t, n in n_good.items() if n >= 5}
-    assert {t for t, r in result["routes"].items() if r == "good-relay"} == moved
-    assert len(moved) >= 8
+            k = n[route["task_type"]]
+            assert reasons["good-relay"] == [f"too few scored samples ({k} < 5)"]
     traffic = {t["task_type"]: t["requests"] for t in metrics["workload"]["types"]}
-    share = sum(traffic[t] for t in moved) / sum(traffic.values())
-    assert metrics["projection"]["migrated_share"] == pytest.approx(share)
+    moved = sum(traffic[t] for t, r in expected.items() if r != "production")
+    assert metrics["projection"]["migrated_share"] == pytest.approx(moved / sum(traffic.values()))
+    local = sum(traffic[t] for t, r in expected.items() if r == "phone")
+    assert metrics["projection"]["cloud_calls_removed"] == pytest.approx(
+        local / sum(traffic.values())
+    )
     assert metrics["projection"]["savings_usd"] > 0
+    assert metrics["device"]["name"].startswith("Snapdragon 8 Gen 3")
+    energy = [
+        t["energy_wh_per_request"] for t in metrics["projection"]["types"] if t["kind"] == "local"
+    ]
+    assert energy and all(e > 0 for e in energy)
     assert "No LLM judge" in " ".join(metrics["notes"])
     routing = load_routing(run / "routing.yaml")
-    assert {t for t, r in routing["routes"].items() if r["route"] == "good-relay"} == moved
+    assert {t: r["route"] for t, r in routing["routes"].items()} == expected
+    assert routing["routes"]["summarization"]["memory_guard"]["min_free_mb"] > 0
+    litellm = yaml.safe_load((run / "litellm.yaml").read_text())
+    assert litellm["router_settings"]["model_group_alias"]["route-classification"] == "good-relay"
     html = (run / "plan.html").read_text()
-    assert "good-relay" in html and "Rollback chain" in html
+    assert "good-relay" in html and "Rollback chain" in html and "mWh per request" in html
     # a second run scores nothing new
     again = plan_flow(config_path=str(config), out_dir=str(tmp_path / "run2"))
     assert again["scoring"]["scored"] == 0
