@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -357,6 +358,7 @@ class RelayBackend:
         self.max_retry_after_s = max_retry_after_s
         self._rng = random.Random(jitter_seed)
         self._transport = transport
+        self._ssl: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
         return f"RelayBackend(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -420,21 +422,30 @@ class RelayBackend:
                     self.breaker.record(success=True)
                 on_result(result)
 
-        limits = httpx.Limits(
-            max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-        )
-        async with httpx.AsyncClient(
-            timeout=self.timeout, limits=limits, transport=self._transport
-        ) as client:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(min(self.max_concurrency, len(requests))):
-                        group.create_task(worker(client))
-            except BaseExceptionGroup as group_error:
-                auth = group_error.subgroup(AuthError)
-                if auth is not None:
-                    raise auth.exceptions[0] from None
-                raise group_error.exceptions[0] from None
+        # One client (one kept-alive connection) per worker: a worker sends one request at a
+        # time, and a shared pool of N connections costs O(N) bookkeeping on every request.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        workers = min(self.max_concurrency, len(requests))
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()  # loading CA certificates is slow: once
+        clients = [
+            httpx.AsyncClient(
+                timeout=self.timeout, limits=limits, transport=self._transport, verify=self._ssl
+            )
+            for _ in range(workers)
+        ]
+        try:
+            async with asyncio.TaskGroup() as group:
+                for client in clients:
+                    group.create_task(worker(client))
+        except BaseExceptionGroup as group_error:
+            auth = group_error.subgroup(AuthError)
+            if auth is not None:
+                raise auth.exceptions[0] from None
+            raise group_error.exceptions[0] from None
+        finally:
+            for client in clients:
+                await client.aclose()
 
         unsent = [requests[i] for i in sorted(pending) if i not in started]
         if self.breaker.is_open and unsent:
@@ -599,13 +610,16 @@ class RelayBackend:
     async def _streamed_answer(response: httpx.Response, started: float) -> _Answer:
         state = _StreamState()
         data_lines: list[str] = []
+        ended: float | None = None
         async for line in response.aiter_lines():
+            if ended is not None:
+                continue  # after [DONE]: read to the end so the connection can be reused
             if line == "":
                 if data_lines:
                     _take_event("\n".join(data_lines), state, time.perf_counter())
                     data_lines = []
                     if state.done:
-                        break
+                        ended = time.perf_counter()
                 continue
             if line.startswith(":"):
                 continue  # an SSE comment (keep-alive)
@@ -614,11 +628,11 @@ class RelayBackend:
                 data_lines.append(value.removeprefix(" "))
             elif name not in ("event", "id", "retry"):
                 raise _Failure("protocol", f"malformed SSE line: {line[:80]!r}")
-        if data_lines and not state.done:
+        if data_lines and ended is None:
             _take_event("\n".join(data_lines), state, time.perf_counter())
         if not state.done and state.finish_reason is None:
             raise _Failure("protocol", "the stream ended before [DONE] and without a finish_reason")
-        end = time.perf_counter()
+        end = ended if ended is not None else time.perf_counter()
         first = state.first_token_at if state.first_token_at is not None else state.first_event_at
         ttft_ms = (first - started) * 1000 if first is not None else None
         return _Answer("".join(state.pieces), ttft_ms, (end - started) * 1000, state.usage)

@@ -16,6 +16,7 @@ from flows.cli_common import new_app
 from flows.cli_replay import replay
 from flows.replay_flow import replay_flow
 from planner.model_server import EchoEngine, FaultConfig, ServerThread, create_app
+from planner.tiny_model import build_tiny_model
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
 from warehouse.synthetic import write_chat_log
@@ -33,6 +34,7 @@ def relay_server() -> Iterator[ServerThread]:
 
 
 def write_config(tmp_path: Path, base_url: str, warehouse: Path) -> Path:
+    model = build_tiny_model(tmp_path / "tiny-model", context_length=512)
     config = tmp_path / "planner.toml"
     config.write_text(
         f"""
@@ -58,6 +60,12 @@ kind = "relay"
 base_url = "{base_url}"
 model = "echo-large"
 api_key_env = "TEST_BAD_KEY"
+
+[[candidates]]
+name = "tiny-local"
+kind = "local"
+path = "{model}"
+threads = 1
 
 [replay]
 per_type = 2
@@ -95,7 +103,7 @@ def test_replay_flow_and_command(
 
     sample = result["sample"]
     runs = {r["candidate"]: r for r in result["candidates"]}
-    good, bad = runs["relay-good"], runs["relay-bad"]
+    good, bad, local = runs["relay-good"], runs["relay-bad"], runs["tiny-local"]
     assert sample["total"] == sum(sample["counts"].values()) > 10
     assert good["sent"] == good["ok"] == sample["total"] and good["stopped"] is None
     assert good["retries"] > 0  # the injected 429s/503s were ridden out
@@ -105,6 +113,9 @@ def test_replay_flow_and_command(
     assert bad["stopped"] == "auth" and "relay-bad" in bad["message"]
     assert "$TEST_BAD_KEY" in bad["message"]
     assert bad["stored"]["replays"] == 0
+    assert local["sent"] == local["stored"]["replays"] == sample["total"]
+    assert local["ok"] == local["stored"]["ok"] > 0 and local["cost_usd"] == 0
+    assert local["stored"]["ttft_ms_p50"] > 0 and local["fingerprint"].startswith("local-")
     text = json.dumps(result)
     assert GOOD_KEY not in text and BAD_KEY not in text
     first_count = chat_requests(relay_server)
@@ -117,7 +128,7 @@ def test_replay_flow_and_command(
         [f"%{GOOD_KEY}%", f"%{BAD_KEY}%"],
     ).fetchone()
     con.close()
-    assert rows == distinct == sample["total"] and leaked == 0
+    assert rows == 2 * sample["total"] and distinct == sample["total"] and leaked == 0
 
     # the command: same sample, everything cached, nothing sent; the bad key is exit code 2
     app = new_app("test")
@@ -125,12 +136,14 @@ def test_replay_flow_and_command(
     app.command("noop")(lambda: None)  # a group with two commands keeps "replay" a subcommand
     runner = CliRunner()
     cached = runner.invoke(
-        app, ["replay", "--config", str(config), "--candidates", "relay-good", "--json"]
+        app,
+        ["replay", "--config", str(config), "--candidates", "relay-good,tiny-local", "--json"],
     )
     assert cached.exit_code == 0, cached.output
     payload = json.loads(cached.stdout)
-    (again,) = payload["candidates"]
+    again, local_again = payload["candidates"]
     assert again["sent"] == 0 and again["cached"] == sample["total"]
+    assert local_again["sent"] == 0 and local_again["cached"] == sample["total"]
     assert payload["sample"]["sample_id"] == sample["sample_id"]
     assert chat_requests(relay_server) == first_count
 
