@@ -244,10 +244,16 @@ def frontier_chart(points: Sequence[FrontierPoint], cost_before: float) -> str |
     xs = [p.monthly_cost_usd for p in usable]
     ys = [p.quality for p in usable]
     ax.plot(xs, ys, "-o", color="#4a6fa5", markersize=4, linewidth=1.2, label="plan at each floor")
+    groups: dict[tuple[float, float], list[float]] = {}
     for p in usable:
+        groups.setdefault(
+            (round(p.monthly_cost_usd, 9), round(float(p.quality or 0), 9)), []
+        ).append(p.floor)
+    for (x, y), floors in groups.items():
+        label = f"{min(floors):.2f}" if len(floors) == 1 else f"{min(floors):.2f}–{max(floors):.2f}"
         ax.annotate(
-            f"{p.floor:.2f}",
-            (p.monthly_cost_usd, p.quality),
+            f"floor {label}",
+            (x, y),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=7,
