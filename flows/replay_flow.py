@@ -26,7 +26,7 @@ from planner.relay import RelayBackend
 from planner.replay_engine import RETRY_NEXT_RUN_KINDS, replay_candidate
 from planner.settings import CandidateSettings, PlannerSettings, load_settings
 from warehouse.connection import open_warehouse
-from warehouse.replays import final_replay_ids, replay_stats, store_replay
+from warehouse.replays import final_replay_ids, replay_stats, store_replays
 from warehouse.sampling import SampledRequest, draw_sample, sampled_requests
 
 
@@ -155,18 +155,22 @@ def _run_shard(
 
     backend = relay_backend(c, budget) if c.kind == "relay" else local_backend(c, max_new)
     con = open_warehouse(warehouse_path)
+    writer = con.cursor()  # the engine stores from a thread of its own: a connection for it
     try:
         requests = replay_requests(sampled_requests(con, sample_id), max_new)
         run = replay_candidate(
             backend,
             requests,
-            store=lambda result, key, fp: store_replay(con, replay_row(result, key, fp)),
+            store=lambda batch: store_replays(
+                writer, [replay_row(k.result, k.key, k.fingerprint) for k in batch]
+            ),
             already_done=lambda keys: final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS),
             refresh=refresh,
             report=report,
         )
     finally:
         backend.close()
+        writer.close()
         con.close()
     if run.stopped == "circuit_open":
         raise CircuitOpenError(c.name, run.message or "circuit breaker open")

@@ -3,9 +3,11 @@ runs resumable and nightly runs incremental.
 
 A replay is keyed by the candidate's fingerprint, a hash of the request's messages and the
 generation parameters (:func:`cache_key`, stored as ``replays.replay_id``). Before sending, the
-engine asks ``already_done(keys)`` which keys hold a final answer and skips them; each result is
-handed to ``store(result, key, fingerprint)`` the moment it arrives, so a run killed midway
-resumes where it stopped and pays for nothing twice. Results of transient kinds
+engine asks ``already_done(keys)`` which keys hold a final answer and skips them; results are
+handed to ``store(batch)`` as they arrive — on a writer thread of their own, so a slow disk never
+stalls the requests in flight, in small batches of whatever queued up during the previous write —
+so a run killed midway resumes where it stopped and pays again only for what was in flight (or
+answered within the last write, milliseconds) at the kill. Results of transient kinds
 (:data:`RETRY_NEXT_RUN_KINDS`) are stored for the report but replayed by the next run;
 successes and deterministic failures stay cached until ``refresh``. Requests the budget cap
 kept from being sent are not stored at all: they are counted as skipped.
@@ -18,8 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -36,11 +40,68 @@ RETRY_NEXT_RUN_KINDS = frozenset(
 )
 NOT_STORED_KINDS = frozenset({"budget"})  # never sent: counted as "skipped: budget"
 
-StoreFn = Callable[[ReplayResult, str, str], None]
+StoreFn = Callable[[Sequence["KeyedResult"]], None]
 AlreadyDoneFn = Callable[[Sequence[str]], set[str]]
 ReportFn = Callable[[str], None]
 
 _log = logging.getLogger("planner.replay")
+
+
+@dataclass(frozen=True)
+class KeyedResult:
+    """A result with its cache key (the ``replay_id``) and the candidate's fingerprint."""
+
+    result: ReplayResult
+    key: str
+    fingerprint: str
+
+
+_END = object()
+
+
+class _Writer:
+    """Calls ``store`` on its own thread with whatever results queued up meanwhile."""
+
+    def __init__(self, store: StoreFn, max_batch: int = 256) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="replay-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, item: KeyedResult) -> None:
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        ended = False
+        while not ended:
+            batch: list[KeyedResult] = []
+            item = self._queue.get()
+            while True:
+                if item is _END:
+                    ended = True
+                    break
+                assert isinstance(item, KeyedResult)
+                batch.append(item)
+                if len(batch) >= self._max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch and self.error is None:
+                try:
+                    self._store(batch)
+                except BaseException as exc:
+                    self.error = exc
+
+    def close(self) -> None:
+        """Wait until everything queued is stored; re-raise a storage failure."""
+        self._queue.put(_END)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def request_hash(request: ReplayRequest) -> str:
@@ -165,7 +226,7 @@ def replay_candidate(
     report: ReportFn = _to_stderr_and_log,
     progress_every_s: float = 5.0,
 ) -> CandidateRun:
-    """Replay what is not cached yet through ``backend``, storing each result as it arrives.
+    """Replay what is not cached yet through ``backend``, storing results as they arrive.
 
     A backend that stops (bad key, circuit open, budget) ends this candidate cleanly: what was
     done is stored and the reason is in ``CandidateRun.stopped``/``message``.
@@ -183,6 +244,8 @@ def replay_candidate(
     rates: list[float] = []
     kinds: Counter[str] = Counter()
 
+    writer = _Writer(store)
+
     def on_result(result: ReplayResult) -> None:
         if result.error_kind in NOT_STORED_KINDS:
             run.skipped_budget += 1
@@ -190,7 +253,7 @@ def replay_candidate(
         key = key_of.get(result.request_id)
         if key is None:
             raise BackendError(backend.name, f"answered unknown request {result.request_id!r}")
-        store(result, key, fingerprint)
+        writer.put(KeyedResult(result, key, fingerprint))
         if result.attempts > 0:
             run.sent += 1
         run.retries += max(result.attempts - 1, 0)
@@ -210,7 +273,7 @@ def replay_candidate(
     report(f"replay {backend.name}: {len(todo)} to send, {run.cached} cached")
     try:
         if todo:
-            backend.replay(todo, on_result, should_stop)
+            backend.replay(todo, on_result, lambda: writer.error is not None or should_stop())
     except AuthError as exc:
         run.stopped, run.message = "auth", str(exc)
     except CircuitOpenError as exc:
@@ -219,6 +282,8 @@ def replay_candidate(
         run.stopped, run.message = "budget", str(exc)
     except BackendError as exc:
         run.stopped, run.message = "backend", str(exc)
+    finally:
+        writer.close()  # everything answered is stored before anything else happens
     if run.stopped is None and should_stop() and progress.done < len(todo):
         run.stopped, run.message = "interrupted", "stopped on request; the rest resumes next run"
     run.seconds = time.monotonic() - started

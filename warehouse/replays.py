@@ -1,6 +1,6 @@
 """Storage of replay results: one ``replays`` row per cache key, written as results arrive.
 
-Each store is one small transaction (delete the key's old row, insert the new one), so a run
+Each store is one small transaction (delete the keys' old rows, insert the new ones), so a run
 killed midway keeps everything answered before the kill and a retried key replaces its earlier
 failure instead of piling up rows. Rows are plain mappings with the ``replays`` columns: the
 warehouse knows nothing of the planner's result classes.
@@ -33,25 +33,37 @@ REPLAY_COLUMNS: tuple[str, ...] = (
     "error_message",
     "attempts",
 )
-_INSERT = (
-    f"INSERT INTO replays ({', '.join(REPLAY_COLUMNS)}, created_at) "
-    f"VALUES ({', '.join('?' for _ in REPLAY_COLUMNS)}, now()::TIMESTAMP)"
-)
+_INSERT = f"INSERT INTO replays ({', '.join(REPLAY_COLUMNS)}, created_at) VALUES "
+_ROW = f"({', '.join('?' for _ in REPLAY_COLUMNS)}, now()::TIMESTAMP)"
 
 
-def store_replay(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:
-    """Write one replay (replacing any earlier row with the same ``replay_id``) atomically."""
-    missing = [c for c in ("replay_id", "request_id", "candidate") if not row.get(c)]
-    if missing:
-        raise WarehouseError(f"replay row lacks {', '.join(missing)}")
+def store_replays(con: duckdb.DuckDBPyConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write replays in one transaction, each replacing any earlier row with its ``replay_id``."""
+    if not rows:
+        return
+    for row in rows:
+        missing = [c for c in ("replay_id", "request_id", "candidate") if not row.get(c)]
+        if missing:
+            raise WarehouseError(f"replay row lacks {', '.join(missing)}")
     con.begin()
     try:
-        con.execute("DELETE FROM replays WHERE replay_id = ?", [row["replay_id"]])
-        con.execute(_INSERT, [row.get(c) for c in REPLAY_COLUMNS])
+        con.execute(
+            "DELETE FROM replays WHERE replay_id IN (SELECT unnest(?::VARCHAR[]))",
+            [[row["replay_id"] for row in rows]],
+        )
+        con.execute(
+            _INSERT + ", ".join(_ROW for _ in rows),
+            [row.get(c) for row in rows for c in REPLAY_COLUMNS],
+        )
         con.commit()
     except BaseException:
         con.rollback()
         raise
+
+
+def store_replay(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:
+    """Write one replay (replacing any earlier row with the same ``replay_id``) atomically."""
+    store_replays(con, [row])
 
 
 def final_replay_ids(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -19,13 +19,14 @@ from planner.relay import RelayBackend, cost_usd, estimate_prompt_tokens
 from planner.replay_engine import (
     RETRY_NEXT_RUN_KINDS,
     CandidateRun,
+    KeyedResult,
     cache_key,
     percentile,
     replay_candidate,
     request_hash,
 )
 from warehouse.connection import open_warehouse
-from warehouse.replays import final_replay_ids, store_replay
+from warehouse.replays import final_replay_ids, store_replays
 
 CHAT = "/v1/chat/completions"
 
@@ -73,33 +74,45 @@ def engine_run(
     con: duckdb.DuckDBPyConnection,
     backend: RelayBackend,
     requests: list[ReplayRequest],
+    seen: list[ReplayResult] | None = None,
     **kwargs: Any,
 ) -> CandidateRun:
-    def store(result: ReplayResult, key: str, fingerprint: str) -> None:
-        store_replay(
-            con,
-            {
-                "replay_id": key,
-                "request_id": result.request_id,
-                "candidate": result.candidate,
-                "candidate_fingerprint": fingerprint,
-                "output_text": result.output_text,
-                "cost_usd": result.cost_usd,
-                "error_kind": result.error_kind,
-                "error_message": result.error_message,
-                "attempts": result.attempts,
-                "latency_ms": result.latency_ms,
-            },
+    """The engine with the warehouse's storage, as the flow wires it (a cursor for the writer)."""
+    writer = con.cursor()
+
+    def store(batch: Sequence[KeyedResult]) -> None:
+        if seen is not None:
+            seen.extend(k.result for k in batch)
+        store_replays(
+            writer,
+            [
+                {
+                    "replay_id": k.key,
+                    "request_id": k.result.request_id,
+                    "candidate": k.result.candidate,
+                    "candidate_fingerprint": k.fingerprint,
+                    "output_text": k.result.output_text,
+                    "cost_usd": k.result.cost_usd,
+                    "error_kind": k.result.error_kind,
+                    "error_message": k.result.error_message,
+                    "attempts": k.result.attempts,
+                    "latency_ms": k.result.latency_ms,
+                }
+                for k in batch
+            ],
         )
 
     kwargs.setdefault("report", lambda line: None)
-    return replay_candidate(
-        backend,
-        requests,
-        store=store,
-        already_done=lambda keys: final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS),
-        **kwargs,
-    )
+    try:
+        return replay_candidate(
+            backend,
+            requests,
+            store=store,
+            already_done=lambda keys: final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS),
+            **kwargs,
+        )
+    finally:
+        writer.close()
 
 
 def stored(con: duckdb.DuckDBPyConnection) -> dict[str, str | None]:
@@ -150,7 +163,8 @@ def test_interrupted_run_resumes_without_paying_twice(con: duckdb.DuckDBPyConnec
     with ServerThread(create_app(EchoEngine("echo"), faults)) as server:
         backend = RelayBackend("relay", server.base_url, "echo", max_concurrency=4)
         requests = requests_for(30)
-        first = engine_run(con, backend, requests, should_stop=lambda: len(stored(con)) >= 7)
+        seen: list[ReplayResult] = []
+        first = engine_run(con, backend, requests, seen, should_stop=lambda: len(seen) >= 7)
         assert first.stopped == "interrupted"
         done_first = len(stored(con))
         assert 7 <= done_first < 30
