@@ -15,11 +15,15 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def main() -> int:
-    names = sorted(m.name.removesuffix("_bench") for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                   if m.name.endswith("_bench"))
+    names = sorted(
+        m.name.removesuffix("_bench")
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if m.name.endswith("_bench")
+    )
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("only", nargs="*",
-                        help=f"benchmarks to run (default: all): {', '.join(names)}")
+    parser.add_argument(
+        "only", nargs="*", help=f"benchmarks to run (default: all): {', '.join(names)}"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
     unknown = [n for n in args.only if n not in names]

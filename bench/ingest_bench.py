@@ -46,8 +46,13 @@ def write_lines(path: Path, n: int, seed: int = 0) -> None:
 
 
 def _child(mode: str, path: Path, db: Path) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(path), str(db)],
-                          capture_output=True, text=True, check=True, env=os.environ.copy())
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode, str(path), str(db)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -57,14 +62,25 @@ def run(n_lines: int = 1_000_000) -> dict[str, object]:
         started = time.perf_counter()
         write_lines(path, n_lines)
         size_mb = path.stat().st_size / 1e6
-        print(f"generated {n_lines:,} lines ({size_mb:,.0f} MB) in {time.perf_counter() - started:.0f} s")
+        took = time.perf_counter() - started
+        print(f"generated {n_lines:,} lines ({size_mb:,.0f} MB) in {took:.0f} s")
         bare = _child("bare", path, Path(tmp) / "bare.duckdb")
         ours = _child("ours", path, Path(tmp) / "planner.duckdb")
     ratio = ours["seconds"] / bare["seconds"]
     print(f"{'':28} {'seconds':>9} {'rows/s':>11} {'peak RSS MB':>12}")
     for name, r in (("bare duckdb read_json", bare), ("migration-planner ingest", ours)):
-        print(f"{name:28} {r['seconds']:9.2f} {r['rows'] / r['seconds']:11,.0f} {r['peak_rss_mb']:12,.0f}")
-    print(f"ingest / bare read: {ratio:.2f}x (goal <= 2.0x); peak RSS {ours['peak_rss_mb']:,.0f} MB "
-          f"(goal < 2048 MB)")
-    return {"lines": n_lines, "file_mb": round(size_mb), "bare": bare, "ingest": ours,
-            "ratio": round(ratio, 2)}
+        print(
+            f"{name:28} {r['seconds']:9.2f} {r['rows'] / r['seconds']:11,.0f}"
+            f" {r['peak_rss_mb']:12,.0f}"
+        )
+    print(
+        f"ingest / bare read: {ratio:.2f}x (goal <= 2.0x); peak RSS {ours['peak_rss_mb']:,.0f} MB "
+        f"(goal < 2048 MB)"
+    )
+    return {
+        "lines": n_lines,
+        "file_mb": round(size_mb),
+        "bare": bare,
+        "ingest": ours,
+        "ratio": round(ratio, 2),
+    }

@@ -59,9 +59,15 @@ def new_app(help_text: str) -> typer.Typer:
 
 
 ConfigOption = typer.Option(
-    None, "--config", "-c", help="planner.toml to read (default: ./planner.toml if present).", show_default=False
+    None,
+    "--config",
+    "-c",
+    help="planner.toml to read (default: ./planner.toml if present).",
+    show_default=False,
 )
-JsonOption = typer.Option(False, "--json", help="Print one JSON object for machines instead of tables.")
+JsonOption = typer.Option(
+    False, "--json", help="Print one JSON object for machines instead of tables."
+)
 
 
 def settings_from(config: Path | None) -> PlannerSettings:

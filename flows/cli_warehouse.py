@@ -23,11 +23,23 @@ from flows.cli_common import (
     settings_from,
     warehouse_path,
 )
-from warehouse import FORMATS, ingest_paths, prepare_ingest, list_rejects, open_warehouse, profile_warehouse
+from warehouse import (
+    FORMATS,
+    ingest_paths,
+    list_rejects,
+    open_warehouse,
+    prepare_ingest,
+    profile_warehouse,
+)
 
-WarehouseOption = typer.Option(None, "--warehouse", "-w",
-                               help="DuckDB warehouse file (default: [warehouse] path in planner.toml, "
-                                    "else ./planner.duckdb).", show_default=False)
+WarehouseOption = typer.Option(
+    None,
+    "--warehouse",
+    "-w",
+    help="DuckDB warehouse file (default: [warehouse] path in planner.toml, "
+    "else ./planner.duckdb).",
+    show_default=False,
+)
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
@@ -40,16 +52,26 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 
 def ingest(
-    paths: list[Path] = typer.Argument(..., help="Log files (.jsonl, .jsonl.gz) or folders of them.",
-                                       show_default=False),
-    fmt: str = typer.Option("auto", "--format", "-f",
-                            help=f"Log format: {', '.join(FORMATS)} (auto detects from the first line)."),
-    batch_output: Path | None = typer.Option(None, "--batch-output",
-                                             help="OpenAI batch output file joined with the input "
-                                                  "file on custom_id.", show_default=False),
+    paths: list[Path] = typer.Argument(
+        ..., help="Log files (.jsonl, .jsonl.gz) or folders of them.", show_default=False
+    ),
+    fmt: str = typer.Option(
+        "auto",
+        "--format",
+        "-f",
+        help=f"Log format: {', '.join(FORMATS)} (auto detects from the first line).",
+    ),
+    batch_output: Path | None = typer.Option(
+        None,
+        "--batch-output",
+        help="OpenAI batch output file joined with the input file on custom_id.",
+        show_default=False,
+    ),
     warehouse: Path | None = WarehouseOption,
     config: Path | None = ConfigOption,
-    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any line was rejected."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit with code 1 when any line was rejected."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Load request logs into the warehouse; bad lines are kept in rejected_lines, never dropped.
@@ -60,29 +82,54 @@ def ingest(
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     settings = settings_from(config)
-    prepare_ingest(paths, fmt=fmt, batch_output=batch_output)  # type: ignore[arg-type]
+    prepare_ingest(paths, fmt=fmt, batch_output=batch_output)
     con = open_warehouse(warehouse_path(settings, warehouse))
     try:
-        report = ingest_paths(con, paths, fmt=fmt, batch_output=batch_output,  # type: ignore[arg-type]
-                              prices=settings.price_overrides(),
-                              progress=None if as_json else progress)
+        report = ingest_paths(
+            con,
+            paths,
+            fmt=fmt,
+            batch_output=batch_output,
+            prices=settings.price_overrides(),
+            progress=None if as_json else progress,
+        )
     finally:
         con.close()
     totals = report.as_dict()
     if as_json:
         print_json(totals)
     else:
-        Console().print(_table("ingest", ["file", "status", "read", "loaded", "duplicates", "rejected",
-                                          "blank", "joined"],
-                               [[f.path, f.status, f.lines_read, f.loaded, f.duplicates, f.rejected,
-                                 f.blank, f.joined] for f in report.files]))
-        typer.echo(f"total: {totals['lines_read']} lines read, {totals['loaded']} loaded, "
-                   f"{totals['duplicates']} duplicates, {totals['rejected']} rejected, "
-                   f"{totals['blank']} blank" + (f", {totals['joined']} batch outputs joined"
-                                                 if totals["joined"] else ""))
+        Console().print(
+            _table(
+                "ingest",
+                ["file", "status", "read", "loaded", "duplicates", "rejected", "blank", "joined"],
+                [
+                    [
+                        f.path,
+                        f.status,
+                        f.lines_read,
+                        f.loaded,
+                        f.duplicates,
+                        f.rejected,
+                        f.blank,
+                        f.joined,
+                    ]
+                    for f in report.files
+                ],
+            )
+        )
+        typer.echo(
+            f"total: {totals['lines_read']} lines read, {totals['loaded']} loaded, "
+            f"{totals['duplicates']} duplicates, {totals['rejected']} rejected, "
+            f"{totals['blank']} blank"
+            + (f", {totals['joined']} batch outputs joined" if totals["joined"] else "")
+        )
         if totals["rejected"]:
-            typer.echo(f"{totals['rejected']} lines were rejected and kept: "
-                       "see `migration-planner rejects`", err=True)
+            typer.echo(
+                f"{totals['rejected']} lines were rejected and kept: "
+                "see `migration-planner rejects`",
+                err=True,
+            )
     if strict and totals["rejected"]:
         raise typer.Exit(1)
 
@@ -109,43 +156,90 @@ def profile(
 def _print_profile(p: dict[str, Any]) -> None:
     o = p["overview"]
     out = Console()
-    out.print(f"[bold]{o['requests']}[/bold] requests, {o['first_ts']} → {o['last_ts']} UTC "
-              f"({o['span_days']} days); cost ${o['cost_usd']} (≈ ${o['cost_per_month_usd']}/month); "
-              f"error rate {o['error_rate']:.1%}; {o['rejected_lines']} rejected lines kept")
-    out.print(_table("per model", ["model", "requests", "share", "cost USD", "avg in", "avg out", "failed"],
-                     [[m["model"], m["requests"], f"{m['share']:.1%}", m["cost_usd"],
-                       m["avg_prompt_tokens"], m["avg_completion_tokens"], m["failed"]]
-                      for m in p["by_model"]]))
-    out.print(_table("per day", ["day", "requests", "cost USD", "failed"],
-                     [[d["day"], d["requests"], d["cost_usd"], d["failed"]] for d in p["by_day"]]))
-    out.print(_table("per hour of day (UTC)", ["hour", "requests"],
-                     [[f"{h['hour']:02d}", h["requests"]] for h in p["by_hour"]]))
-    out.print(_table("per label (metadata.task_type)", ["label", "requests", "share", "cost USD"],
-                     [[lb["task_type"], lb["requests"], f"{lb['share']:.1%}", lb["cost_usd"]]
-                      for lb in p["by_label"]]))
-    rows = [[name, *(p["tokens"][key][k] for k in ("p50", "p90", "p99"))]
-            for name, key in (("prompt tokens", "prompt"), ("completion tokens", "completion"))]
-    rows += [[name, *(p[key][k] for k in ("p50", "p90", "p99"))]
-             for name, key in (("latency ms", "latency_ms"), ("TTFT ms", "ttft_ms"))]
+    out.print(
+        f"[bold]{o['requests']}[/bold] requests, {o['first_ts']} → {o['last_ts']} UTC "
+        f"({o['span_days']} days); cost ${o['cost_usd']} (≈ ${o['cost_per_month_usd']}/month); "
+        f"error rate {o['error_rate']:.1%}; {o['rejected_lines']} rejected lines kept"
+    )
+    out.print(
+        _table(
+            "per model",
+            ["model", "requests", "share", "cost USD", "avg in", "avg out", "failed"],
+            [
+                [
+                    m["model"],
+                    m["requests"],
+                    f"{m['share']:.1%}",
+                    m["cost_usd"],
+                    m["avg_prompt_tokens"],
+                    m["avg_completion_tokens"],
+                    m["failed"],
+                ]
+                for m in p["by_model"]
+            ],
+        )
+    )
+    out.print(
+        _table(
+            "per day",
+            ["day", "requests", "cost USD", "failed"],
+            [[d["day"], d["requests"], d["cost_usd"], d["failed"]] for d in p["by_day"]],
+        )
+    )
+    out.print(
+        _table(
+            "per hour of day (UTC)",
+            ["hour", "requests"],
+            [[f"{h['hour']:02d}", h["requests"]] for h in p["by_hour"]],
+        )
+    )
+    out.print(
+        _table(
+            "per label (metadata.task_type)",
+            ["label", "requests", "share", "cost USD"],
+            [
+                [lb["task_type"], lb["requests"], f"{lb['share']:.1%}", lb["cost_usd"]]
+                for lb in p["by_label"]
+            ],
+        )
+    )
+    rows = [
+        [name, *(p["tokens"][key][k] for k in ("p50", "p90", "p99"))]
+        for name, key in (("prompt tokens", "prompt"), ("completion tokens", "completion"))
+    ]
+    rows += [
+        [name, *(p[key][k] for k in ("p50", "p90", "p99"))]
+        for name, key in (("latency ms", "latency_ms"), ("TTFT ms", "ttft_ms"))
+    ]
     out.print(_table("percentiles (successful calls)", ["", "p50", "p90", "p99"], rows))
     c = p["conversations"]
-    out.print(f"conversations: {c['conversations']} ({c['multi_turn_conversations']} multi-turn); "
-              f"{c['multi_turn_share']:.1%} of requests are in multi-turn conversations; depth p50 "
-              f"{c['depth_p50']}, p90 {c['depth_p90']}, max {c['depth_max']}")
+    out.print(
+        f"conversations: {c['conversations']} ({c['multi_turn_conversations']} multi-turn); "
+        f"{c['multi_turn_share']:.1%} of requests are in multi-turn conversations; depth p50 "
+        f"{c['depth_p50']}, p90 {c['depth_p90']}, max {c['depth_max']}"
+    )
     r = p["exact_repeats"]
-    out.print(f"exact-repeat prompts: {r['repeat_share']:.1%} of successful requests; a response "
-              f"cache would save ${r['repeat_cost_usd']} ({r['cache_saving_share']:.1%} of cost)")
+    out.print(
+        f"exact-repeat prompts: {r['repeat_share']:.1%} of successful requests; a response "
+        f"cache would save ${r['repeat_cost_usd']} ({r['cache_saving_share']:.1%} of cost)"
+    )
     if p["errors"]:
-        out.print(_table("failed calls", ["status", "requests", "example"],
-                         [[e["status"], e["requests"], e["example"]] for e in p["errors"]]))
+        out.print(
+            _table(
+                "failed calls",
+                ["status", "requests", "example"],
+                [[e["status"], e["requests"], e["example"]] for e in p["errors"]],
+            )
+        )
 
 
 def rejects(
     warehouse: Path | None = WarehouseOption,
     config: Path | None = ConfigOption,
     limit: int = typer.Option(100, "--limit", "-n", min=1, help="Most rejected lines to list."),
-    file: str | None = typer.Option(None, "--file", help="Only lines from this source file.",
-                                    show_default=False),
+    file: str | None = typer.Option(
+        None, "--file", help="Only lines from this source file.", show_default=False
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """List the lines that could not be loaded, with file, line number and reason."""
@@ -160,15 +254,28 @@ def rejects(
         return
     out = Console()
     out.print(f"{data['total']} rejected lines")
-    out.print(_table("by reason", ["reason", "lines"], [[r["reason"], r["count"]] for r in data["by_reason"]]))
-    out.print(_table("lines", ["file:line", "reason", "raw"],
-                     [[f"{x['file']}:{x['line']}", x["reason"], x["raw"][:80]] for x in data["lines"]]))
+    out.print(
+        _table(
+            "by reason", ["reason", "lines"], [[r["reason"], r["count"]] for r in data["by_reason"]]
+        )
+    )
+    out.print(
+        _table(
+            "lines",
+            ["file:line", "reason", "raw"],
+            [[f"{x['file']}:{x['line']}", x["reason"], x["raw"][:80]] for x in data["lines"]],
+        )
+    )
 
 
 def demo(
-    workdir: Path = typer.Option(Path(".demo"), "--workdir", help="Where the demo writes its logs and warehouse."),
+    workdir: Path = typer.Option(
+        Path(".demo"), "--workdir", help="Where the demo writes its logs and warehouse."
+    ),
     out: Path = typer.Option(Path("out"), "--out", help="Where run folders out/<run-id>/ go."),
-    n_requests: int = typer.Option(3000, "--requests", min=50, help="Synthetic requests to generate."),
+    n_requests: int = typer.Option(
+        3000, "--requests", min=50, help="Synthetic requests to generate."
+    ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same logs."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -182,8 +289,10 @@ def demo(
         print_json(result)
         return
     i = result["ingest"]
-    typer.echo(f"ingested {i['lines_read']} lines: {i['loaded']} loaded, {i['duplicates']} duplicates, "
-               f"{i['rejected']} rejected, {i['blank']} blank, {i['joined']} batch outputs joined")
+    typer.echo(
+        f"ingested {i['lines_read']} lines: {i['loaded']} loaded, {i['duplicates']} duplicates, "
+        f"{i['rejected']} rejected, {i['blank']} blank, {i['joined']} batch outputs joined"
+    )
     for key, value in result.items():
         if key.endswith("_html") or key == "plan":
             typer.echo(f"{key.replace('_', ' ')}: {value}")

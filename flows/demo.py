@@ -29,23 +29,37 @@ def write_demo_logs(workdir: str, n_requests: int, seed: int) -> dict[str, str]:
 
 
 @task(name="render-profile")
-def render_profile_task(path: str, profile: dict[str, Any], ingest: dict[str, Any],
-                        classifier: dict[str, Any] | None = None) -> str:
-    return str(write_profile(Path(path), profile, ingest=ingest, classifier=classifier,
-                             title="Workload profile (demo data)"))
+def render_profile_task(
+    path: str,
+    profile: dict[str, Any],
+    ingest: dict[str, Any],
+    classifier: dict[str, Any] | None = None,
+) -> str:
+    return str(
+        write_profile(
+            Path(path),
+            profile,
+            ingest=ingest,
+            classifier=classifier,
+            title="Workload profile (demo data)",
+        )
+    )
 
 
 @flow(name="migration-planner-demo")
-def demo_flow(workdir: str = ".demo", out_dir: str = "out", n_requests: int = 3000,
-              seed: int = 0) -> dict[str, Any]:
+def demo_flow(
+    workdir: str = ".demo", out_dir: str = "out", n_requests: int = 3000, seed: int = 0
+) -> dict[str, Any]:
     """Generate → ingest → profile → render. Returns the run id and the paths written."""
     warehouse = str(Path(workdir) / "planner.duckdb")
     Path(workdir).mkdir(parents=True, exist_ok=True)
     logs = write_demo_logs(workdir, n_requests, seed)
     chat = ingest_task(warehouse, [logs["chat_log"]])
     batch = ingest_task(warehouse, [logs["batch_input"]], "openai-batch", logs["batch_output"])
-    ingest = {k: chat[k] + batch[k] for k in ("lines_read", "loaded", "duplicates", "rejected",
-                                               "blank", "joined")}
+    ingest = {
+        k: chat[k] + batch[k]
+        for k in ("lines_read", "loaded", "duplicates", "rejected", "blank", "joined")
+    }
     ingest["files"] = chat["files"] + batch["files"]
     ingest["rejects"] = rejects_task(warehouse, limit=20)
     profile = profile_task(warehouse)
@@ -53,6 +67,10 @@ def demo_flow(workdir: str = ".demo", out_dir: str = "out", n_requests: int = 30
     with run_folder(Path(out_dir), run_id) as scratch:
         render_profile_task(str(scratch / "profile.html"), profile, ingest)
     run_dir = Path(out_dir) / run_id
-    return {"run_id": run_id, "run_dir": str(run_dir), "warehouse": warehouse,
-            "profile_html": str(run_dir / "profile.html"), "ingest": {k: v for k, v in ingest.items()
-                                                                    if k not in ("files", "rejects")}}
+    return {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "warehouse": warehouse,
+        "profile_html": str(run_dir / "profile.html"),
+        "ingest": {k: v for k, v in ingest.items() if k not in ("files", "rejects")},
+    }

@@ -17,7 +17,7 @@ def new_run_id() -> str:
 
 @contextmanager
 def run_folder(out_dir: Path, run_id: str) -> Iterator[Path]:
-    """Yield a scratch folder; on success it becomes ``out_dir/run_id``, on failure it is removed."""
+    """Yield a scratch folder: on success it becomes ``out_dir/run_id``; on failure, removed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = out_dir / f".{run_id}.partial"
     scratch.mkdir()

@@ -12,17 +12,27 @@ from warehouse import ingest_paths, list_rejects, open_warehouse, profile_wareho
 
 
 @task(name="ingest-logs")
-def ingest_task(warehouse: str, paths: list[str], fmt: str = "auto",
-                batch_output: str | None = None,
-                prices: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+def ingest_task(
+    warehouse: str,
+    paths: list[str],
+    fmt: str = "auto",
+    batch_output: str | None = None,
+    prices: dict[str, tuple[float, float]] | None = None,
+) -> dict[str, Any]:
     """Deterministic (no retries): a failed ingest leaves the warehouse as it was."""
     from prefect.logging import get_run_logger
 
     logger = get_run_logger()
     con = open_warehouse(warehouse)
     try:
-        report = ingest_paths(con, paths, fmt=fmt, batch_output=batch_output,  # type: ignore[arg-type]
-                              prices=prices, progress=logger.info)
+        report = ingest_paths(
+            con,
+            paths,
+            fmt=fmt,
+            batch_output=batch_output,
+            prices=prices,
+            progress=logger.info,
+        )
         return report.as_dict()
     finally:
         con.close()
@@ -47,9 +57,13 @@ def rejects_task(warehouse: str, limit: int = 20) -> dict[str, Any]:
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(warehouse: str, paths: list[str], fmt: str = "auto",
-                batch_output: str | None = None,
-                prices: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+def ingest_flow(
+    warehouse: str,
+    paths: list[str],
+    fmt: str = "auto",
+    batch_output: str | None = None,
+    prices: dict[str, tuple[float, float]] | None = None,
+) -> dict[str, Any]:
     """Ingest log files into the warehouse; returns the counts (read = loaded + duplicates +
     rejected + blank + joined)."""
     Path(warehouse).parent.mkdir(parents=True, exist_ok=True)

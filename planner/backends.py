@@ -16,17 +16,17 @@ from typing import Any, Protocol
 # error_kind values shared by all backends (the report groups by them)
 ERROR_KINDS = (
     "context_overflow",  # prompt longer than the model's context window
-    "empty_output",      # the model produced no text
-    "runtime",           # the local runtime raised
-    "timeout",           # no (complete) answer within the read timeout
-    "rate_limited",      # 429 after every retry
-    "server_error",      # 5xx after every retry
-    "connection",        # connection refused / dropped after every retry
-    "client_error",      # 400/404/422: the request itself is wrong; never retried
-    "auth",              # 401/403: stops the candidate
-    "protocol",          # malformed SSE or JSON from the server
-    "budget",            # not sent: the run's cost cap was reached
-    "circuit_open",      # not sent: the candidate's circuit breaker is open
+    "empty_output",  # the model produced no text
+    "runtime",  # the local runtime raised
+    "timeout",  # no (complete) answer within the read timeout
+    "rate_limited",  # 429 after every retry
+    "server_error",  # 5xx after every retry
+    "connection",  # connection refused / dropped after every retry
+    "client_error",  # 400/404/422: the request itself is wrong; never retried
+    "auth",  # 401/403: stops the candidate
+    "protocol",  # malformed SSE or JSON from the server
+    "budget",  # not sent: the run's cost cap was reached
+    "circuit_open",  # not sent: the candidate's circuit breaker is open
 )
 
 

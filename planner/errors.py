@@ -1,10 +1,10 @@
 """Errors raised by the planner package.
 
 PlannerError                    root: anything the planner cannot do
-├── ConfigError                 planner.toml missing, malformed, or a field out of range (names file/field)
-├── ModelFolderError            a folder is not an onnxruntime-genai model (names the missing file)
+├── ConfigError                 planner.toml missing or malformed, or a field out of range
+├── ModelFolderError            not an onnxruntime-genai model folder (names the missing file)
 ├── BackendError                a whole replay backend cannot go on
-│   ├── AuthError               the relay refused the key (401/403): names the candidate and its env var
+│   ├── AuthError               401/403: names the candidate and its key's env var
 │   ├── CircuitOpenError        too many consecutive failures; the candidate is stopped
 │   └── BudgetExceeded          the run's cost cap would be exceeded; work done so far is saved
 └── PlanError                   the evidence cannot support a plan (no replays, no scores)

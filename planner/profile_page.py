@@ -12,15 +12,28 @@ from typing import Any
 from planner.render import TEMPLATES, environment
 
 
-def render_profile(profile: dict[str, Any], *, ingest: dict[str, Any] | None = None,
-                   classifier: dict[str, Any] | None = None, title: str = "Workload profile",
-                   templates: Path = TEMPLATES) -> str:
+def render_profile(
+    profile: dict[str, Any],
+    *,
+    ingest: dict[str, Any] | None = None,
+    classifier: dict[str, Any] | None = None,
+    title: str = "Workload profile",
+    templates: Path = TEMPLATES,
+) -> str:
     """HTML for a profile from :func:`warehouse.profile_warehouse` (plain data in, text out)."""
     peak = max((int(r["requests"]) for r in profile["by_day"]), default=0)
     hour_peak = max((int(r["requests"]) for r in profile["by_hour"]), default=0)
-    return environment(templates).get_template("profile.html.j2").render(
-        title=title, p=profile, ingest=ingest, classifier=classifier,
-        day_peak=max(peak, 1), hour_peak=max(hour_peak, 1),
+    return (
+        environment(templates)
+        .get_template("profile.html.j2")
+        .render(
+            title=title,
+            p=profile,
+            ingest=ingest,
+            classifier=classifier,
+            day_peak=max(peak, 1),
+            hour_peak=max(hour_peak, 1),
+        )
     )
 
 

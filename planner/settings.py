@@ -37,26 +37,40 @@ class PriceSettings(_Section):
 
 class BaselineSettings(_Section):
     model: str = Field("gpt-4.1", description="The production model traffic goes to today.")
-    price_in: float | None = Field(None, ge=0, description="USD per 1M input tokens; else the price table.")
-    price_out: float | None = Field(None, ge=0, description="USD per 1M output tokens; else the price table.")
+    price_in: float | None = Field(
+        None, ge=0, description="USD per 1M input tokens; else the price table."
+    )
+    price_out: float | None = Field(
+        None, ge=0, description="USD per 1M output tokens; else the price table."
+    )
 
 
 class CandidateSettings(_Section):
     name: str = Field(min_length=1, description="Unique name used in reports and routing configs.")
-    kind: Literal["local", "relay"] = Field(description="'local': an onnxruntime-genai folder; 'relay': an OpenAI-compatible endpoint.")
+    kind: Literal["local", "relay"] = Field(
+        description="'local': an onnxruntime-genai folder; 'relay': an OpenAI-compatible endpoint."
+    )
     path: Path | None = Field(None, description="local: the model folder.")
     base_url: str | None = Field(None, description="relay: the endpoint base URL, ending in /v1.")
     model: str | None = Field(None, description="relay: the model name sent in requests.")
-    api_key_env: str | None = Field(None, description="relay: the environment variable holding the API key.")
+    api_key_env: str | None = Field(
+        None, description="relay: the environment variable holding the API key."
+    )
     price_in: float = Field(0.0, ge=0, description="USD per 1M input tokens (local: 0).")
     price_out: float = Field(0.0, ge=0, description="USD per 1M output tokens (local: 0).")
     rpm: int | None = Field(None, gt=0, description="Requests per minute, never exceeded.")
     tpm: int | None = Field(None, gt=0, description="Tokens per minute, never exceeded.")
     max_concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
     timeout_s: float = Field(60.0, gt=0, description="Read timeout per request, seconds.")
-    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts (never on 400/401/403/404).")
-    stream: bool = Field(True, description="relay: stream responses (measures time to first token).")
-    threads: int | None = Field(None, gt=0, description="local: intra-op threads (default: all cores).")
+    max_retries: int = Field(
+        4, ge=0, description="Retries on 429/5xx/timeouts (never on 400/401/403/404)."
+    )
+    stream: bool = Field(
+        True, description="relay: stream responses (measures time to first token)."
+    )
+    threads: int | None = Field(
+        None, gt=0, description="local: intra-op threads (default: all cores)."
+    )
 
     @model_validator(mode="after")
     def _check_kind(self) -> CandidateSettings:
@@ -75,25 +89,43 @@ class CandidateSettings(_Section):
 
 
 class ObjectivesSettings(_Section):
-    quality_floor: float = Field(0.95, gt=0, le=1.5, description="Required quality relative to production (1.0 = as good).")
-    p95_latency_ms: float = Field(2000.0, gt=0, description="Latency SLO: p95 end-to-end milliseconds.")
+    quality_floor: float = Field(
+        0.95, gt=0, le=1.5, description="Required quality relative to production (1.0 = as good)."
+    )
+    p95_latency_ms: float = Field(
+        2000.0, gt=0, description="Latency SLO: p95 end-to-end milliseconds."
+    )
     device: str = Field("snapdragon-8-gen-3", description="Device tier local models must fit.")
-    migration_cost_usd: float = Field(0.0, ge=0, description="One-time migration cost, for the payback period.")
+    migration_cost_usd: float = Field(
+        0.0, ge=0, description="One-time migration cost, for the payback period."
+    )
 
 
 class ClassifierSettings(_Section):
-    labels: Literal["metadata", "rules", "relay", "all"] = Field("all", description="Label sources used for training.")
-    confidence_threshold: float = Field(0.5, ge=0, le=1, description="Below this a prediction is 'uncertain'.")
-    annotator: str | None = Field(None, description="Name of the relay candidate that labels unlabeled requests.")
+    labels: Literal["metadata", "rules", "relay", "all"] = Field(
+        "all", description="Label sources used for training."
+    )
+    confidence_threshold: float = Field(
+        0.5, ge=0, le=1, description="Below this a prediction is 'uncertain'."
+    )
+    annotator: str | None = Field(
+        None, description="Name of the relay candidate that labels unlabeled requests."
+    )
     annotate_max: int = Field(200, ge=0, description="Most requests sent to the annotator per run.")
 
 
 class ReplaySettings(_Section):
     per_type: int = Field(50, gt=0, description="Sampled requests per task type.")
-    uncertain: int = Field(10, ge=0, description="Extra sampled requests the classifier was unsure of.")
+    uncertain: int = Field(
+        10, ge=0, description="Extra sampled requests the classifier was unsure of."
+    )
     seed: int = Field(0, description="Sampling seed: same seed, same sample.")
     max_cost_usd: float = Field(5.0, ge=0, description="Budget cap for one replay run.")
-    max_new_tokens: int = Field(256, gt=0, description="Cap on generated tokens (the logged max_tokens is respected below it).")
+    max_new_tokens: int = Field(
+        256,
+        gt=0,
+        description="Cap on generated tokens (the logged max_tokens is respected below it).",
+    )
 
 
 class OutputSettings(_Section):
@@ -103,7 +135,9 @@ class OutputSettings(_Section):
 class PlannerSettings(BaseSettings):
     """Everything a run needs, from planner.toml and PLANNER_* variables."""
 
-    model_config = SettingsConfigDict(env_prefix="PLANNER_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="PLANNER_", env_nested_delimiter="__", extra="forbid"
+    )
 
     warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
     baseline: BaselineSettings = Field(default_factory=BaselineSettings)
@@ -112,7 +146,9 @@ class PlannerSettings(BaseSettings):
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
-    prices: dict[str, PriceSettings] = Field(default_factory=dict, description="Overrides of the shipped price table, by model name.")
+    prices: dict[str, PriceSettings] = Field(
+        default_factory=dict, description="Overrides of the shipped price table, by model name."
+    )
 
     @model_validator(mode="after")
     def _unique_candidates(self) -> PlannerSettings:

@@ -27,17 +27,29 @@ _PARSE = """
 """
 
 
-def extract_batch(con: duckdb.DuckDBPyConnection, *, id_prefix: str, fallback_ts: datetime,
-                  batch_id: str, output_file: str) -> LineCounts:
+def extract_batch(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    id_prefix: str,
+    fallback_ts: datetime,
+    batch_id: str,
+    output_file: str,
+) -> LineCounts:
     """``_raw`` (input) + ``_raw_out`` (output) -> ``_extracted``; output-side rejects and
     duplicates are written here. Returns the output file's counts (its ``joined`` lines)."""
     _extract_output(con)
-    secret_patch = "{" + ", ".join(f'"{k}": null' for k in
-                                   ("messages", "model", "temperature", "max_tokens",
-                                    *REQUEST_SECRET_FIELDS)) + "}"
-    con.execute(f"""
+    secret_patch = (
+        "{"
+        + ", ".join(
+            f'"{k}": null'
+            for k in ("messages", "model", "temperature", "max_tokens", *REQUEST_SECRET_FIELDS)
+        )
+        + "}"
+    )
+    con.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE _extracted AS
-        WITH parsed AS MATERIALIZED ({_PARSE.format(table='_raw')}),
+        WITH parsed AS MATERIALIZED ({_PARSE.format(table="_raw")}),
         fields AS MATERIALIZED (
             SELECT *, json_type(j) AS top,
                    json_extract(j, ['$.custom_id', '$.url', '$.body', '$.body.messages',
@@ -56,7 +68,7 @@ def extract_batch(con: duckdb.DuckDBPyConnection, *, id_prefix: str, fallback_ts
                     WHEN e[2] IS NOT NULL AND e[2]->>'$' NOT LIKE '%/chat/completions'
                         THEN 'field url: ' || (e[2]->>'$') || ' is not a chat completions endpoint'
                     WHEN e[3] IS NULL OR json_type(e[3]) <> 'OBJECT' THEN 'missing field: body (an object)'
-                    {messages_reason('e[4]', 'body.messages')}
+                    {messages_reason("e[4]", "body.messages")}
                     WHEN e[6] IS NOT NULL AND json_type(e[6]) NOT IN {NUMBER[:-1]}, 'NULL')
                         THEN 'field body.temperature: must be a number'
                     WHEN e[7] IS NOT NULL AND json_type(e[7]) NOT IN {INTEGER[:-1]}, 'NULL')
@@ -89,7 +101,9 @@ def extract_batch(con: duckdb.DuckDBPyConnection, *, id_prefix: str, fallback_ts
             CASE WHEN json_type(c.e[9]) = 'OBJECT' THEN c.e[9] END AS metadata
         FROM checked c
         LEFT JOIN _out o ON o.custom_id = c.e[1]->>'$' AND o.out_rank = 1 AND o.reason IS NULL
-    """, [id_prefix, fallback_ts])
+    """,
+        [id_prefix, fallback_ts],
+    )
     return _settle_output(con, id_prefix=id_prefix, batch_id=batch_id, output_file=output_file)
 
 
@@ -97,7 +111,7 @@ def _extract_output(con: duckdb.DuckDBPyConnection) -> None:
     ts = timestamp_sql("e[9]")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _out AS
-        WITH parsed AS MATERIALIZED ({_PARSE.format(table='_raw_out')}),
+        WITH parsed AS MATERIALIZED ({_PARSE.format(table="_raw_out")}),
         fields AS MATERIALIZED (
             SELECT *, json_type(j) AS top,
                    json_extract(j, ['$.custom_id', '$.response', '$.response.status_code',
@@ -144,10 +158,12 @@ def _extract_output(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-def _settle_output(con: duckdb.DuckDBPyConnection, *, id_prefix: str, batch_id: str,
-                   output_file: str) -> LineCounts:
+def _settle_output(
+    con: duckdb.DuckDBPyConnection, *, id_prefix: str, batch_id: str, output_file: str
+) -> LineCounts:
     """Output lines: joined, duplicate, or rejected (bad, or matching no loadable input)."""
-    con.execute("""
+    con.execute(
+        """
         CREATE OR REPLACE TEMP TABLE _out_status AS
         SELECT o.*,
             CASE
@@ -159,17 +175,25 @@ def _settle_output(con: duckdb.DuckDBPyConnection, *, id_prefix: str, batch_id: 
                     THEN 'no loadable input line has custom_id ' || o.custom_id
             END AS final_reason
         FROM _out o
-    """, [id_prefix])
-    con.execute(f"""
+    """,
+        [id_prefix],
+    )
+    con.execute(
+        f"""
         INSERT INTO rejected_lines
-        SELECT ?, ?, s.line_no, s.final_reason, encode({mask_sql('r.line')})
+        SELECT ?, ?, s.line_no, s.final_reason, encode({mask_sql("r.line")})
         FROM _out_status s JOIN _raw_out r USING (line_no) WHERE s.final_reason IS NOT NULL
-    """, [batch_id, output_file])
-    con.execute("""
+    """,
+        [batch_id, output_file],
+    )
+    con.execute(
+        """
         INSERT INTO duplicate_lines
         SELECT ?, ?, line_no, ? || custom_id FROM _out_status
         WHERE final_reason IS NULL AND out_rank > 1 AND NOT is_blank AND NOT is_marker
-    """, [batch_id, output_file, id_prefix])
+    """,
+        [batch_id, output_file, id_prefix],
+    )
     row = con.execute("""
         SELECT count(*),
                count(*) FILTER (WHERE final_reason IS NULL AND out_rank = 1 AND NOT is_blank AND NOT is_marker),
@@ -179,4 +203,6 @@ def _settle_output(con: duckdb.DuckDBPyConnection, *, id_prefix: str, batch_id: 
         FROM _out_status
     """).fetchall()[0]
     total, joined, dups, rejected, blank = (int(v) for v in row)
-    return LineCounts(lines_read=total, joined=joined, duplicates=dups, rejected=rejected, blank=blank)
+    return LineCounts(
+        lines_read=total, joined=joined, duplicates=dups, rejected=rejected, blank=blank
+    )

@@ -56,8 +56,10 @@ INTEGER = "('BIGINT', 'UBIGINT')"
 
 def _optional(name: str, label: str, types: str, kind: str) -> str:
     """A CASE arm rejecting an optional field present with the wrong JSON type."""
-    return (f"WHEN {f(name)} IS NOT NULL AND {jt(name)} NOT IN {types[:-1]}, 'NULL') "
-            f"THEN 'field {label}: must be {kind}, got ' || lower({jt(name)})")
+    return (
+        f"WHEN {f(name)} IS NOT NULL AND {jt(name)} NOT IN {types[:-1]}, 'NULL') "
+        f"THEN 'field {label}: must be {kind}, got ' || lower({jt(name)})"
+    )
 
 
 def timestamp_sql(value: str) -> str:
@@ -72,8 +74,10 @@ def timestamp_sql(value: str) -> str:
 
 def _epoch(value: str) -> str:
     # 0 .. year 2200; larger values (epoch milliseconds) are rejected with a hint, not overflowed
-    return (f"CASE WHEN {value}::DOUBLE BETWEEN 0 AND 7258118400 "
-            f"THEN to_timestamp({value}::DOUBLE) AT TIME ZONE 'UTC' END")
+    return (
+        f"CASE WHEN {value}::DOUBLE BETWEEN 0 AND 7258118400 "
+        f"THEN to_timestamp({value}::DOUBLE) AT TIME ZONE 'UTC' END"
+    )
 
 
 def timestamp_reason(value: str, parsed: str, label: str = "timestamp") -> str:
@@ -104,18 +108,27 @@ def extract_chat_log(con: duckdb.DuckDBPyConnection, source: str = "_raw") -> No
     """
     ((all_json,),) = con.execute(
         f"SELECT coalesce(bool_and(json_valid(line)), true) FROM {source} "
-        "WHERE line IS NOT NULL AND line <> chr(2) AND trim(line) <> ''").fetchall()
+        "WHERE line IS NOT NULL AND line <> chr(2) AND trim(line) <> ''"
+    ).fetchall()
     _extract(con, source, checked=not all_json)
 
 
 def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> None:
     paths = ", ".join(f"'{p}'" for _, p in _PATHS)
-    secret_patch = "{" + ", ".join(f'"{k}": null' for k in
-                                   ("messages", "model", "temperature", "max_tokens",
-                                    *REQUEST_SECRET_FIELDS)) + "}"
+    secret_patch = (
+        "{"
+        + ", ".join(
+            f'"{k}": null'
+            for k in ("messages", "model", "temperature", "max_tokens", *REQUEST_SECRET_FIELDS)
+        )
+        + "}"
+    )
     ts = timestamp_sql(f("timestamp"))
-    valid = ("line IS NOT NULL AND json_valid(line)" if checked
-             else "line IS NOT NULL AND line <> chr(2) AND trim(line) <> ''")
+    valid = (
+        "line IS NOT NULL AND json_valid(line)"
+        if checked
+        else "line IS NOT NULL AND line <> chr(2) AND trim(line) <> ''"
+    )
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _extracted AS
         WITH parsed AS MATERIALIZED (
@@ -136,53 +149,53 @@ def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> N
                 WHEN is_blank OR is_marker THEN NULL
                 WHEN bad_json THEN 'not valid JSON'
                 WHEN top <> 'OBJECT' THEN 'not a JSON object (got ' || lower(top) || ')'
-                WHEN {f('id')} IS NULL OR {jt('id')} = 'NULL' THEN 'missing field: id'
-                WHEN {jt('id')} NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')
-                    THEN 'field id: must be a string, got ' || lower({jt('id')})
-                WHEN trim({f('id')}->>'$') = '' THEN 'field id: empty string'
-                {timestamp_reason(f('timestamp'), 'ts_parsed')}
-                WHEN {f('request')} IS NULL OR {jt('request')} = 'NULL' THEN 'missing field: request'
-                WHEN {jt('request')} <> 'OBJECT'
-                    THEN 'field request: must be an object, got ' || lower({jt('request')})
-                {messages_reason(f('messages'), 'request.messages')}
-                {_optional('model', 'request.model', "('VARCHAR')", 'a string')}
-                {_optional('temperature', 'request.temperature', NUMBER, 'a number')}
-                {_optional('max_tokens', 'request.max_tokens', INTEGER, 'an integer')}
-                {_optional('status_code', 'status_code', INTEGER, 'an integer')}
-                {_optional('latency_ms', 'latency_ms', NUMBER, 'a number')}
-                {_optional('ttft_ms', 'ttft_ms', NUMBER, 'a number')}
-                {_optional('prompt_tokens', 'response.usage.prompt_tokens', INTEGER, 'an integer')}
-                {_optional('completion_tokens', 'response.usage.completion_tokens', INTEGER, 'an integer')}
-                {_optional('cost_usd', 'cost_usd', NUMBER, 'a number')}
-                {_optional('response', 'response', "('OBJECT')", 'an object')}
-                {_optional('metadata', 'metadata', "('OBJECT')", 'an object')}
-                {_optional('conversation_id', 'conversation_id', "('VARCHAR', 'BIGINT', 'UBIGINT')", 'a string')}
-                {_optional('content', 'response.choices[0].message.content', "('VARCHAR')", 'a string')}
+                WHEN {f("id")} IS NULL OR {jt("id")} = 'NULL' THEN 'missing field: id'
+                WHEN {jt("id")} NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')
+                    THEN 'field id: must be a string, got ' || lower({jt("id")})
+                WHEN trim({f("id")}->>'$') = '' THEN 'field id: empty string'
+                {timestamp_reason(f("timestamp"), "ts_parsed")}
+                WHEN {f("request")} IS NULL OR {jt("request")} = 'NULL' THEN 'missing field: request'
+                WHEN {jt("request")} <> 'OBJECT'
+                    THEN 'field request: must be an object, got ' || lower({jt("request")})
+                {messages_reason(f("messages"), "request.messages")}
+                {_optional("model", "request.model", "('VARCHAR')", "a string")}
+                {_optional("temperature", "request.temperature", NUMBER, "a number")}
+                {_optional("max_tokens", "request.max_tokens", INTEGER, "an integer")}
+                {_optional("status_code", "status_code", INTEGER, "an integer")}
+                {_optional("latency_ms", "latency_ms", NUMBER, "a number")}
+                {_optional("ttft_ms", "ttft_ms", NUMBER, "a number")}
+                {_optional("prompt_tokens", "response.usage.prompt_tokens", INTEGER, "an integer")}
+                {_optional("completion_tokens", "response.usage.completion_tokens", INTEGER, "an integer")}
+                {_optional("cost_usd", "cost_usd", NUMBER, "a number")}
+                {_optional("response", "response", "('OBJECT')", "an object")}
+                {_optional("metadata", "metadata", "('OBJECT')", "an object")}
+                {_optional("conversation_id", "conversation_id", "('VARCHAR', 'BIGINT', 'UBIGINT')", "a string")}
+                {_optional("content", "response.choices[0].message.content", "('VARCHAR')", "a string")}
             END AS reason,
-            {f('id')}->>'$' AS request_id,
+            {f("id")}->>'$' AS request_id,
             ts_parsed AS ts,
-            NULLIF({f('conversation_id')}->>'$', '') AS conversation_id,
-            {f('model')}->>'$' AS model,
-            {f('response_model')}->>'$' AS response_model,
-            {f('messages')} AS messages,
-            try_cast({f('temperature')}->>'$' AS DOUBLE) AS temperature,
-            try_cast({f('max_tokens')}->>'$' AS INTEGER) AS max_tokens,
-            CASE WHEN {jt('request')} = 'OBJECT'
-                 THEN json_merge_patch({f('request')}, '{secret_patch}') END AS params,
-            {f('content')}->>'$' AS response_text,
-            {f('finish_reason')}->>'$' AS finish_reason,
-            try_cast({f('prompt_tokens')}->>'$' AS INTEGER) AS usage_prompt,
-            try_cast({f('completion_tokens')}->>'$' AS INTEGER) AS usage_completion,
-            try_cast({f('latency_ms')}->>'$' AS DOUBLE) AS latency_ms,
-            try_cast({f('ttft_ms')}->>'$' AS DOUBLE) AS ttft_ms,
-            try_cast({f('status_code')}->>'$' AS INTEGER) AS status_code,
-            CASE WHEN {f('error')} IS NOT NULL AND {jt('error')} <> 'NULL'
-                 THEN coalesce({f('error_message')}->>'$', left({f('error')}::VARCHAR, 500)) END
+            NULLIF({f("conversation_id")}->>'$', '') AS conversation_id,
+            {f("model")}->>'$' AS model,
+            {f("response_model")}->>'$' AS response_model,
+            {f("messages")} AS messages,
+            try_cast({f("temperature")}->>'$' AS DOUBLE) AS temperature,
+            try_cast({f("max_tokens")}->>'$' AS INTEGER) AS max_tokens,
+            CASE WHEN {jt("request")} = 'OBJECT'
+                 THEN json_merge_patch({f("request")}, '{secret_patch}') END AS params,
+            {f("content")}->>'$' AS response_text,
+            {f("finish_reason")}->>'$' AS finish_reason,
+            try_cast({f("prompt_tokens")}->>'$' AS INTEGER) AS usage_prompt,
+            try_cast({f("completion_tokens")}->>'$' AS INTEGER) AS usage_completion,
+            try_cast({f("latency_ms")}->>'$' AS DOUBLE) AS latency_ms,
+            try_cast({f("ttft_ms")}->>'$' AS DOUBLE) AS ttft_ms,
+            try_cast({f("status_code")}->>'$' AS INTEGER) AS status_code,
+            CASE WHEN {f("error")} IS NOT NULL AND {jt("error")} <> 'NULL'
+                 THEN coalesce({f("error_message")}->>'$', left({f("error")}::VARCHAR, 500)) END
                 AS error_message,
-            try_cast({f('cost_usd')}->>'$' AS DOUBLE) AS cost_log,
-            {f('task_type')}->>'$' AS label_task_type,
-            {f('feature')}->>'$' AS feature,
-            {f('user')}->>'$' AS user_id,
-            CASE WHEN {jt('metadata')} = 'OBJECT' THEN {f('metadata')} END AS metadata
+            try_cast({f("cost_usd")}->>'$' AS DOUBLE) AS cost_log,
+            {f("task_type")}->>'$' AS label_task_type,
+            {f("feature")}->>'$' AS feature,
+            {f("user")}->>'$' AS user_id,
+            CASE WHEN {jt("metadata")} = 'OBJECT' THEN {f("metadata")} END AS metadata
         FROM typed
     """)

@@ -12,8 +12,10 @@ from warehouse.schema import create_schema
 _DUCKDB_MAGIC = b"DUCK"
 
 
-def open_warehouse(path: Path | str, *, read_only: bool = False, create: bool = True) -> duckdb.DuckDBPyConnection:
-    """Open (and create, unless ``create`` is false) the warehouse at ``path``; ``":memory:"`` works.
+def open_warehouse(
+    path: Path | str, *, read_only: bool = False, create: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """Open (create, unless ``create`` is false) the warehouse at ``path``; ``":memory:"`` works.
 
     A file that exists but is not a DuckDB database is refused before DuckDB touches it, so a
     mistyped path never gets overwritten.
@@ -29,7 +31,9 @@ def open_warehouse(path: Path | str, *, read_only: bool = False, create: bool = 
             if len(header) > 0 and header[8:12] != _DUCKDB_MAGIC:
                 raise WarehouseOpenError(file, "not a DuckDB database file")
         elif not create or read_only:
-            raise WarehouseOpenError(file, "no such warehouse file; run `migration-planner ingest` first")
+            raise WarehouseOpenError(
+                file, "no such warehouse file; run `migration-planner ingest` first"
+            )
         elif not file.parent.exists():
             raise WarehouseOpenError(file, f"folder {file.parent} does not exist")
     try:
@@ -47,7 +51,9 @@ def open_warehouse(path: Path | str, *, read_only: bool = False, create: bool = 
     return con
 
 
-def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None) -> tuple[object, ...] | None:
+def fetch_one(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None
+) -> tuple[object, ...] | None:
     """The first row (or None), always draining the result: DuckDB 2.0 refuses ``con.sql()``
     while an ``execute()`` result is left half-read, which ``fetchone()`` does."""
     rows = con.execute(sql, params or []).fetchall()

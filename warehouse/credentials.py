@@ -17,8 +17,15 @@ _KEYS = (
 KEY_VALUE_PATTERN = r'"(' + _KEYS + r')"\s*:\s*"(?:[^"\\]|\\.)*"'
 KEY_VALUE_REPLACEMENT_SQL = r'"\1": "' + REDACTED + '"'
 # Top-level request fields removed before the request parameters are stored.
-REQUEST_SECRET_FIELDS = ("api_key", "apiKey", "api-key", "authorization", "Authorization", "headers",
-                         "extra_headers")
+REQUEST_SECRET_FIELDS = (
+    "api_key",
+    "apiKey",
+    "api-key",
+    "authorization",
+    "Authorization",
+    "headers",
+    "extra_headers",
+)
 
 _KEY_VALUE_BYTES = re.compile(KEY_VALUE_PATTERN.encode(), re.IGNORECASE)
 _BEARER_BYTES = re.compile(rb"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
@@ -27,7 +34,9 @@ _SK_BYTES = re.compile(rb"\bsk-[A-Za-z0-9_-]{8,}")
 
 def mask_raw_line(raw: bytes) -> bytes:
     """Mask credential values in a raw (possibly broken) log line, keeping every other byte."""
-    raw = _KEY_VALUE_BYTES.sub(lambda m: b'"' + m.group(1) + b'": "' + REDACTED.encode() + b'"', raw)
+    raw = _KEY_VALUE_BYTES.sub(
+        lambda m: b'"' + m.group(1) + b'": "' + REDACTED.encode() + b'"', raw
+    )
     raw = _BEARER_BYTES.sub(lambda m: m.group(1) + REDACTED.encode(), raw)
     return _SK_BYTES.sub(REDACTED.encode(), raw)
 

@@ -1,9 +1,9 @@
 """Errors raised by the warehouse package.
 
 WarehouseError                  root: anything the warehouse cannot do
-├── WarehouseOpenError          the file is not a DuckDB database, or is locked by another writer
+├── WarehouseOpenError          not a DuckDB database, or locked by another writer
 ├── InputPathError              a path given to ingest does not exist or holds no logs
-├── FormatError                 a file is not in the format asked for (or no format could be detected)
+├── FormatError                 a file is not in the format asked for, or in no format known
 └── EmptyWarehouseError         a stage needs rows the warehouse does not have yet
 
 Errors carry their context as attributes (``path``, ``line``) so the CLI can print one clear line.

@@ -25,7 +25,6 @@ from warehouse.normalize import LineCounts, finish_stage, stage_requests
 from warehouse.pricing import Prices, price_table
 from warehouse.rawfile import MAX_LINE_BYTES, ScannedFile, scan_file
 
-LogFormat = Literal["auto", "chat-log", "openai-batch"]
 FORMATS: tuple[str, ...] = ("auto", "chat-log", "openai-batch")
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz")
 Progress = Callable[[str], None]
@@ -59,7 +58,9 @@ class IngestReport:
     def totals(self) -> LineCounts:
         total = LineCounts()
         for f in self.files:
-            total.add(LineCounts(f.lines_read, f.loaded, f.duplicates, f.rejected, f.blank, f.joined))
+            total.add(
+                LineCounts(f.lines_read, f.loaded, f.duplicates, f.rejected, f.blank, f.joined)
+            )
         return total
 
     def as_dict(self) -> dict[str, object]:
@@ -74,9 +75,13 @@ def expand_paths(paths: Sequence[Path | str]) -> list[Path]:
         if not path.exists():
             raise InputPathError(path, "no such file or directory")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(LOG_SUFFIXES))
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.name.endswith(LOG_SUFFIXES)
+            )
             if not found:
-                raise InputPathError(path, f"directory holds no log files ({', '.join(LOG_SUFFIXES)})")
+                raise InputPathError(
+                    path, f"directory holds no log files ({', '.join(LOG_SUFFIXES)})"
+                )
             out.extend(found)
         else:
             out.append(path)
@@ -115,15 +120,19 @@ def _shape(path: Path, obj: dict[str, object]) -> str:
     if "request" in obj or "messages" in obj or ("id" in obj and "timestamp" in obj):
         return "chat-log"
     keys = ", ".join(sorted(obj)[:8])
-    raise FormatError(path, f"unrecognized log format (first JSON line has keys: {keys}); "
-                            "supported: chat-log, openai-batch")
+    raise FormatError(
+        path,
+        f"unrecognized log format (first JSON line has keys: {keys}); "
+        "supported: chat-log, openai-batch",
+    )
 
 
 IngestPlan = list[tuple[str, Path, Path | None]]
 
 
-def prepare_ingest(paths: Sequence[Path | str], *, fmt: LogFormat = "auto",
-                   batch_output: Path | str | None = None) -> IngestPlan:
+def prepare_ingest(
+    paths: Sequence[Path | str], *, fmt: str = "auto", batch_output: Path | str | None = None
+) -> IngestPlan:
     """Check every path and decide each file's reader, without touching the warehouse: a missing
     file, an empty folder or an unpaired batch file is an error before anything is written."""
     if fmt not in FORMATS:
@@ -139,7 +148,7 @@ def ingest_paths(
     con: duckdb.DuckDBPyConnection,
     paths: Sequence[Path | str],
     *,
-    fmt: LogFormat = "auto",
+    fmt: str = "auto",
     batch_output: Path | str | None = None,
     prices: Prices | None = None,
     progress: Progress | None = None,
@@ -167,8 +176,10 @@ def ingest_paths(
 def _progress_line(rep: FileReport) -> str:
     if rep.status == "skipped":
         return f"{rep.path}: skipped ({rep.skipped_because})"
-    return (f"{rep.path}: {rep.lines_read} lines: {rep.loaded} loaded, {rep.duplicates} duplicates, "
-            f"{rep.rejected} rejected, {rep.blank} blank ({rep.seconds:.1f} s)")
+    return (
+        f"{rep.path}: {rep.lines_read} lines: {rep.loaded} loaded, {rep.duplicates} duplicates, "
+        f"{rep.rejected} rejected, {rep.blank} blank ({rep.seconds:.1f} s)"
+    )
 
 
 def _plan(files: list[Path], fmt: str, output: Path | None) -> list[tuple[str, Path, Path | None]]:
@@ -184,16 +195,25 @@ def _plan(files: list[Path], fmt: str, output: Path | None) -> list[tuple[str, P
     outputs = [f for f, k in kinds.items() if k == "batch-output"]
     if output is not None:
         if len(inputs) != 1:
-            raise FormatError(output, f"--batch-output pairs with exactly one batch input file; got {len(inputs)}")
-        outputs = [output] + outputs
+            raise FormatError(
+                output, f"--batch-output pairs with exactly one batch input file; got {len(inputs)}"
+            )
+        outputs = [output, *outputs]
     if len(inputs) > 1 or len(outputs) > 1:
-        raise FormatError(inputs[0] if inputs else outputs[0],
-                          "several OpenAI batch files: ingest one input with --batch-output FILE at a time")
+        raise FormatError(
+            inputs[0] if inputs else outputs[0],
+            "several OpenAI batch files: ingest one input with --batch-output FILE at a time",
+        )
     if inputs and not outputs:
-        raise FormatError(inputs[0], "OpenAI batch input needs its output file: pass --batch-output FILE")
+        raise FormatError(
+            inputs[0], "OpenAI batch input needs its output file: pass --batch-output FILE"
+        )
     if outputs and not inputs:
-        raise FormatError(outputs[0], "this is an OpenAI batch output file: ingest its input file "
-                                      "with --batch-output pointing here")
+        raise FormatError(
+            outputs[0],
+            "this is an OpenAI batch output file: ingest its input file "
+            "with --batch-output pointing here",
+        )
     plan: list[tuple[str, Path, Path | None]] = []
     for f, kind in kinds.items():
         if kind == "chat-log":
@@ -204,40 +224,64 @@ def _plan(files: list[Path], fmt: str, output: Path | None) -> list[tuple[str, P
 
 
 def _already(con: duckdb.DuckDBPyConnection, content_hash: str) -> str | None:
-    row = fetch_one(con, "SELECT batch_id FROM ingest_batches WHERE content_hash = ? LIMIT 1",
-                    [content_hash])
+    row = fetch_one(
+        con, "SELECT batch_id FROM ingest_batches WHERE content_hash = ? LIMIT 1", [content_hash]
+    )
     return str(row[0]) if row else None
 
 
 def _read_raw(con: duckdb.DuckDBPyConnection, table: str, scanned: ScannedFile) -> None:
     """Every line of the file as one VARCHAR (NULL for an empty line), numbered from 1."""
-    con.execute(f"""
+    con.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
         SELECT row_number() OVER () AS line_no, line
         FROM read_csv(?, columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1),
                       quote = '', escape = '', auto_detect = false, new_line = '\\n',
                       max_line_size = {MAX_LINE_BYTES}, strict_mode = false)
-    """, [str(scanned.read_path)])
+    """,
+        [str(scanned.read_path)],
+    )
     count = (fetch_one(con, f"SELECT count(*) FROM {table}") or (0,))[0]
     if count != scanned.n_lines:
-        raise WarehouseError(f"{scanned.path}: read {count} lines but the file has "
-                             f"{scanned.n_lines}; refusing to guess line numbers")
+        raise WarehouseError(
+            f"{scanned.path}: read {count} lines but the file has "
+            f"{scanned.n_lines}; refusing to guess line numbers"
+        )
     con.execute(f"UPDATE {table} SET line = rtrim(line, chr(13)) WHERE suffix(line, chr(13))")
 
 
-def _record_bad_lines(con: duckdb.DuckDBPyConnection, batch_id: str, path: Path,
-                      scanned: ScannedFile) -> None:
+def _record_bad_lines(
+    con: duckdb.DuckDBPyConnection, batch_id: str, path: Path, scanned: ScannedFile
+) -> None:
     if scanned.bad_lines:
-        con.executemany("INSERT INTO rejected_lines VALUES (?, ?, ?, ?, ?)",
-                        [(batch_id, str(path), b.line_no, b.reason, b.raw) for b in scanned.bad_lines])
+        con.executemany(
+            "INSERT INTO rejected_lines VALUES (?, ?, ?, ?, ?)",
+            [(batch_id, str(path), b.line_no, b.reason, b.raw) for b in scanned.bad_lines],
+        )
 
 
-def _record_batch(con: duckdb.DuckDBPyConnection, rep: FileReport, content_hash: str,
-                  fmt: str) -> None:
-    con.execute("INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-        rep.batch_id, rep.path, rep.output_file, fmt, content_hash, datetime.now(UTC).replace(tzinfo=None),
-        rep.lines_read, rep.loaded, rep.duplicates, rep.rejected, rep.blank, rep.joined, rep.seconds,
-    ])
+def _record_batch(
+    con: duckdb.DuckDBPyConnection, rep: FileReport, content_hash: str, fmt: str
+) -> None:
+    con.execute(
+        "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            rep.batch_id,
+            rep.path,
+            rep.output_file,
+            fmt,
+            content_hash,
+            datetime.now(UTC).replace(tzinfo=None),
+            rep.lines_read,
+            rep.loaded,
+            rep.duplicates,
+            rep.rejected,
+            rep.blank,
+            rep.joined,
+            rep.seconds,
+        ],
+    )
 
 
 def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) -> FileReport:
@@ -246,23 +290,40 @@ def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices)
     try:
         previous = _already(con, scanned.content_hash)
         if previous is not None:
-            return FileReport(str(path), "chat-log", "skipped", previous,
-                              skipped_because=f"same content already ingested as batch {previous}")
+            return FileReport(
+                str(path),
+                "chat-log",
+                "skipped",
+                previous,
+                skipped_because=f"same content already ingested as batch {previous}",
+            )
         con.execute("BEGIN TRANSACTION")
         try:
             _read_raw(con, "_raw", scanned)
             counts = LineCounts()
             for first in range(1, scanned.n_lines + 1, CHUNK_LINES):
-                con.execute("CREATE OR REPLACE TEMP TABLE _chunk AS SELECT * FROM _raw "
-                            "WHERE line_no BETWEEN ? AND ?", [first, first + CHUNK_LINES - 1])
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _chunk AS SELECT * FROM _raw "
+                    "WHERE line_no BETWEEN ? AND ?",
+                    [first, first + CHUNK_LINES - 1],
+                )
                 extract_chat_log(con, "_chunk")
                 stage_requests(con, prices)
-                counts.add(finish_stage(con, batch_id=batch_id, source_file=str(path), raw="_chunk"))
+                counts.add(
+                    finish_stage(con, batch_id=batch_id, source_file=str(path), raw="_chunk")
+                )
             _record_bad_lines(con, batch_id, path, scanned)
-            rep = FileReport(str(path), "chat-log", "ingested", batch_id,
-                             lines_read=scanned.n_lines, loaded=counts.loaded,
-                             duplicates=counts.duplicates,
-                             rejected=counts.rejected + len(scanned.bad_lines), blank=counts.blank)
+            rep = FileReport(
+                str(path),
+                "chat-log",
+                "ingested",
+                batch_id,
+                lines_read=scanned.n_lines,
+                loaded=counts.loaded,
+                duplicates=counts.duplicates,
+                rejected=counts.rejected + len(scanned.bad_lines),
+                blank=counts.blank,
+            )
             _check_balance(rep)
             _record_batch(con, rep, scanned.content_hash, "chat-log")
             con.execute("COMMIT")
@@ -275,34 +336,54 @@ def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices)
         scanned.cleanup()
 
 
-def _ingest_batch(con: duckdb.DuckDBPyConnection, path: Path, output: Path, prices: Prices) -> FileReport:
+def _ingest_batch(
+    con: duckdb.DuckDBPyConnection, path: Path, output: Path, prices: Prices
+) -> FileReport:
     scanned_in, scanned_out = scan_file(path), scan_file(output)
     pair_hash = _pair_hash(scanned_in.content_hash, scanned_out.content_hash)
     batch_id = "b-" + pair_hash[:16]
     try:
         previous = _already(con, pair_hash)
         if previous is not None:
-            return FileReport(str(path), "openai-batch", "skipped", previous, output_file=str(output),
-                              skipped_because=f"same batch already ingested as {previous}")
+            return FileReport(
+                str(path),
+                "openai-batch",
+                "skipped",
+                previous,
+                output_file=str(output),
+                skipped_because=f"same batch already ingested as {previous}",
+            )
         con.execute("BEGIN TRANSACTION")
         try:
             _read_raw(con, "_raw", scanned_in)
             _read_raw(con, "_raw_out", scanned_out)
             fallback = datetime.fromtimestamp(output.stat().st_mtime, UTC).replace(tzinfo=None)
-            out_counts = extract_batch(con, id_prefix=scanned_in.content_hash[:12] + ":",
-                                       fallback_ts=fallback, batch_id=batch_id,
-                                       output_file=str(output))
+            out_counts = extract_batch(
+                con,
+                id_prefix=scanned_in.content_hash[:12] + ":",
+                fallback_ts=fallback,
+                batch_id=batch_id,
+                output_file=str(output),
+            )
             stage_requests(con, prices)
             counts = finish_stage(con, batch_id=batch_id, source_file=str(path))
             _record_bad_lines(con, batch_id, path, scanned_in)
             _record_bad_lines(con, batch_id, output, scanned_out)
             rep = FileReport(
-                str(path), "openai-batch", "ingested", batch_id, output_file=str(output),
+                str(path),
+                "openai-batch",
+                "ingested",
+                batch_id,
+                output_file=str(output),
                 lines_read=scanned_in.n_lines + scanned_out.n_lines,
-                loaded=counts.loaded, duplicates=counts.duplicates + out_counts.duplicates,
-                rejected=counts.rejected + out_counts.rejected
-                + len(scanned_in.bad_lines) + len(scanned_out.bad_lines),
-                blank=counts.blank + out_counts.blank, joined=out_counts.joined,
+                loaded=counts.loaded,
+                duplicates=counts.duplicates + out_counts.duplicates,
+                rejected=counts.rejected
+                + out_counts.rejected
+                + len(scanned_in.bad_lines)
+                + len(scanned_out.bad_lines),
+                blank=counts.blank + out_counts.blank,
+                joined=out_counts.joined,
             )
             _check_balance(rep)
             _record_batch(con, rep, pair_hash, "openai-batch")
@@ -332,12 +413,31 @@ def _mb(setting: str) -> float:
     number, _, unit = setting.strip().partition(" ")
     unit = (unit or "".join(c for c in setting if c.isalpha())).upper()
     value = float("".join(c for c in number if c.isdigit() or c == ".") or 0)
-    scale = {"KB": 1e-3, "KIB": 1 / 1024, "MB": 1, "MIB": 1, "GB": 1e3, "GIB": 1024, "TB": 1e6, "TIB": 1024**2}
+    scale = {
+        "KB": 1e-3,
+        "KIB": 1 / 1024,
+        "MB": 1,
+        "MIB": 1,
+        "GB": 1e3,
+        "GIB": 1024,
+        "TB": 1e6,
+        "TIB": 1024**2,
+    }
     return value * scale.get(unit, 1)
 
 
-_STAGING = ("_raw", "_raw_out", "_chunk", "_extracted", "_stage", "_ranked", "_new", "_out",
-            "_out_status", "_prices")
+_STAGING = (
+    "_raw",
+    "_raw_out",
+    "_chunk",
+    "_extracted",
+    "_stage",
+    "_ranked",
+    "_new",
+    "_out",
+    "_out_status",
+    "_prices",
+)
 
 
 def _drop_staging(con: duckdb.DuckDBPyConnection) -> None:
@@ -356,5 +456,7 @@ def _check_balance(rep: FileReport) -> None:
     """The promise of this module, checked on every file before it is committed."""
     accounted = rep.loaded + rep.duplicates + rep.rejected + rep.blank + rep.joined
     if accounted != rep.lines_read:
-        raise WarehouseError(f"{rep.path}: {rep.lines_read} lines read but {accounted} accounted "
-                             "for; nothing was written")
+        raise WarehouseError(
+            f"{rep.path}: {rep.lines_read} lines read but {accounted} accounted "
+            "for; nothing was written"
+        )

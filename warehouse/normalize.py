@@ -49,12 +49,19 @@ class LineCounts:
 
 def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
     """``_extracted`` -> ``_stage``: message checks and every derived column."""
-    models = [m for (m,) in con.execute(
-        "SELECT DISTINCT coalesce(response_model, model) FROM _extracted WHERE reason IS NULL"
-    ).fetchall() if m]
-    models += [m for (m,) in con.execute(
-        "SELECT DISTINCT model FROM _extracted WHERE reason IS NULL AND model IS NOT NULL"
-    ).fetchall()]
+    models = [
+        m
+        for (m,) in con.execute(
+            "SELECT DISTINCT coalesce(response_model, model) FROM _extracted WHERE reason IS NULL"
+        ).fetchall()
+        if m
+    ]
+    models += [
+        m
+        for (m,) in con.execute(
+            "SELECT DISTINCT model FROM _extracted WHERE reason IS NULL AND model IS NOT NULL"
+        ).fetchall()
+    ]
     load_price_table(con, sorted(set(models)), prices)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _stage AS
@@ -96,7 +103,7 @@ def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
             d.texts[len(d.roles) - list_position(list_reverse(d.roles), 'user') + 1] AS last_user_message,
             len(d.roles) AS n_messages,
             d.temperature, d.max_tokens,
-            CASE WHEN d.params IS NOT NULL THEN {mask_sql('d.params::VARCHAR')}::JSON END AS params,
+            CASE WHEN d.params IS NOT NULL THEN {mask_sql("d.params::VARCHAR")}::JSON END AS params,
             coalesce(d.usage_prompt,
                      (ceil(len(array_to_string(d.texts, ' ')) / 4) + 4 * len(d.roles))::INTEGER)
                 AS prompt_tokens,
@@ -110,7 +117,7 @@ def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
             coalesce(d.error_message, CASE WHEN d.status_code >= 400
                                            THEN 'HTTP ' || d.status_code::VARCHAR END) AS error_message,
             d.cost_log, d.label_task_type, d.feature, d.user_id,
-            CASE WHEN d.metadata IS NOT NULL THEN {mask_sql('d.metadata::VARCHAR')}::JSON END AS metadata,
+            CASE WHEN d.metadata IS NOT NULL THEN {mask_sql("d.metadata::VARCHAR")}::JSON END AS metadata,
             md5(coalesce(coalesce(d.model, d.response_model), '') || chr(31) || d.messages::VARCHAR)
                 AS prompt_hash,
             coalesce(d.response_model, d.model) AS priced_model
@@ -118,8 +125,9 @@ def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
     """)
 
 
-def finish_stage(con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: str,
-                 raw: str = "_raw") -> LineCounts:
+def finish_stage(
+    con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: str, raw: str = "_raw"
+) -> LineCounts:
     """Write ``_stage`` into the warehouse: loaded rows, duplicates and rejects. Caller commits."""
     # Only ids travel here, never whole rows: the first line of an id not yet in the warehouse wins.
     con.execute("""
@@ -135,7 +143,8 @@ def finish_stage(con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: 
         WHERE r.dup_rank = 1
           AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.request_id = r.request_id)
     """)
-    con.execute("""
+    con.execute(
+        """
         INSERT INTO requests
         SELECT n.request_id, n.ts, n.conversation_id, n.conversation_derived, n.turn_index,
                n.model, n.response_model, n.system_prompt, n.messages, n.last_user_message,
@@ -153,24 +162,35 @@ def finish_stage(con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: 
                ?, n.line_no, ?, n.prompt_hash
         FROM _stage n SEMI JOIN _new USING (line_no)
         LEFT JOIN _prices p ON p.model = n.priced_model
-    """, [source_file, batch_id])
-    con.execute("""
+    """,
+        [source_file, batch_id],
+    )
+    con.execute(
+        """
         INSERT INTO duplicate_lines
         SELECT ?, ?, line_no, request_id FROM _ranked
         WHERE line_no NOT IN (SELECT line_no FROM _new)
-    """, [batch_id, source_file])
-    con.execute(f"""
+    """,
+        [batch_id, source_file],
+    )
+    con.execute(
+        f"""
         INSERT INTO rejected_lines
-        SELECT ?, ?, s.line_no, s.reason, encode({mask_sql('r.line')})
+        SELECT ?, ?, s.line_no, s.reason, encode({mask_sql("r.line")})
         FROM _stage s JOIN {raw} r USING (line_no)
         WHERE s.reason IS NOT NULL AND NOT s.is_blank AND NOT s.is_marker
-    """, [batch_id, source_file])
+    """,
+        [batch_id, source_file],
+    )
     (loaded,) = _one(con, "SELECT count(*) FROM _new")
     (ranked,) = _one(con, "SELECT count(*) FROM _ranked")
-    rejected, blank = _one(con, """
+    rejected, blank = _one(
+        con,
+        """
         SELECT count(*) FILTER (WHERE reason IS NOT NULL AND NOT is_blank AND NOT is_marker),
                count(*) FILTER (WHERE is_blank) FROM _stage
-    """)
+    """,
+    )
     return LineCounts(loaded=loaded, duplicates=ranked - loaded, rejected=rejected, blank=blank)
 
 

@@ -29,14 +29,18 @@ def match_price(model: str | None, prices: Prices) -> tuple[str, float, float] |
         return None
     best = None
     for name, (p_in, p_out) in prices.items():
-        if (model == name or model.startswith(name + "-")) and (best is None or len(name) > len(best[0])):
+        if (model == name or model.startswith(name + "-")) and (
+            best is None or len(name) > len(best[0])
+        ):
             best = (name, p_in, p_out)
     return best
 
 
 def load_price_table(con: duckdb.DuckDBPyConnection, models: list[str], prices: Prices) -> None:
     """Fill the temp table ``_prices(model, price_in, price_out)`` for the models seen in a file."""
-    con.execute("CREATE OR REPLACE TEMP TABLE _prices (model VARCHAR, price_in DOUBLE, price_out DOUBLE)")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _prices (model VARCHAR, price_in DOUBLE, price_out DOUBLE)"
+    )
     rows = []
     for model in models:
         hit = match_price(model, prices)

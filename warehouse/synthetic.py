@@ -66,50 +66,150 @@ _FEATURE = {
     "reasoning": "analytics",
 }
 
-_FIRST = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Fatima", "Goran", "Hana", "Ivan", "Julia",
-          "Kenji", "Lena", "Marco", "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Sven", "Tariq"]
-_LAST = ["Smith", "Rossi", "Wang", "Müller", "Okafor", "Haddad", "Novak", "Sato", "Petrov",
-         "García", "Kowalski", "Dubois", "Silva", "Nguyen", "Berg", "Khan"]
-_COMPANY = ["Acme Corp", "Globex", "Initech", "Umbrella Labs", "Stark Logistics", "Wayne Foods",
-            "Hooli", "Vandelay Imports", "Soylent Co", "Tyrell Systems"]
+_FIRST = [
+    "Alice",
+    "Bruno",
+    "Chen",
+    "Dana",
+    "Emeka",
+    "Fatima",
+    "Goran",
+    "Hana",
+    "Ivan",
+    "Julia",
+    "Kenji",
+    "Lena",
+    "Marco",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tariq",
+]
+_LAST = [
+    "Smith",
+    "Rossi",
+    "Wang",
+    "Müller",
+    "Okafor",
+    "Haddad",
+    "Novak",
+    "Sato",
+    "Petrov",
+    "García",
+    "Kowalski",
+    "Dubois",
+    "Silva",
+    "Nguyen",
+    "Berg",
+    "Khan",
+]
+_COMPANY = [
+    "Acme Corp",
+    "Globex",
+    "Initech",
+    "Umbrella Labs",
+    "Stark Logistics",
+    "Wayne Foods",
+    "Hooli",
+    "Vandelay Imports",
+    "Soylent Co",
+    "Tyrell Systems",
+]
 _CITY = ["Paris", "Berlin", "Tokyo", "Lagos", "Lima", "Oslo", "Cairo", "Seoul", "Madrid", "Dublin"]
-_PRODUCT = ["wireless headphones", "standing desk", "coffee grinder", "hiking backpack",
-            "smart thermostat", "electric kettle", "yoga mat", "mechanical keyboard"]
-_TOPIC = ["remote work", "climate change", "city cycling", "home cooking", "public libraries",
-          "night trains", "urban gardens", "open source software"]
+_PRODUCT = [
+    "wireless headphones",
+    "standing desk",
+    "coffee grinder",
+    "hiking backpack",
+    "smart thermostat",
+    "electric kettle",
+    "yoga mat",
+    "mechanical keyboard",
+]
+_TOPIC = [
+    "remote work",
+    "climate change",
+    "city cycling",
+    "home cooking",
+    "public libraries",
+    "night trains",
+    "urban gardens",
+    "open source software",
+]
 
-_POS = ["works perfectly", "arrived early and looks great", "is the best purchase I made this year",
-        "exceeded my expectations", "is comfortable and well built"]
-_NEG = ["stopped working after two days", "arrived broken", "is a waste of money",
-        "was nothing like the pictures", "keeps disconnecting"]
-_NEU = ["arrived on Tuesday", "is about what I expected", "comes in a blue box",
-        "is similar to my old one", "has a manual in three languages"]
+_POS = [
+    "works perfectly",
+    "arrived early and looks great",
+    "is the best purchase I made this year",
+    "exceeded my expectations",
+    "is comfortable and well built",
+]
+_NEG = [
+    "stopped working after two days",
+    "arrived broken",
+    "is a waste of money",
+    "was nothing like the pictures",
+    "keeps disconnecting",
+]
+_NEU = [
+    "arrived on Tuesday",
+    "is about what I expected",
+    "comes in a blue box",
+    "is similar to my old one",
+    "has a manual in three languages",
+]
 
 _TICKETS = {
-    "billing": ["I was charged twice for my subscription this month",
-                "Can I get a refund for the invoice sent last week?",
-                "My credit card payment failed but the money left my account"],
-    "technical": ["The app crashes every time I open the settings page",
-                  "I cannot log in, the page just spins forever",
-                  "Export to PDF produces an empty file"],
-    "account": ["How do I change the e-mail address on my account?",
-                "Please delete my account and all my data",
-                "I want to add a second user to our team plan"],
+    "billing": [
+        "I was charged twice for my subscription this month",
+        "Can I get a refund for the invoice sent last week?",
+        "My credit card payment failed but the money left my account",
+    ],
+    "technical": [
+        "The app crashes every time I open the settings page",
+        "I cannot log in, the page just spins forever",
+        "Export to PDF produces an empty file",
+    ],
+    "account": [
+        "How do I change the e-mail address on my account?",
+        "Please delete my account and all my data",
+        "I want to add a second user to our team plan",
+    ],
 }
 
-_POLITE = [("send me the report now", "Could you please send me the report?"),
-           ("fix this bug today", "Could you please fix this bug today?"),
-           ("call me back", "Could you please call me back?"),
-           ("update the slides", "Could you please update the slides?"),
-           ("check the invoice", "Could you please check the invoice?"),
-           ("book the meeting room", "Could you please book the meeting room?")]
+_POLITE = [
+    ("send me the report now", "Could you please send me the report?"),
+    ("fix this bug today", "Could you please fix this bug today?"),
+    ("call me back", "Could you please call me back?"),
+    ("update the slides", "Could you please update the slides?"),
+    ("check the invoice", "Could you please check the invoice?"),
+    ("book the meeting room", "Could you please book the meeting room?"),
+]
 
-_FR = {"good morning": "bonjour", "thank you": "merci", "the house": "la maison",
-       "the cat": "le chat", "good night": "bonne nuit", "the book": "le livre",
-       "the train station": "la gare", "see you tomorrow": "à demain"}
+_FR = {
+    "good morning": "bonjour",
+    "thank you": "merci",
+    "the house": "la maison",
+    "the cat": "le chat",
+    "good night": "bonne nuit",
+    "the book": "le livre",
+    "the train station": "la gare",
+    "see you tomorrow": "à demain",
+}
 
-_CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Kenya": "Nairobi", "Peru": "Lima",
-             "Norway": "Oslo", "Egypt": "Cairo", "Canada": "Ottawa", "Italy": "Rome"}
+_CAPITALS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Egypt": "Cairo",
+    "Canada": "Ottawa",
+    "Italy": "Rome",
+}
 
 
 def _name(rng: random.Random) -> str:
@@ -139,14 +239,17 @@ def _extraction(rng: random.Random) -> Example:
     name, company = _name(rng), rng.choice(_COMPANY)
     email = _email(name, company)
     city = rng.choice(_CITY)
-    text = rng.choice([
-        f"Hi, this is {name} from {company}. You can reach me at {email}. I'm based in {city}.",
-        f"Please add {name} ({email}) of {company}, {city} office, to the mailing list.",
-        f"New lead: {name}, works at {company} in {city}, contact {email}.",
-    ])
+    text = rng.choice(
+        [
+            f"Hi, this is {name} from {company}. You can reach me at {email}. I'm based in {city}.",
+            f"Please add {name} ({email}) of {company}, {city} office, to the mailing list.",
+            f"New lead: {name}, works at {company} in {city}, contact {email}.",
+        ]
+    )
     system = "Extract contact details. Respond with JSON only, keys: name, email, company, city."
-    answer = json.dumps({"name": name, "email": email, "company": company, "city": city},
-                        ensure_ascii=False)
+    answer = json.dumps(
+        {"name": name, "email": email, "company": company, "city": city}, ensure_ascii=False
+    )
     return system, f"Text: {text}", answer
 
 
@@ -167,8 +270,11 @@ def _rewrite(rng: random.Random) -> Example:
     roll = rng.random()
     if roll < 0.4:
         rude, polite = rng.choice(_POLITE)
-        return ("You rewrite messages to sound polite and professional.",
-                f"Rewrite politely: {rude}", polite)
+        return (
+            "You rewrite messages to sound polite and professional.",
+            f"Rewrite politely: {rude}",
+            polite,
+        )
     if roll < 0.75:
         src, dst = rng.choice(sorted(_FR.items()))
         return None, f"Translate to French: {src}", dst
@@ -179,13 +285,17 @@ def _rewrite(rng: random.Random) -> Example:
 def _closed_qa(rng: random.Random) -> Example:
     company, city = rng.choice(_COMPANY), rng.choice(_CITY)
     year, staff = rng.randint(1950, 2020), rng.randint(20, 900)
-    context = (f"{company} was founded in {year} in {city}. It employs {staff} people and "
-               f"sells {rng.choice(_PRODUCT)}s worldwide.")
-    question, answer = rng.choice([
-        (f"When was {company} founded?", str(year)),
-        (f"Where was {company} founded?", city),
-        (f"How many people does {company} employ?", str(staff)),
-    ])
+    context = (
+        f"{company} was founded in {year} in {city}. It employs {staff} people and "
+        f"sells {rng.choice(_PRODUCT)}s worldwide."
+    )
+    question, answer = rng.choice(
+        [
+            (f"When was {company} founded?", str(year)),
+            (f"Where was {company} founded?", city),
+            (f"How many people does {company} employ?", str(staff)),
+        ]
+    )
     system = "Answer using only the context. If the answer is not in the context, say 'unknown'."
     return system, f"Context: {context}\nQuestion: {question}", answer
 
@@ -195,65 +305,105 @@ def _open_qa(rng: random.Random) -> Example:
         country, capital = rng.choice(sorted(_CAPITALS.items()))
         return None, f"What is the capital of {country}?", f"The capital of {country} is {capital}."
     topic = rng.choice(_TOPIC)
-    return (None, f"Why do people care about {topic}?",
-            f"People care about {topic} because it affects their daily lives, their costs and "
-            f"their communities; opinions differ on how to approach it.")
+    return (
+        None,
+        f"Why do people care about {topic}?",
+        f"People care about {topic} because it affects their daily lives, their costs and "
+        f"their communities; opinions differ on how to approach it.",
+    )
 
 
 def _brainstorming(rng: random.Random) -> Example:
     product = rng.choice(_PRODUCT)
     n = rng.choice([3, 5])
-    ideas = [f"{i + 1}. {idea}" for i, idea in enumerate(rng.sample([
-        f"A short video showing the {product} in daily use",
-        "A referral discount for existing customers",
-        "A comparison chart against competitors",
-        "User testimonials on the landing page",
-        "A limited-time bundle offer",
-        "A social media challenge with a hashtag",
-        "A behind-the-scenes blog post",
-    ], n))]
-    return ("You are a creative marketing assistant.",
-            f"Brainstorm {n} ideas to promote our {product}.", "\n".join(ideas))
+    ideas = [
+        f"{i + 1}. {idea}"
+        for i, idea in enumerate(
+            rng.sample(
+                [
+                    f"A short video showing the {product} in daily use",
+                    "A referral discount for existing customers",
+                    "A comparison chart against competitors",
+                    "User testimonials on the landing page",
+                    "A limited-time bundle offer",
+                    "A social media challenge with a hashtag",
+                    "A behind-the-scenes blog post",
+                ],
+                n,
+            )
+        )
+    ]
+    return (
+        "You are a creative marketing assistant.",
+        f"Brainstorm {n} ideas to promote our {product}.",
+        "\n".join(ideas),
+    )
 
 
 def _text_generation(rng: random.Random) -> Example:
     if rng.random() < 0.5:
         product = rng.choice(_PRODUCT)
-        return ("You write vivid, concise product copy.",
-                f"Write a product description for a {product}.",
-                f"Meet the {product} you did not know you needed: thoughtfully designed, built to "
-                f"last and a joy to use every day. Whether at home or on the go, it fits your life.")
+        return (
+            "You write vivid, concise product copy.",
+            f"Write a product description for a {product}.",
+            f"Meet the {product} you did not know you needed: thoughtfully designed, built to "
+            f"last and a joy to use every day. Whether at home or on the go, it fits your life.",
+        )
     topic = rng.choice(_TOPIC)
-    return (None, f"Write a short poem about {topic}.",
-            f"In quiet hours we think of {topic},\nof small steps taken, hope held high;\n"
-            f"the world turns slowly, yet it turns,\nand we keep walking, you and I.")
+    return (
+        None,
+        f"Write a short poem about {topic}.",
+        f"In quiet hours we think of {topic},\nof small steps taken, hope held high;\n"
+        f"the world turns slowly, yet it turns,\nand we keep walking, you and I.",
+    )
 
 
 def _code(rng: random.Random) -> Example:
-    fn, body, task = rng.choice([
-        ("is_palindrome", "    s = ''.join(ch.lower() for ch in s if ch.isalnum())\n    return s == s[::-1]",
-         "checks whether a string is a palindrome"),
-        ("fizzbuzz", "    return ['FizzBuzz' if i % 15 == 0 else 'Fizz' if i % 3 == 0 else 'Buzz' if i % 5 == 0 else str(i) for i in range(1, n + 1)]",
-         "returns the FizzBuzz sequence up to n"),
-        ("word_count", "    counts = {}\n    for word in text.split():\n        counts[word] = counts.get(word, 0) + 1\n    return counts",
-         "counts the words in a text"),
-        ("flatten", "    out = []\n    for item in items:\n        out.extend(flatten(item) if isinstance(item, list) else [item])\n    return out",
-         "flattens a nested list"),
-    ])
+    fn, body, task = rng.choice(
+        [
+            (
+                "is_palindrome",
+                "    s = ''.join(ch.lower() for ch in s if ch.isalnum())\n    return s == s[::-1]",
+                "checks whether a string is a palindrome",
+            ),
+            (
+                "fizzbuzz",
+                "    return ['FizzBuzz' if i % 15 == 0 else 'Fizz' if i % 3 == 0 else 'Buzz' if i % 5 == 0 else str(i) for i in range(1, n + 1)]",
+                "returns the FizzBuzz sequence up to n",
+            ),
+            (
+                "word_count",
+                "    counts = {}\n    for word in text.split():\n        counts[word] = counts.get(word, 0) + 1\n    return counts",
+                "counts the words in a text",
+            ),
+            (
+                "flatten",
+                "    out = []\n    for item in items:\n        out.extend(flatten(item) if isinstance(item, list) else [item])\n    return out",
+                "flattens a nested list",
+            ),
+        ]
+    )
     arg = {"is_palindrome": "s", "fizzbuzz": "n", "word_count": "text", "flatten": "items"}[fn]
     answer = f"```python\ndef {fn}({arg}):\n{body}\n```"
-    return ("You are a senior Python developer. Answer with code only.",
-            f"Write a Python function `{fn}` that {task}.", answer)
+    return (
+        "You are a senior Python developer. Answer with code only.",
+        f"Write a Python function `{fn}` that {task}.",
+        answer,
+    )
 
 
 def _reasoning(rng: random.Random) -> Example:
     a, b, c = rng.randint(3, 19), rng.randint(2, 9), rng.randint(2, 30)
     item = rng.choice(["apples", "tickets", "notebooks", "cables"])
     total = a * b - c
-    question = (f"A shop sells {item} at ${b} each. Ana buys {a} {item} and pays with a voucher "
-                f"worth ${c}. How much does she pay in cash? Think step by step.")
-    answer = (f"Cost of {a} {item} at ${b} each: {a} x {b} = {a * b}. Minus the ${c} voucher: "
-              f"{a * b} - {c} = {total}. The answer is {total}.")
+    question = (
+        f"A shop sells {item} at ${b} each. Ana buys {a} {item} and pays with a voucher "
+        f"worth ${c}. How much does she pay in cash? Think step by step."
+    )
+    answer = (
+        f"Cost of {a} {item} at ${b} each: {a} x {b} = {a * b}. Minus the ${c} voucher: "
+        f"{a * b} - {c} = {total}. The answer is {total}."
+    )
     return None, question, answer
 
 
@@ -270,21 +420,33 @@ _TEMPLATES: dict[str, Callable[[random.Random], Example]] = {
     "reasoning": _reasoning,
 }
 
-_CHAT_OPENERS = ["Hi! How are you today?", "I had a long day at work.", "Can you tell me a joke?",
-                 "I'm bored, let's talk.", "What should I cook tonight?"]
-_CHAT_FOLLOWUPS = ["Haha, tell me another one.", "Why do you think so?", "That sounds nice.",
-                   "What would you do in my place?", "Thanks, that helps."]
-_CHAT_REPLIES = ["I'm doing well, thanks for asking! How can I brighten your day?",
-                 "That sounds tiring. Want to tell me about it?",
-                 "Why did the scarecrow win an award? Because he was outstanding in his field!",
-                 "Let's chat! What's on your mind?",
-                 "How about a quick pasta with garlic, olive oil and lemon?"]
+_CHAT_OPENERS = [
+    "Hi! How are you today?",
+    "I had a long day at work.",
+    "Can you tell me a joke?",
+    "I'm bored, let's talk.",
+    "What should I cook tonight?",
+]
+_CHAT_FOLLOWUPS = [
+    "Haha, tell me another one.",
+    "Why do you think so?",
+    "That sounds nice.",
+    "What would you do in my place?",
+    "Thanks, that helps.",
+]
+_CHAT_REPLIES = [
+    "I'm doing well, thanks for asking! How can I brighten your day?",
+    "That sounds tiring. Want to tell me about it?",
+    "Why did the scarecrow win an award? Because he was outstanding in his field!",
+    "Let's chat! What's on your mind?",
+    "How about a quick pasta with garlic, olive oil and lemon?",
+]
 
 
 def _chat_conversation(rng: random.Random, turns: int) -> list[Example]:
     """A companion-chat conversation: each turn is (system, user, answer)."""
     system = "You are Sunny, a cheerful companion. Keep answers short and kind."
-    out = [(system, rng.choice(_CHAT_OPENERS), rng.choice(_CHAT_REPLIES))]
+    out: list[Example] = [(system, rng.choice(_CHAT_OPENERS), rng.choice(_CHAT_REPLIES))]
     for _ in range(turns - 1):
         out.append((system, rng.choice(_CHAT_FOLLOWUPS), rng.choice(_CHAT_REPLIES)))
     return out
@@ -318,9 +480,17 @@ def _tokens(text: str) -> int:
     return max(1, round(len(text) / 4))
 
 
-def _record(rng: random.Random, idx: int, ts: datetime, task: str, messages: Messages,
-            answer: str, conversation_id: str | None, label_share: float,
-            failed_share: float) -> dict[str, Any]:
+def _record(
+    rng: random.Random,
+    idx: int,
+    ts: datetime,
+    task: str,
+    messages: Messages,
+    answer: str,
+    conversation_id: str | None,
+    label_share: float,
+    failed_share: float,
+) -> dict[str, Any]:
     model = "gpt-4.1" if rng.random() < 0.85 else "gpt-4.1-mini"
     prompt_tokens = sum(_tokens(str(m["content"])) + 4 for m in messages)
     completion_tokens = _tokens(answer)
@@ -329,8 +499,12 @@ def _record(rng: random.Random, idx: int, ts: datetime, task: str, messages: Mes
     rec: dict[str, Any] = {
         "id": f"req-{idx:07d}",
         "timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "request": {"model": model, "messages": messages, "temperature": 0.2,
-                    "max_tokens": 512 if task in ("code", "text_generation") else 256},
+        "request": {
+            "model": model,
+            "messages": messages,
+            "temperature": 0.2,
+            "max_tokens": 512 if task in ("code", "text_generation") else 256,
+        },
         "status_code": 200,
         "latency_ms": round(latency, 1),
         "ttft_ms": round(ttft, 1),
@@ -348,25 +522,40 @@ def _record(rng: random.Random, idx: int, ts: datetime, task: str, messages: Mes
     if rng.random() < failed_share:
         code = rng.choice([429, 500, 503])
         rec["status_code"] = code
-        rec["error"] = {"type": "rate_limit_error" if code == 429 else "server_error",
-                        "message": "Rate limit reached" if code == 429 else "The server had an error"}
+        rec["error"] = {
+            "type": "rate_limit_error" if code == 429 else "server_error",
+            "message": "Rate limit reached" if code == 429 else "The server had an error",
+        }
         rec["latency_ms"] = round(rng.uniform(20, 300), 1)
         rec.pop("ttft_ms")
         return rec
     rec["response"] = {
         "id": f"chatcmpl-{rng.getrandbits(48):012x}",
         "model": f"{model}-2025-04-14",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
     return rec
 
 
-def generate_records(n: int, seed: int = 0, *, label_share: float = 0.4,
-                     failed_share: float = 0.02,
-                     start: datetime = datetime(2026, 11, 12, tzinfo=UTC)) -> list[dict[str, Any]]:
+def generate_records(
+    n: int,
+    seed: int = 0,
+    *,
+    label_share: float = 0.4,
+    failed_share: float = 0.02,
+    start: datetime = datetime(2026, 11, 12, tzinfo=UTC),
+) -> list[dict[str, Any]]:
     """``n`` chat-log records over a week of traffic; the same seed gives the same records."""
     rng = random.Random(seed)
     types, weights = list(_MIX), list(_MIX.values())
@@ -376,18 +565,40 @@ def generate_records(n: int, seed: int = 0, *, label_share: float = 0.4,
         # Traffic follows the working day: more requests 08:00-18:00 UTC.
         day = rng.randrange(7)
         hour = rng.choice(range(8, 18)) if rng.random() < 0.7 else rng.randrange(24)
-        ts = start + timedelta(days=day, hours=hour, seconds=rng.randrange(3600),
-                               milliseconds=rng.randrange(1000))
+        ts = start + timedelta(
+            days=day, hours=hour, seconds=rng.randrange(3600), milliseconds=rng.randrange(1000)
+        )
         task = rng.choices(types, weights)[0]
         if task == "chatbot" or (task == "open_qa" and rng.random() < 0.3):
-            turns = (_chat_conversation(rng, rng.choice([1, 2, 3, 3, 4, 5])) if task == "chatbot"
-                     else [_TEMPLATES["open_qa"](rng)] + [(None, "Can you say more?", "Sure: it depends on local context and on who you ask.")])
+            turns = (
+                _chat_conversation(rng, rng.choice([1, 2, 3, 3, 4, 5]))
+                if task == "chatbot"
+                else [
+                    _TEMPLATES["open_qa"](rng),
+                    (
+                        None,
+                        "Can you say more?",
+                        "Sure: it depends on local context and on who you ask.",
+                    ),
+                ]
+            )
             conv = f"c-{seed}-{len(out)}"
             history: list[tuple[str, str | None]] = []
             for system, user, answer in turns:
                 msgs = _messages(system, [*history, (user, None)])
-                out.append(_record(rng, len(out), ts, task, msgs, answer,
-                                   conv if rng.random() < 0.8 else None, label_share, failed_share))
+                out.append(
+                    _record(
+                        rng,
+                        len(out),
+                        ts,
+                        task,
+                        msgs,
+                        answer,
+                        conv if rng.random() < 0.8 else None,
+                        label_share,
+                        failed_share,
+                    )
+                )
                 history.append((user, answer))
                 ts += timedelta(seconds=rng.randint(5, 120))
                 if len(out) >= n:
@@ -423,8 +634,9 @@ MALFORMED_LINES: tuple[bytes, ...] = (
 )
 
 
-def write_chat_log(path: Path, n: int, seed: int = 0, *, malformed: int = 0,
-                   blank: int = 0, duplicates: int = 0) -> int:
+def write_chat_log(
+    path: Path, n: int, seed: int = 0, *, malformed: int = 0, blank: int = 0, duplicates: int = 0
+) -> int:
     """Write ``n`` generated records as chat-log JSONL (``.gz`` by suffix), then sprinkle in
     ``malformed`` bad lines, ``blank`` blank lines and ``duplicates`` repeated records at seeded
     positions. Returns the number of lines written."""
@@ -445,33 +657,64 @@ def write_chat_log(path: Path, n: int, seed: int = 0, *, malformed: int = 0,
     return len(lines)
 
 
-def write_openai_batch(input_path: Path, output_path: Path, n: int, seed: int = 0) -> tuple[int, int]:
+def write_openai_batch(
+    input_path: Path, output_path: Path, n: int, seed: int = 0
+) -> tuple[int, int]:
     """An OpenAI Batch API input/output pair of ``n`` requests, as the Batch API writes them:
     output lines in a different order, one request with no output line (expired) and one with an
     error. Returns (input lines, output lines)."""
     rng = random.Random(seed + 2)
-    records = [r for r in generate_records(n * 2, seed + 7, failed_share=0.0)
-               if r["request"]["messages"][-1]["role"] == "user"][:n]
-    inputs, outputs = [], []
+    records = [
+        r
+        for r in generate_records(n * 2, seed + 7, failed_share=0.0)
+        if r["request"]["messages"][-1]["role"] == "user"
+    ][:n]
+    inputs: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         custom_id = f"request-{i + 1}"
         body = {k: v for k, v in rec["request"].items() if k != "api_key"}
-        body["metadata"] = {"task_type": rec["metadata"].get("task_type")} if "task_type" in rec["metadata"] else {}
-        inputs.append({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-                       "body": body})
+        body["metadata"] = (
+            {"task_type": rec["metadata"].get("task_type")}
+            if "task_type" in rec["metadata"]
+            else {}
+        )
+        inputs.append(
+            {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+        )
         if i == 1:
             continue  # no output: the batch expired before this request ran
         if i == 2:
-            outputs.append({"id": f"batch_req_{i}", "custom_id": custom_id, "response": None,
-                            "error": {"code": "server_error", "message": "The model had an error"}})
+            outputs.append(
+                {
+                    "id": f"batch_req_{i}",
+                    "custom_id": custom_id,
+                    "response": None,
+                    "error": {"code": "server_error", "message": "The model had an error"},
+                }
+            )
             continue
-        resp = dict(rec["response"], object="chat.completion",
-                    created=int(datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()))
-        outputs.append({"id": f"batch_req_{i}", "custom_id": custom_id,
-                        "response": {"status_code": 200, "request_id": f"req_{i}", "body": resp},
-                        "error": None})
+        resp = dict(
+            rec["response"],
+            object="chat.completion",
+            created=int(
+                datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+            ),
+        )
+        outputs.append(
+            {
+                "id": f"batch_req_{i}",
+                "custom_id": custom_id,
+                "response": {"status_code": 200, "request_id": f"req_{i}", "body": resp},
+                "error": None,
+            }
+        )
     rng.shuffle(outputs)
     input_path.parent.mkdir(parents=True, exist_ok=True)
-    input_path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in inputs), encoding="utf-8")
-    output_path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in outputs), encoding="utf-8")
+    input_path.write_text(
+        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in inputs), encoding="utf-8"
+    )
+    output_path.write_text(
+        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in outputs), encoding="utf-8"
+    )
     return len(inputs), len(outputs)

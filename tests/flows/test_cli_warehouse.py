@@ -26,11 +26,18 @@ def test_ingest_json_counts_and_rejects(tmp_path: Path) -> None:
     assert code == 0, err
     data = json.loads(out)
     assert {k: data[k] for k in ("lines_read", "loaded", "duplicates", "rejected", "blank")} == {
-        "lines_read": 214, "loaded": 200, "duplicates": 3, "rejected": 9, "blank": 2}
+        "lines_read": 214,
+        "loaded": 200,
+        "duplicates": 3,
+        "rejected": 9,
+        "blank": 2,
+    }
     code, out, _ = run("rejects", "--warehouse", wh, "--json")
     assert code == 0
     rejects = json.loads(out)
-    assert rejects["total"] == 9 and all(r["file"] == str(logs) and r["line"] > 0 for r in rejects["lines"])
+    assert rejects["total"] == 9 and all(
+        r["file"] == str(logs) and r["line"] > 0 for r in rejects["lines"]
+    )
     code, _, _ = run("ingest", str(logs), "--warehouse", wh, "--strict")
     assert code == 0  # already ingested: nothing new was rejected
     other = tmp_path / "other.jsonl"
@@ -41,8 +48,15 @@ def test_ingest_json_counts_and_rejects(tmp_path: Path) -> None:
 
 def test_ingest_batch_pair(tmp_path: Path) -> None:
     write_openai_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", 20)
-    code, out, err = run("ingest", str(tmp_path / "in.jsonl"), "--batch-output",
-                         str(tmp_path / "out.jsonl"), "-w", str(tmp_path / "w.duckdb"), "--json")
+    code, out, err = run(
+        "ingest",
+        str(tmp_path / "in.jsonl"),
+        "--batch-output",
+        str(tmp_path / "out.jsonl"),
+        "-w",
+        str(tmp_path / "w.duckdb"),
+        "--json",
+    )
     assert code == 0, err
     data = json.loads(out)
     assert (data["loaded"], data["joined"], data["rejected"]) == (20, 19, 0)
@@ -55,10 +69,19 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     write_chat_log(logs, 5)
     (tmp_path / "empty").mkdir()
     cases = [
-        (["ingest", str(tmp_path / "nope.jsonl"), "-w", str(tmp_path / "w.duckdb")], "no such file or directory"),
-        (["ingest", str(tmp_path / "empty"), "-w", str(tmp_path / "w.duckdb")], "directory holds no log files"),
+        (
+            ["ingest", str(tmp_path / "nope.jsonl"), "-w", str(tmp_path / "w.duckdb")],
+            "no such file or directory",
+        ),
+        (
+            ["ingest", str(tmp_path / "empty"), "-w", str(tmp_path / "w.duckdb")],
+            "directory holds no log files",
+        ),
         (["ingest", str(logs), "-w", str(notes)], "not a DuckDB database file"),
-        (["ingest", str(logs), "--format", "csv", "-w", str(tmp_path / "w.duckdb")], "--format must be one of"),
+        (
+            ["ingest", str(logs), "--format", "csv", "-w", str(tmp_path / "w.duckdb")],
+            "--format must be one of",
+        ),
         (["profile", "-w", str(tmp_path / "never.duckdb")], "no such warehouse file"),
         (["ingest", str(logs), "-c", str(tmp_path / "missing.toml")], "config file not found"),
     ]
@@ -66,7 +89,10 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
         code, out, err = run(*args)
         assert code == 2, (args, out, err)
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, err)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+            args,
+            err,
+        )
     assert notes.read_text() == "not a database, but precious\n"
     assert not (tmp_path / "w.duckdb").exists()  # nothing written by the failed ingests
 
@@ -82,7 +108,7 @@ def test_profile_on_an_empty_warehouse_says_so(tmp_path: Path) -> None:
 
 def test_bad_config_names_the_field(tmp_path: Path) -> None:
     cfg = tmp_path / "planner.toml"
-    cfg.write_text('[replay]\nper_type = -3\n')
+    cfg.write_text("[replay]\nper_type = -3\n")
     code, _, err = run("profile", "-c", str(cfg))
     assert code == 2 and "field replay.per_type" in err
     cfg.write_text("[replay\n")

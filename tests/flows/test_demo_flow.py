@@ -19,4 +19,6 @@ def test_ingest_flow_run(tmp_path: Path) -> None:
     wh = str(tmp_path / "w.duckdb")
     result = ingest_flow(wh, [str(logs)])
     assert (result["loaded"], result["rejected"]) == (100, 2)
-    assert open_warehouse(wh, read_only=True).execute("SELECT count(*) FROM requests").fetchall() == [(100,)]
+    assert open_warehouse(wh, read_only=True).execute(
+        "SELECT count(*) FROM requests"
+    ).fetchall() == [(100,)]

@@ -25,14 +25,27 @@ def rec(i: int, **over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "id": f"r-{i}",
         "timestamp": "2026-11-19T08:15:02.123Z",
-        "request": {"model": "gpt-4.1", "messages": [
-            {"role": "system", "content": "You label tickets."},
-            {"role": "user", "content": f"ticket {i}"}], "max_tokens": 16},
-        "response": {"model": "gpt-4.1-2025-04-14",
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "billing"},
-                                  "finish_reason": "stop"}],
-                     "usage": {"prompt_tokens": 1000, "completion_tokens": 500}},
-        "status_code": 200, "latency_ms": 300.0,
+        "request": {
+            "model": "gpt-4.1",
+            "messages": [
+                {"role": "system", "content": "You label tickets."},
+                {"role": "user", "content": f"ticket {i}"},
+            ],
+            "max_tokens": 16,
+        },
+        "response": {
+            "model": "gpt-4.1-2025-04-14",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "billing"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 500},
+        },
+        "status_code": 200,
+        "latency_ms": 300.0,
     }
     base.update(over)
     return base
@@ -45,28 +58,44 @@ def write_lines(path: Path, lines: list[bytes | dict[str, Any]]) -> Path:
 
 
 def _text(value: object) -> str:
-    return bytes(value).decode("latin-1") if isinstance(value, bytes | bytearray | memoryview) else str(value)
+    return (
+        bytes(value).decode("latin-1")
+        if isinstance(value, bytes | bytearray | memoryview)
+        else str(value)
+    )
 
 
 DIRTY: list[tuple[bytes | dict[str, Any], str | None]] = [
     (rec(1), None),
     (b"not json at all", "not valid JSON"),
-    (b'{"id": "r-x", "timestamp": "2026-11-19T08:15:02Z", "request": {"messages": [', "not valid JSON"),
-    (b'{"id": "r-utf", "timestamp": "2026-11-19T08:15:02Z", "request": {"messages": [{"role": "user", "content": "caf\xe9"}]}}',
-     "not valid UTF-8 (byte 0xe9 at column 111)"),  # 1-based position of the 0xe9 byte
+    (
+        b'{"id": "r-x", "timestamp": "2026-11-19T08:15:02Z", "request": {"messages": [',
+        "not valid JSON",
+    ),
+    (
+        b'{"id": "r-utf", "timestamp": "2026-11-19T08:15:02Z", "request": {"messages": [{"role": "user", "content": "caf\xe9"}]}}',
+        "not valid UTF-8 (byte 0xe9 at column 111)",
+    ),  # 1-based position of the 0xe9 byte
     (b"[1, 2]", "not a JSON object (got array)"),
     ({k: v for k, v in rec(2).items() if k != "id"}, "missing field: id"),
     (rec(3, id=["a"]), "field id: must be a string, got array"),
     ({k: v for k, v in rec(4).items() if k != "timestamp"}, "missing field: timestamp"),
     (rec(5, timestamp="last tuesday"), 'field timestamp: cannot parse "last tuesday"'),
-    (rec(6, timestamp=1763540102123), "field timestamp: 1763540102123 is not epoch seconds (milliseconds?)"),
+    (
+        rec(6, timestamp=1763540102123),
+        "field timestamp: 1763540102123 is not epoch seconds (milliseconds?)",
+    ),
     (rec(7, request={"model": "gpt-4.1"}), "missing field: request.messages"),
     (rec(8, request={"messages": []}), "field request.messages: empty list"),
     (rec(9, request={"messages": "hi"}), "field request.messages: must be a list, got varchar"),
-    (rec(10, request={"messages": [{"role": "user", "content": 5}]}),
-     "field request.messages[0]: needs a role (system/user/assistant/tool) and string or content-part content"),
-    (rec(11, request={"messages": [{"role": "system", "content": "only a system prompt"}]}),
-     "field request.messages: no user message"),
+    (
+        rec(10, request={"messages": [{"role": "user", "content": 5}]}),
+        "field request.messages[0]: needs a role (system/user/assistant/tool) and string or content-part content",
+    ),
+    (
+        rec(11, request={"messages": [{"role": "system", "content": "only a system prompt"}]}),
+        "field request.messages: no user message",
+    ),
     (rec(12, latency_ms="fast"), "field latency_ms: must be a number, got varchar"),
     (rec(13, status_code="200"), "field status_code: must be an integer, got varchar"),
     (b"", None),
@@ -81,7 +110,9 @@ def con(warehouse_file: Path) -> duckdb.DuckDBPyConnection:
     return open_warehouse(warehouse_file)
 
 
-def test_dirty_lines_are_kept_with_reasons_and_counted(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_dirty_lines_are_kept_with_reasons_and_counted(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     path = write_lines(tmp_path / "dirty.jsonl", [line for line, _ in DIRTY])
     report = ingest_paths(con, [path])
     t = report.totals
@@ -94,38 +125,55 @@ def test_dirty_lines_are_kept_with_reasons_and_counted(con: duckdb.DuckDBPyConne
     assert bytes(raw) == DIRTY[3][0]  # the undecodable bytes, as they were
     dup = con.execute("SELECT source_line, request_id FROM duplicate_lines").fetchall()
     assert dup == [(20, "r-1")]
-    loaded = con.execute("SELECT request_id, source_line, ts::VARCHAR FROM requests ORDER BY 1").fetchall()
+    loaded = con.execute(
+        "SELECT request_id, source_line, ts::VARCHAR FROM requests ORDER BY 1"
+    ).fetchall()
     assert loaded == [("r-1", 1, "2026-11-19 08:15:02.123"), ("r-14", 21, "2025-11-19 08:15:02")]
 
 
 def test_gzip_and_plain_give_the_same_rows(tmp_path: Path) -> None:
     lines: list[bytes | dict[str, Any]] = [line for line, _ in DIRTY]
-    plain, gz = write_lines(tmp_path / "a.jsonl", lines), write_lines(tmp_path / "a.jsonl.gz", lines)
+    plain, gz = (
+        write_lines(tmp_path / "a.jsonl", lines),
+        write_lines(tmp_path / "a.jsonl.gz", lines),
+    )
     results = []
     for path in (plain, gz):
         c = open_warehouse(tmp_path / f"{path.name}.duckdb")
         ingest_paths(c, [path])
-        results.append(c.execute("SELECT request_id, messages, cost_usd FROM requests ORDER BY 1").fetchall())
-        results.append(c.execute("SELECT source_line, reason FROM rejected_lines ORDER BY 1").fetchall())
+        results.append(
+            c.execute("SELECT request_id, messages, cost_usd FROM requests ORDER BY 1").fetchall()
+        )
+        results.append(
+            c.execute("SELECT source_line, reason FROM rejected_lines ORDER BY 1").fetchall()
+        )
     assert results[0] == results[2] and results[1] == results[3]
 
 
-def test_reingest_changes_nothing_and_duplicates_across_files(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_reingest_changes_nothing_and_duplicates_across_files(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     first = write_chat_log(tmp_path / "day1.jsonl", 300, seed=4, malformed=3)
     assert first == 303
     ingest_paths(con, [tmp_path / "day1.jsonl"])
-    snapshot = [con.execute(f"SELECT count(*) FROM {t}").fetchall() for t in
-                ("requests", "rejected_lines", "duplicate_lines", "ingest_batches")]
+    snapshot = [
+        con.execute(f"SELECT count(*) FROM {t}").fetchall()
+        for t in ("requests", "rejected_lines", "duplicate_lines", "ingest_batches")
+    ]
     again = ingest_paths(con, [tmp_path / "day1.jsonl"])
     assert again.files[0].status == "skipped" and again.totals.loaded == 0
-    assert snapshot == [con.execute(f"SELECT count(*) FROM {t}").fetchall() for t in
-                        ("requests", "rejected_lines", "duplicate_lines", "ingest_batches")]
+    assert snapshot == [
+        con.execute(f"SELECT count(*) FROM {t}").fetchall()
+        for t in ("requests", "rejected_lines", "duplicate_lines", "ingest_batches")
+    ]
     # the same requests in a different file (a re-export) are duplicates, not new rows
     records = generate_records(300, seed=4)
     write_lines(tmp_path / "reexport.jsonl", [*records[:50], rec(999)])
     rep = ingest_paths(con, [tmp_path / "reexport.jsonl"])
     assert (rep.totals.loaded, rep.totals.duplicates) == (1, 50)
-    ((n, distinct),) = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchall()
+    ((n, distinct),) = con.execute(
+        "SELECT count(*), count(DISTINCT request_id) FROM requests"
+    ).fetchall()
     assert n == distinct == 301
 
 
@@ -133,15 +181,25 @@ def test_openai_batch_join(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> No
     n_in, n_out = write_openai_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", 12, seed=1)
     assert (n_in, n_out) == (12, 11)
     with (tmp_path / "out.jsonl").open("a") as f:  # an orphan output and a repeated one
-        f.write(json.dumps({"custom_id": "request-99", "response": {"status_code": 200, "body": {}}}) + "\n")
+        f.write(
+            json.dumps({"custom_id": "request-99", "response": {"status_code": 200, "body": {}}})
+            + "\n"
+        )
         f.write((tmp_path / "out.jsonl").read_text().splitlines()[0] + "\n")
         f.write("{broken\n")
     rep = ingest_paths(con, [tmp_path / "in.jsonl"], batch_output=tmp_path / "out.jsonl")
     t = rep.totals
-    assert (t.loaded, t.joined, t.duplicates, t.rejected) == (12, 11, 1, 2)  # error output joins too
+    assert (t.loaded, t.joined, t.duplicates, t.rejected) == (
+        12,
+        11,
+        1,
+        2,
+    )  # error output joins too
     assert t.lines_read == 12 + 14 == t.loaded + t.joined + t.duplicates + t.rejected + t.blank
-    rows = dict(con.execute("""SELECT split_part(request_id, ':', 2), coalesce(error_message, 'ok')
-                               FROM requests""").fetchall())
+    rows = dict(
+        con.execute("""SELECT split_part(request_id, ':', 2), coalesce(error_message, 'ok')
+                               FROM requests""").fetchall()
+    )
     assert rows["request-2"].startswith("no output line for this request")
     assert rows["request-3"] == "The model had an error"
     assert sum(v == "ok" for v in rows.values()) == 10
@@ -155,7 +213,9 @@ def test_openai_batch_join(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> No
     assert again.files[0].status == "skipped"
 
 
-def test_batch_pairing_errors_say_what_to_do(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_batch_pairing_errors_say_what_to_do(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     write_openai_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", 5)
     with pytest.raises(FormatError, match="needs its output file: pass --batch-output"):
         ingest_paths(con, [tmp_path / "in.jsonl"])
@@ -168,8 +228,11 @@ def test_credentials_never_reach_the_warehouse(warehouse_file: Path, tmp_path: P
     con = open_warehouse(warehouse_file)
     secret = "sk-live-5up3rs3cr3tk3y0000"
     lines: list[bytes | dict[str, Any]] = [
-        rec(1, request={**rec(1)["request"], "api_key": secret},
-            metadata={"feature": "x", "headers": {"Authorization": f"Bearer {secret}"}}),
+        rec(
+            1,
+            request={**rec(1)["request"], "api_key": secret},
+            metadata={"feature": "x", "headers": {"Authorization": f"Bearer {secret}"}},
+        ),
         rec(2, metadata={"nested": {"x-api-key": secret}, "task_type": "classification"}),
         # a broken line with a key in it is rejected, but the key is masked in the kept raw text
         f'{{"id": "r-3", "api_key": "{secret}", "timestamp": oops}}'.encode(),
@@ -178,7 +241,10 @@ def test_credentials_never_reach_the_warehouse(warehouse_file: Path, tmp_path: P
     ingest_paths(con, [write_lines(tmp_path / "keys.jsonl", lines)])
     assert con.execute("SELECT count(*) FROM requests").fetchall() == [(2,)]
     # nothing lingers in the session either, and the file holds no key
-    assert not [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()]
+    assert not [
+        t
+        for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
+    ]
     con.close()
     assert secret.encode() not in warehouse_file.read_bytes()
     con = open_warehouse(warehouse_file)
@@ -189,23 +255,44 @@ def test_credentials_never_reach_the_warehouse(warehouse_file: Path, tmp_path: P
     assert json.loads(meta) == {"feature": "x", "headers": {"Authorization": "[REDACTED]"}}
 
 
-def test_normalization_of_conversations_content_parts_and_cost(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_normalization_of_conversations_content_parts_and_cost(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     sys_msg = {"role": "system", "content": "Be brief."}
-    turn1 = [sys_msg, {"role": "user", "content": [{"type": "text", "text": "hello"},
-                                                   {"type": "image_url", "image_url": {"url": "x"}}]}]
+    turn1 = [
+        sys_msg,
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hello"},
+                {"type": "image_url", "image_url": {"url": "x"}},
+            ],
+        },
+    ]
     turn2 = [*turn1, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "and?"}]
     lines: list[bytes | dict[str, Any]] = [
-        rec(1, request={"model": "gpt-4.1", "messages": turn1}, timestamp="2026-11-19T10:00:00+02:00"),
+        rec(
+            1,
+            request={"model": "gpt-4.1", "messages": turn1},
+            timestamp="2026-11-19T10:00:00+02:00",
+        ),
         rec(2, request={"model": "gpt-4.1", "messages": turn2}),
-        rec(3, request={"model": "mystery-model", "messages": turn1}, conversation_id="c-9",
-            response={**rec(3)["response"], "model": "mystery-model-v2"}),
-        {k: v for k, v in rec(4).items() if k != "response"} | {"status_code": 429,
-                                                                 "error": {"message": "slow down"}},
+        rec(
+            3,
+            request={"model": "mystery-model", "messages": turn1},
+            conversation_id="c-9",
+            response={**rec(3)["response"], "model": "mystery-model-v2"},
+        ),
+        {k: v for k, v in rec(4).items() if k != "response"}
+        | {"status_code": 429, "error": {"message": "slow down"}},
     ]
     ingest_paths(con, [write_lines(tmp_path / "conv.jsonl", lines)], prices={"gpt-4.1": (1.0, 2.0)})
-    rows = {r[0]: r[1:] for r in con.execute("""
+    rows = {
+        r[0]: r[1:]
+        for r in con.execute("""
         SELECT request_id, conversation_id, turn_index, last_user_message, system_prompt,
-               cost_usd, cost_source, ts::VARCHAR, status_code, error_message FROM requests""").fetchall()}
+               cost_usd, cost_source, ts::VARCHAR, status_code, error_message FROM requests""").fetchall()
+    }
     assert rows["r-1"][0] == rows["r-2"][0] and rows["r-1"][0].startswith("derived-")
     assert (rows["r-1"][1], rows["r-2"][1], rows["r-3"][0]) == (0, 1, "c-9")
     assert rows["r-1"][2] == "hello" and rows["r-2"][2] == "and?" and rows["r-1"][3] == "Be brief."
@@ -236,10 +323,16 @@ def test_paths_that_hold_no_logs(con: duckdb.DuckDBPyConnection, tmp_path: Path)
     assert con.execute("SELECT count(*) FROM ingest_batches").fetchall() == [(0,)]
 
 
-def test_list_rejects_reports_counts_by_reason(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_list_rejects_reports_counts_by_reason(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     ingest_paths(con, [write_lines(tmp_path / "dirty.jsonl", [line for line, _ in DIRTY])])
     data = list_rejects(con, limit=3)
     assert data["total"] == 16 and len(data["lines"]) == 3
     assert {"reason": "not valid JSON", "count": 2} in data["by_reason"]
-    assert data["lines"][0] == {"file": str(tmp_path / "dirty.jsonl"), "line": 2,
-                                "reason": "not valid JSON", "raw": "not json at all"}
+    assert data["lines"][0] == {
+        "file": str(tmp_path / "dirty.jsonl"),
+        "line": 2,
+        "reason": "not valid JSON",
+        "raw": "not json at all",
+    }

@@ -11,19 +11,34 @@ import pytest
 from warehouse import EmptyWarehouseError, ingest_paths, open_warehouse, profile_warehouse
 
 
-def call(i: int, *, day: int, user: str, model: str = "gpt-4.1", conv: str | None = None,
-         history: list[dict[str, Any]] | None = None, fail: bool = False, label: str | None = None) -> dict[str, Any]:
+def call(
+    i: int,
+    *,
+    day: int,
+    user: str,
+    model: str = "gpt-4.1",
+    conv: str | None = None,
+    history: list[dict[str, Any]] | None = None,
+    fail: bool = False,
+    label: str | None = None,
+) -> dict[str, Any]:
     msgs = [*(history or []), {"role": "user", "content": user}]
-    out: dict[str, Any] = {"id": f"r{i}", "timestamp": f"2026-11-{day:02d}T10:00:00Z",
-                           "request": {"model": model, "messages": msgs}, "latency_ms": 100.0 * i,
-                           "metadata": {"task_type": label} if label else {}}
+    out: dict[str, Any] = {
+        "id": f"r{i}",
+        "timestamp": f"2026-11-{day:02d}T10:00:00Z",
+        "request": {"model": model, "messages": msgs},
+        "latency_ms": 100.0 * i,
+        "metadata": {"task_type": label} if label else {},
+    }
     if conv:
         out["conversation_id"] = conv
     if fail:
         out |= {"status_code": 500, "error": {"message": "boom"}}
     else:
-        out["response"] = {"choices": [{"message": {"role": "assistant", "content": "ok"}}],
-                           "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}}
+        out["response"] = {
+            "choices": [{"message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0},
+        }
     return out
 
 
@@ -43,17 +58,29 @@ def test_profile_figures(tmp_path: Path) -> None:
     ingest_paths(con, [path])
     p = profile_warehouse(con)
     o = p["overview"]
-    assert (o["requests"], o["failed"], o["error_rate"], o["models"]) == (6, 1, pytest.approx(1 / 6, abs=1e-4), 2)
+    assert (o["requests"], o["failed"], o["error_rate"], o["models"]) == (
+        6,
+        1,
+        pytest.approx(1 / 6, abs=1e-4),
+        2,
+    )
     # 4 successful gpt-4.1 calls x 1M input tokens x $2 + 1 gpt-4.1-mini call x $0.40
     assert o["cost_usd"] == pytest.approx(8.4)
     assert [(d["requests"], d["failed"]) for d in p["by_day"]] == [(2, 0), (2, 0), (2, 1)]
     assert {m["model"]: m["requests"] for m in p["by_model"]} == {"gpt-4.1": 5, "gpt-4.1-mini": 1}
     c = p["conversations"]
-    assert (c["multi_turn_conversations"], c["later_turn_requests"], c["requests_in_multi_turn"]) == (1, 1, 2)
+    assert (
+        c["multi_turn_conversations"],
+        c["later_turn_requests"],
+        c["requests_in_multi_turn"],
+    ) == (1, 1, 2)
     r = p["exact_repeats"]
     assert (r["successful"], r["repeats"], r["repeat_cost_usd"]) == (5, 1, pytest.approx(2.0))
     assert p["latency_ms"]["max"] == 500.0  # the failed call is not in latency figures
-    assert {lb["task_type"]: lb["requests"] for lb in p["by_label"]} == {"chatbot": 2, "(unlabeled)": 4}
+    assert {lb["task_type"]: lb["requests"] for lb in p["by_label"]} == {
+        "chatbot": 2,
+        "(unlabeled)": 4,
+    }
 
 
 def test_empty_warehouse(tmp_path: Path) -> None:
