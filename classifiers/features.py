@@ -11,7 +11,10 @@ function, which is small and deterministic on purpose (spec ``TEXT_VERSION``):
    length bucket: <60, <250, <1000, <4000, more), ``__linesN__`` (1, 2-5, 6+ lines),
    ``__codeblock__`` (a ``` fence), ``__codelike__`` (2+ lines that look like code),
    ``__json__`` (a JSON object key), ``__schema__`` (JSON-schema keys), ``__math__`` (digits
-   joined by an operator), ``__question__`` (ends with a question mark).
+   joined by an operator), ``__question__`` (ends with a question mark), ``__quoted__`` (a
+   quoted span of 20+ characters, 8+ in 「」/『』), ``__ctxN__`` (given context: the longest of
+   the quoted span, the text after the first line, the text after a colon in the first 200
+   characters; buckets <20, <200, <1000, more).
 3. Each text is clipped raw (system prompt: first 600 code points; user message: first 1000 and
    last 600 joined by `` ... `` when longer than 1600), normalized (lone surrogates become ``?``,
    ``str.lower``, every run of whitespace or control characters becomes one space, ends
@@ -23,7 +26,7 @@ function, which is small and deterministic on purpose (spec ``TEXT_VERSION``):
    anywhere). The families pool phrasings across languages, which is what lets a model trained
    on one source's phrasing recognize another's.
 5. The result: ``"<markers> | <system> | <user>"``, markers in the order above, families in
-   lexicon order.
+   lexicon order; an empty part leaves no extra space (``"<markers> | | <user>"``).
 
 Whitespace is collapsed and case lowered here, not in the model, so the ONNX graph needs no
 locale and sees exactly what scikit-learn saw.
@@ -44,6 +47,16 @@ USER_HEAD = 500
 USER_TAIL = 300
 _SCAN_CHARS = 4000  # structural checks look at this much of each raw text
 
+STRUCTURE_MARKERS: tuple[str, ...] = (
+    *(f"__turns{n}__" for n in range(1, 5)),
+    "__history__", "__sys__", "__nosys__",
+    *(f"__len{n}__" for n in range(5)),
+    *(f"__lines{n}__" for n in range(1, 4)),
+    "__codeblock__", "__codelike__", "__json__", "__schema__", "__math__", "__question__",
+    "__quoted__",
+    *(f"__ctx{n}__" for n in range(4)),
+)
+
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
 _WORD = re.compile(r"\w+")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
@@ -56,6 +69,7 @@ _CODE_LINE = re.compile(
 _JSON_KEY = re.compile(r"[{,\[]\s*\"[^\"\n]{1,60}\"\s*:")
 _SCHEMA_KEY = re.compile(r"\"(?:properties|required|\$schema|additionalProperties)\"\s*:")
 _MATH = re.compile(r"\d\s*[-+*/×÷^=<>]\s*\(?\d")
+_QUOTED = re.compile(r"\"[^\"]{20,}\"|'[^'\n]{20,}'|“[^”]{20,}”|‘[^’]{20,}’|«[^»]{20,}»|„[^“”]{20,}[“”]|「[^」]{8,}」|『[^』]{8,}』")
 
 
 def content_text(content: Any) -> str:
@@ -94,6 +108,7 @@ class Lexicon:
     def __init__(self, families: Mapping[str, Sequence[str]], version: str) -> None:
         self.version = version
         self.families = tuple(families)
+        self._entries = {name: tuple(e.rstrip("*") for e in families[name] if e.strip()) for name in families}
         self._words: dict[str, int] = {}  # whole single word -> family bit set
         self._prefixes: dict[str, list[tuple[str, int]]] = {}  # first 2 chars -> (prefix, bits)
         # phrases, by first word: (literal, pattern with the word boundaries, bits)
@@ -125,6 +140,10 @@ class Lexicon:
                 else:
                     self._loose.append((body, pattern, bit))
 
+    def entries(self, family: str) -> tuple[str, ...]:
+        """The family's entries as plain text (prefix stars removed)."""
+        return self._entries.get(family, ())
+
     def match(self, text: str) -> list[str]:
         """The families with an entry in ``text`` (already normalized), in lexicon order."""
         bits = 0
@@ -145,6 +164,11 @@ class Lexicon:
                 if not bits & bit and entry in text:
                     bits |= bit
         return [name for i, name in enumerate(self.families) if bits >> i & 1]
+
+
+def keyword_markers(lexicon: Lexicon) -> tuple[str, ...]:
+    """Every keyword marker the lexicon can emit, in lexicon order."""
+    return tuple(f"__kw_{family}__" for family in lexicon.families)
 
 
 @lru_cache(maxsize=1)
@@ -205,7 +229,24 @@ def structural_markers(system: str, user: str, users: int, history: bool) -> lis
         marks.append("__math__")
     if user.rstrip().endswith(("?", "？")):
         marks.append("__question__")
+    quoted = _QUOTED.search(user[:_SCAN_CHARS])
+    if quoted:
+        marks.append("__quoted__")
+    marks.append(f"__ctx{_bucket(given_context_chars(user, quoted), (20, 200, 1000))}__")
     return marks
+
+
+def given_context_chars(user: str, quoted: re.Match[str] | None = None) -> int:
+    """How much text the user hands in beside the instruction: the longest of a quoted span,
+    everything after the first line, or everything after a colon in the first 200 characters."""
+    text = user.strip()
+    best = len(quoted.group()) - 2 if quoted else 0
+    first, _, rest = text.partition("\n")
+    best = max(best, len(rest.strip()))
+    colon = first.find(":", 0, 200)
+    if colon >= 0:
+        best = max(best, len(first) - colon - 1)
+    return best
 
 
 def text_of(system: str, user: str, users: int = 1, history: bool = False,
@@ -216,7 +257,8 @@ def text_of(system: str, user: str, users: int = 1, history: bool = False,
     user_text = clip(normalize(clip(user, 2 * USER_HEAD, 2 * USER_TAIL)), USER_HEAD, USER_TAIL)
     found = (lexicon or default_lexicon()).match(f"{sys_text} | {user_text}")
     marks.extend(f"__kw_{family}__" for family in found)
-    return f"{' '.join(marks)} | {sys_text} | {user_text}"
+    # Never two spaces in a row: scikit-learn's char analyzer would collapse them, the model not.
+    return " ".join(part for part in (" ".join(marks), "|", sys_text, "|", user_text) if part)
 
 
 def request_text(messages: Sequence[Mapping[str, Any]], lexicon: Lexicon | None = None) -> str:

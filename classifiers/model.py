@@ -1,0 +1,114 @@
+"""The scikit-learn pipeline: TF-IDF over four views of ``request_text`` -> logistic regression.
+
+Every step is a component the export rebuilds exactly (see ``export.py``): keyword markers
+(``__kw_<family>__``), structure markers (``__turns2__``, ``__json__``...), words (runs of anything
+but spaces and ASCII punctuation, a negated character class that means the same in Python's
+``re`` and onnxruntime's RE2, so accented and CJK words survive) and character n-grams. Raw term
+counts (``sublinear_tf`` does not convert exactly), idf, L2 norm per view; class imbalance is
+handled with balanced class weights.
+
+The view weights are how robustness across sources is bought: a view weighted up is regularized
+less. Keyword families carry across phrasings and languages, so they weigh 3; structure markers
+are the easiest shortcuts a narrow training source offers (every chat has a system prompt, say),
+so they weigh 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from classifiers.features import STRUCTURE_MARKERS, Lexicon, default_lexicon, keyword_markers
+
+# Anything but a space or ASCII punctuation ('_' counts as a letter, so markers stay whole).
+WORD_PATTERN = r"[^ !-/:-@\[-\^`{-~]+"
+KEYWORD_PATTERN = r"__kw_[a-z0-9]+(?:_[a-z0-9]+)*__"
+STRUCTURE_PATTERN = r"__[a-z0-9]+__"  # no inner '_': never matches inside a keyword marker
+VIEWS: tuple[str, ...] = ("keywords", "structure", "words", "chars")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Hyperparameters; the defaults are what the bench and the demo use."""
+
+    word_ngrams: tuple[int, int] = (1, 2)
+    char_ngrams: tuple[int, int] = (2, 4)
+    word_max_features: int = 20_000
+    char_max_features: int = 20_000
+    min_df: int = 2  # used from 200 training texts up; below, every term counts
+    keyword_weight: float = 3.0
+    structure_weight: float = 0.5
+    word_weight: float = 1.0
+    char_weight: float = 1.0
+    C: float = 2.0
+    max_iter: int = 300
+    class_weight: str | None = "balanced"
+    augment: bool = True  # system-prompt dropout copies + lexicon examples (see training.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelParams:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("word_ngrams", "char_ngrams"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+def build_pipeline(params: ModelParams, n_texts: int, lexicon: Lexicon | None = None) -> Pipeline:
+    """An unfitted pipeline for ``n_texts`` training texts. The marker views have fixed
+    vocabularies (every marker ``request_text`` can emit), so they are never empty."""
+    min_df = params.min_df if n_texts >= 200 else 1
+    keywords = keyword_markers(lexicon or default_lexicon())
+    common: dict[str, Any] = {"lowercase": False, "dtype": np.float32}
+    views = FeatureUnion(
+        [
+            (
+                "keywords",
+                TfidfVectorizer(token_pattern=KEYWORD_PATTERN, vocabulary=keywords, **common),
+            ),
+            (
+                "structure",
+                TfidfVectorizer(
+                    token_pattern=STRUCTURE_PATTERN, vocabulary=STRUCTURE_MARKERS, **common
+                ),
+            ),
+            (
+                "words",
+                TfidfVectorizer(
+                    token_pattern=WORD_PATTERN,
+                    ngram_range=params.word_ngrams,
+                    min_df=min_df,
+                    max_features=params.word_max_features,
+                    **common,
+                ),
+            ),
+            (
+                "chars",
+                TfidfVectorizer(
+                    analyzer="char",
+                    ngram_range=params.char_ngrams,
+                    min_df=min_df,
+                    max_features=params.char_max_features,
+                    **common,
+                ),
+            ),
+        ],
+        transformer_weights={
+            "keywords": params.keyword_weight,
+            "structure": params.structure_weight,
+            "words": params.word_weight,
+            "chars": params.char_weight,
+        },
+    )
+    clf = LogisticRegression(
+        C=params.C, max_iter=params.max_iter, class_weight=params.class_weight, tol=1e-3
+    )
+    return Pipeline([("views", views), ("clf", clf)])

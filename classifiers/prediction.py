@@ -1,0 +1,105 @@
+"""Running the exported classifier with onnxruntime: the same file a gateway would load.
+
+Batches are spread over a few threads, each calling ``InferenceSession.run`` with one intra-op
+thread: the text operators run single-threaded, so parallel batches use the cores and one batch
+with more intra-op threads does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifiers.errors import ModelLoadError
+from classifiers.export import onnx_session, run_onnx
+from classifiers.features import request_text
+from classifiers.model_dir import CARD_FILE, MODEL_FILE, classifier_version, read_card
+
+
+@dataclass(frozen=True)
+class Prediction:
+    task_type: str
+    confidence: float
+    uncertain: bool
+
+
+@dataclass(frozen=True)
+class PredictedBatch:
+    """Predictions for a batch of requests, as columns (cheap to store in bulk)."""
+
+    task_types: list[str]
+    confidences: np.ndarray  # float64 [N]
+    uncertain: np.ndarray  # bool [N]
+
+
+class TaskClassifier:
+    """A loaded ``classifier.onnx`` with its model card."""
+
+    def __init__(self, model: bytes, card: dict[str, Any], *, threads: int | None = None) -> None:
+        self.card = card
+        self.version = classifier_version(model)
+        self.classes: tuple[str, ...] = tuple(str(c) for c in card["classes"])
+        self.threshold = float(card.get("confidence_threshold", 0.5))
+        self.threads = max(1, threads or min(4, os.cpu_count() or 1))
+        try:
+            self._session = onnx_session(model)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(MODEL_FILE, f"onnxruntime cannot load the model: {exc}") from exc
+        outputs = self._session.get_outputs()
+        width = outputs[1].shape[1] if len(outputs) > 1 and outputs[1].shape else None
+        if width != len(self.classes):
+            raise ModelLoadError(CARD_FILE, f"card lists {len(self.classes)} classes, model has {width}")
+
+    def predict_texts(
+        self, texts: Sequence[str], *, threshold: float | None = None, batch_size: int = 2048
+    ) -> PredictedBatch:
+        """Task type, confidence (max probability) and uncertain flag of ``request_text`` strings."""
+        cut = self.threshold if threshold is None else threshold
+        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        if self.threads > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(self.threads) as pool:
+                results = list(pool.map(lambda c: run_onnx(self._session, c), chunks))
+        else:
+            results = [run_onnx(self._session, c) for c in chunks]
+        labels: list[str] = []
+        conf: list[np.ndarray] = []
+        for chunk_labels, proba in results:
+            labels.extend(chunk_labels)
+            conf.append(proba.max(axis=1).astype(np.float64))
+        confidences = np.concatenate(conf) if conf else np.zeros(0)
+        return PredictedBatch(labels, confidences, confidences < cut)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return run_onnx(self._session, list(texts))[1]
+
+    def predict_messages(self, messages: Sequence[dict[str, Any]]) -> Prediction:
+        """One request (chat messages) -> its prediction."""
+        batch = self.predict_texts([request_text(messages)])
+        return Prediction(batch.task_types[0], float(batch.confidences[0]), bool(batch.uncertain[0]))
+
+    def predict_stream(
+        self, batches: Iterable[Sequence[str]], *, threshold: float | None = None
+    ) -> Iterator[PredictedBatch]:
+        for texts in batches:
+            yield self.predict_texts(texts, threshold=threshold)
+
+
+def load_classifier(model_dir: Path | str, *, threads: int | None = None) -> TaskClassifier:
+    """Open the classifier in ``model_dir`` (``classifier.onnx`` + ``model_card.json``)."""
+    folder = Path(model_dir)
+    card = read_card(folder)
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        raise ModelLoadError(path, "model file missing; retrain the classifier")
+    model = path.read_bytes()
+    sha = card.get("onnx", {}).get("sha256")
+    if sha and hashlib.sha256(model).hexdigest() != sha:
+        raise ModelLoadError(path, "does not match its model card (sha256 differs); retrain")
+    return TaskClassifier(model, card, threads=threads)
