@@ -55,6 +55,7 @@ REPLAYED_PARAMS = frozenset(
      "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort"}
 )  # fmt: skip
 _MESSAGE_OVERHEAD_TOKENS = 4
+_MAX_PROMPT_RATIO = 8.0
 _ERROR_TEXT_CHARS = 300
 
 
@@ -359,6 +360,7 @@ class RelayBackend:
         self._rng = random.Random(jitter_seed)
         self._transport = transport
         self._ssl: ssl.SSLContext | None = None
+        self._prompt_ratio = 1.0  # real prompt tokens / estimate, the worst seen (>= 1)
 
     def __repr__(self) -> str:
         return f"RelayBackend(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -467,10 +469,24 @@ class RelayBackend:
 
     # -- one request ----------------------------------------------------------------------------
 
+    def _prompt_tokens_bound(self, request: ReplayRequest) -> int:
+        """The prompt's tokens, estimated and scaled by the worst under-estimate seen so far
+        (text far from English, say, has more tokens per character than the rule of thumb)."""
+        return math.ceil(estimate_prompt_tokens(request) * self._prompt_ratio)
+
     def _worst_case_usd(self, request: ReplayRequest) -> float:
         return cost_usd(
-            estimate_prompt_tokens(request), request.max_tokens, self.price_in, self.price_out
+            self._prompt_tokens_bound(request), request.max_tokens, self.price_in, self.price_out
         )
+
+    def _auth_advice(self, status: str) -> str:
+        if not self.api_key_env:
+            hint = "the candidate names no api_key_env, so no key was sent"
+        elif self._api_key is None:
+            hint = f"${self.api_key_env} is not set, so no key was sent"
+        else:
+            hint = f"check the key in ${self.api_key_env}"
+        return f"the relay refused the request ({status}); {hint}"
 
     def _not_sent(self, request: ReplayRequest, kind: str, message: str) -> ReplayResult:
         return ReplayResult(
@@ -487,7 +503,7 @@ class RelayBackend:
         return self._rng.uniform(cap / 2, cap)
 
     async def _replay_one(self, client: httpx.AsyncClient, request: ReplayRequest) -> ReplayResult:
-        estimate = estimate_prompt_tokens(request) + request.max_tokens
+        estimate = self._prompt_tokens_bound(request) + request.max_tokens
         attempt = 0
         while True:
             attempt += 1
@@ -498,12 +514,7 @@ class RelayBackend:
                 if failure.kind in ("rate_limited", "server_error", "client_error", "auth"):
                     self.limiter.settle(admission, 0)  # refused: no tokens were processed
                 if failure.kind == "auth":
-                    where = f"the key from ${self.api_key_env}" if self.api_key_env else "no key"
-                    if self.api_key_env and self._api_key is None:
-                        where = f"${self.api_key_env} is not set"
-                    raise AuthError(
-                        self.name, f"the relay refused the API key ({failure.message}); {where}"
-                    ) from None
+                    raise AuthError(self.name, self._auth_advice(failure.message)) from None
                 delay = None
                 if failure.kind in RETRIED_KINDS and attempt <= self.max_retries:
                     delay = self._backoff(attempt, failure.retry_after)
@@ -528,6 +539,9 @@ class RelayBackend:
         estimated = counts is None
         if counts is None:
             counts = (estimate_prompt_tokens(request), estimate_tokens(answer.text))
+        else:
+            guess = max(estimate_prompt_tokens(request), 1)
+            self._prompt_ratio = min(max(self._prompt_ratio, counts[0] / guess), _MAX_PROMPT_RATIO)
         prompt_tokens, completion_tokens = counts
         generating_ms = answer.latency_ms
         if answer.ttft_ms is not None and answer.latency_ms > answer.ttft_ms:

@@ -200,6 +200,9 @@ def test_401_stops_the_candidate_naming_it_and_the_env_var(
         with pytest.raises(AuthError) as info:
             bad.replay(requests_for(20), seen.append)
         sent = len(chat_log(server))
+        unset = RelayBackend("relay-b", server.base_url, "echo", None, api_key_env="UNSET_VAR")
+        with pytest.raises(AuthError, match=r"\$UNSET_VAR is not set, so no key was sent"):
+            unset.replay(requests_for(1), seen.append)
     message = str(info.value)
     assert "relay-a" in message and "$RELAY_KEY" in message and "401" in message
     assert "wrong-key-123" not in message and "wrong-key-123" not in repr(bad)

@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from planner.backends import ReplayRequest, ReplayResult
+from planner.errors import BudgetExceeded
 from planner.ratelimit import Admission, CircuitBreaker, CostBudget, SlidingWindowLimiter
 from planner.relay import RelayBackend, parse_retry_after
 
@@ -214,3 +215,27 @@ def test_breaker_and_budget() -> None:
     assert not budget.reserve(0.01)
     with pytest.raises(ValueError):
         SlidingWindowLimiter(rpm=0)
+
+
+def test_budget_learns_when_prompts_have_more_tokens_than_estimated() -> None:
+    # REQUEST is estimated at 16 prompt tokens (text + params); the server counts 60 (think of
+    # text far from English): the backend learns the 3.75x under-estimate from that answer
+    def handler(request: httpx.Request) -> httpx.Response:
+        usage = {"prompt_tokens": 60, "completion_tokens": 1}
+        return stream_response(
+            sse(chunk("x", "stop"), json.dumps({"choices": [], "usage": usage}), "[DONE]")
+        )
+
+    budget = CostBudget(80.0)  # USD; at 1 USD a token the first request spends 61
+    backend = RelayBackend(
+        "mock", "http://relay.test/v1", "m", transport=httpx.MockTransport(handler),
+        price_in=1e6, price_out=1e6, budget=budget, max_concurrency=1,
+    )  # fmt: skip
+    second = ReplayRequest("r2", REQUEST.messages, max_tokens=5)  # estimated at 6 prompt tokens
+    out: list[ReplayResult] = []
+    with pytest.raises(BudgetExceeded):
+        backend.replay([REQUEST, second], out.append)
+    # unscaled, the second's worst case (6 + 5 = 11) would fit under 80 - 61; scaled
+    # (ceil(6 * 3.75) + 5 = 28) it does not, so it is not sent
+    assert [r.error_kind for r in out] == [None, "budget"]
+    assert budget.spent_usd == pytest.approx(61.0)
