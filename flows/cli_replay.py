@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import typer
@@ -12,11 +17,14 @@ from flows.cli_common import (
     ConfigOption,
     JsonOption,
     print_json,
+    progress,
     quiet_prefect,
     settings_from,
     warehouse_path,
 )
 from warehouse.connection import open_warehouse
+
+EXIT_INTERRUPTED = 130
 
 
 def _ms(value: float | None) -> str:
@@ -60,6 +68,26 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines + (["", *notes] if notes else []))
 
 
+@contextmanager
+def graceful_interrupt(stop: Callable[[], None]) -> Iterator[None]:
+    """First Ctrl-C: finish the requests in flight, store them and stop. Second: abort."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, previous)
+        stop()
+        progress("stopping: finishing the requests in flight (Ctrl-C again to abort)")
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def replay(
     config: Path | None = ConfigOption,
     per_type: int | None = typer.Option(
@@ -87,15 +115,16 @@ def replay(
     path = warehouse_path(settings, warehouse)
     open_warehouse(path, create=False).close()  # missing or locked: one line, before Prefect
     quiet_prefect()
-    from flows.replay_flow import replay_flow
+    from flows.replay_flow import replay_flow, request_stop
 
-    result = replay_flow(
-        config_path=str(config) if config is not None else None,
-        per_type=per_type,
-        candidates=names,
-        refresh=refresh,
-        warehouse_path=str(path),
-    )
+    with graceful_interrupt(request_stop):
+        result = replay_flow(
+            config_path=str(config) if config is not None else None,
+            per_type=per_type,
+            candidates=names,
+            refresh=refresh,
+            warehouse_path=str(path),
+        )
     if json_output:
         print_json(result)
     else:
@@ -105,3 +134,6 @@ def replay(
         typer.echo(f"error: {message}", err=True)
     if refused:
         raise typer.Exit(EXIT_USER_ERROR)
+    if any(r.get("stopped") == "interrupted" for r in result["candidates"]):
+        progress("interrupted: what was answered is stored; run again to resume")
+        raise typer.Exit(EXIT_INTERRUPTED)

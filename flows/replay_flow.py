@@ -10,6 +10,7 @@ model. Flow parameters are names and paths only: settings and keys are read insi
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ from planner.settings import CandidateSettings, PlannerSettings, load_settings
 from warehouse.connection import open_warehouse
 from warehouse.replays import final_replay_ids, replay_stats, store_replays
 from warehouse.sampling import SampledRequest, draw_sample, sampled_requests
+
+# Set by request_stop() (the CLI's first Ctrl-C): shards finish what is in flight, store it, stop.
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask the running replay to stop cleanly; the next run resumes where it stopped."""
+    _stop.set()
 
 
 def relay_backend(c: CandidateSettings, budget: CostBudget | None = None) -> RelayBackend:
@@ -166,6 +175,7 @@ def _run_shard(
             ),
             already_done=lambda keys: final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS),
             refresh=refresh,
+            should_stop=_stop.is_set,
             report=report,
         )
     finally:
@@ -188,11 +198,13 @@ def _relay_may_recover(task: Task[..., Any], task_run: TaskRun, state: State[Any
     return False
 
 
+# A retry builds a new backend with a fresh rate limiter: waiting out the 60-s rpm/tpm window
+# first keeps the limits exact across attempts (and gives a relay that was down time to recover).
 relay_shard = task(
     name="replay-relay",
     cache_policy=NO_CACHE,
     retries=2,
-    retry_delay_seconds=[5, 30],
+    retry_delay_seconds=[65, 120],
     retry_condition_fn=_relay_may_recover,
 )(_run_shard)
 local_shard = task(name="replay-local", cache_policy=NO_CACHE)(_run_shard)
@@ -212,6 +224,7 @@ def replay_flow(
     warehouse_path: str | None = None,
 ) -> dict[str, Any]:
     """Sample, replay through every (or the named) candidates, and summarize from the warehouse."""
+    _stop.clear()
     settings = load_settings(config_path)
     chosen = _selected(settings, candidates)
     warehouse = warehouse_path or str(settings.warehouse.path)
@@ -237,7 +250,7 @@ def replay_flow(
         outcome = future.result(raise_on_failure=False)
         runs[c.name] = outcome if isinstance(outcome, dict) else _failed(c, outcome)
     for c in chosen:
-        if c.kind == "local":
+        if c.kind == "local" and not _stop.is_set():
             state = local_shard(candidate=c.name, return_state=True, **shard)
             outcome = state.result(raise_on_failure=False)
             runs[c.name] = outcome if isinstance(outcome, dict) else _failed(c, outcome)
