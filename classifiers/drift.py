@@ -64,7 +64,9 @@ def compare_runs(previous: RunDistribution, current: RunDistribution) -> dict[st
     for task in sorted(set(previous.mix) | set(current.mix)):
         prev_hist = previous.confidence_by_type.get(task, [0] * CONFIDENCE_BINS)
         cur_hist = current.confidence_by_type.get(task, [0] * CONFIDENCE_BINS)
-        conf_type = psi(shares(prev_hist), shares(cur_hist)) if sum(prev_hist) and sum(cur_hist) else None
+        conf_type = (
+            psi(shares(prev_hist), shares(cur_hist)) if sum(prev_hist) and sum(cur_hist) else None
+        )
         per_type[task] = {
             "share_before": round(before.get(task, 0.0), 4),
             "share_after": round(after.get(task, 0.0), 4),
@@ -81,7 +83,11 @@ def compare_runs(previous: RunDistribution, current: RunDistribution) -> dict[st
         "mix_verdict": verdict(mix_psi),
         "confidence_psi": round(conf_psi, 4),
         "confidence_verdict": verdict(conf_psi),
-        "uncertain_share_before": round(previous.uncertain / previous.total, 4) if previous.total else 0.0,
-        "uncertain_share_after": round(current.uncertain / current.total, 4) if current.total else 0.0,
+        "uncertain_share_before": round(previous.uncertain / previous.total, 4)
+        if previous.total
+        else 0.0,
+        "uncertain_share_after": round(current.uncertain / current.total, 4)
+        if current.total
+        else 0.0,
         "per_type": per_type,
     }

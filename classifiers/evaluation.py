@@ -40,14 +40,23 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
     n = len(confidence)
     for i in range(bins):
         lo, hi = edges[i], edges[i + 1]
-        mask = (confidence > lo) & (confidence <= hi) if i else (confidence >= lo) & (confidence <= hi)
+        mask = (
+            (confidence > lo) & (confidence <= hi) if i else (confidence >= lo) & (confidence <= hi)
+        )
         count = int(mask.sum())
         acc = float(correct[mask].mean()) if count else 0.0
         conf = float(confidence[mask].mean()) if count else 0.0
         if count:
             ece += count / n * abs(acc - conf)
-        out.append({"lower": round(float(lo), 2), "upper": round(float(hi), 2), "count": count,
-                    "accuracy": round(acc, 4), "confidence": round(conf, 4)})
+        out.append(
+            {
+                "lower": round(float(lo), 2),
+                "upper": round(float(hi), 2),
+                "count": count,
+                "accuracy": round(acc, 4),
+                "confidence": round(conf, 4),
+            }
+        )
     return {"ece": round(ece, 4), "bins": out}
 
 
@@ -76,8 +85,12 @@ def evaluate(
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         f1s.append(f1)
-        per_class[label] = {"precision": round(precision, 4), "recall": round(recall, 4),
-                            "f1": round(f1, 4), "support": support}
+        per_class[label] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": support,
+        }
     index = {label: i for i, label in enumerate(labels)}
     matrix = [[0] * len(labels) for _ in labels]
     for t, p in zip(true.tolist(), pred.tolist(), strict=True):

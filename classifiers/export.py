@@ -44,7 +44,7 @@ UNICODE_PROBES: tuple[str, ...] = tuple(
         "ترجم هذه الجملة إلى الإنجليزية: أين المحطة؟",
         "Classify this: 😀👍🏽 best purchase ever!!! #happy ## header",
         "İstanbul'da ΣΊΣΥΦΟΣ ﬁnal straße ǅemal — tabs\tand\nnewlines\u00a0nbsp\u3000ideographic",
-        "```python\ndef f(x):\n    return {\"a\": x}  # comment\n```\nWhy does this fail?",
+        '```python\ndef f(x):\n    return {"a": x}  # comment\n```\nWhy does this fail?',
     )
 )
 
@@ -56,7 +56,11 @@ class ParityReport:
     labels_equal: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "max_abs_diff": self.max_abs_diff, "labels_equal": self.labels_equal}
+        return {
+            "rows": self.rows,
+            "max_abs_diff": self.max_abs_diff,
+            "labels_equal": self.labels_equal,
+        }
 
 
 def _pool(vectorizer: TfidfVectorizer) -> tuple[list[str], list[int], list[int], int, int]:
@@ -90,17 +94,34 @@ def _view_nodes(
     p = f"{name}_"
     nodes = [
         helper.make_node(
-            "Tokenizer", [INPUT_NAME], [p + "tokens3d"], domain="com.microsoft",
-            mark=0, mincharnum=1, pad_value="#", tokenexp=pattern, name=p + "tokenizer",
+            "Tokenizer",
+            [INPUT_NAME],
+            [p + "tokens3d"],
+            domain="com.microsoft",
+            mark=0,
+            mincharnum=1,
+            pad_value="#",
+            tokenexp=pattern,
+            name=p + "tokenizer",
         ),
         helper.make_node("Flatten", [p + "tokens3d"], [p + "tokens"], axis=1, name=p + "flatten"),
         helper.make_node(
-            "TfIdfVectorizer", [p + "tokens"], [p + "tfidf"], mode="TFIDF",
-            min_gram_length=min_n, max_gram_length=max_n, max_skip_count=0,
-            ngram_counts=counts, ngram_indexes=indexes, pool_strings=pool,
-            weights=[float(idf[i]) for i in indexes], name=p + "tfidf",
+            "TfIdfVectorizer",
+            [p + "tokens"],
+            [p + "tfidf"],
+            mode="TFIDF",
+            min_gram_length=min_n,
+            max_gram_length=max_n,
+            max_skip_count=0,
+            ngram_counts=counts,
+            ngram_indexes=indexes,
+            pool_strings=pool,
+            weights=[float(idf[i]) for i in indexes],
+            name=p + "tfidf",
         ),
-        helper.make_node("ReduceL2", [p + "tfidf", "axis1"], [p + "norm0"], keepdims=1, name=p + "norm"),
+        helper.make_node(
+            "ReduceL2", [p + "tfidf", "axis1"], [p + "norm0"], keepdims=1, name=p + "norm"
+        ),
         helper.make_node("Max", [p + "norm0", "eps"], [p + "norm"], name=p + "norm_floor"),
         helper.make_node("MatMul", [p + "tfidf", p + "w"], [p + "z"], name=p + "matmul"),
         helper.make_node("Div", [p + "z", p + "norm"], [p + "logits"], name=p + "scale"),
@@ -109,7 +130,9 @@ def _view_nodes(
     return nodes, inits, p + "logits"
 
 
-def export_onnx(pipeline: Pipeline, *, doc: str = "", metadata: dict[str, str] | None = None) -> bytes:
+def export_onnx(
+    pipeline: Pipeline, *, doc: str = "", metadata: dict[str, str] | None = None
+) -> bytes:
     """The fitted pipeline as ONNX bytes (see the module docstring for the graph)."""
     views = pipeline.named_steps["views"]
     clf = pipeline.named_steps["clf"]
@@ -125,7 +148,9 @@ def export_onnx(pipeline: Pipeline, *, doc: str = "", metadata: dict[str, str] |
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
         numpy_helper.from_array(np.array(1e-12, dtype=np.float32), "eps"),
         numpy_helper.from_array(intercept.astype(np.float32), "intercept"),
-        helper.make_tensor("classes", TensorProto.STRING, [len(classes)], [c.encode() for c in classes]),
+        helper.make_tensor(
+            "classes", TensorProto.STRING, [len(classes)], [c.encode() for c in classes]
+        ),
     ]
     offset = 0
     partials: list[str] = []
@@ -133,15 +158,21 @@ def export_onnx(pipeline: Pipeline, *, doc: str = "", metadata: dict[str, str] |
         width = len(vectorizer.vocabulary_)
         block = coef[:, offset : offset + width]
         offset += width
-        view_nodes, view_inits, out = _view_nodes(name, vectorizer, block, float(weights.get(name, 1.0)))
+        view_nodes, view_inits, out = _view_nodes(
+            name, vectorizer, block, float(weights.get(name, 1.0))
+        )
         nodes += view_nodes
         inits += view_inits
         partials.append(out)
     nodes.append(helper.make_node("Sum", partials, ["logits0"], name="sum_views"))
     nodes.append(helper.make_node("Add", ["logits0", "intercept"], ["logits"], name="intercept"))
     nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="softmax"))
-    nodes.append(helper.make_node("ArgMax", ["logits"], ["label_index"], axis=1, keepdims=0, name="argmax"))
-    nodes.append(helper.make_node("Gather", ["classes", "label_index"], ["label"], axis=0, name="label"))
+    nodes.append(
+        helper.make_node("ArgMax", ["logits"], ["label_index"], axis=1, keepdims=0, name="argmax")
+    )
+    nodes.append(
+        helper.make_node("Gather", ["classes", "label_index"], ["label"], axis=0, name="label")
+    )
     graph = helper.make_graph(
         nodes,
         "task_type_classifier",

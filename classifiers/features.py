@@ -49,10 +49,17 @@ _SCAN_CHARS = 4000  # structural checks look at this much of each raw text
 
 STRUCTURE_MARKERS: tuple[str, ...] = (
     *(f"__turns{n}__" for n in range(1, 5)),
-    "__history__", "__sys__", "__nosys__",
+    "__history__",
+    "__sys__",
+    "__nosys__",
     *(f"__len{n}__" for n in range(5)),
     *(f"__lines{n}__" for n in range(1, 4)),
-    "__codeblock__", "__codelike__", "__json__", "__schema__", "__math__", "__question__",
+    "__codeblock__",
+    "__codelike__",
+    "__json__",
+    "__schema__",
+    "__math__",
+    "__question__",
     "__quoted__",
     *(f"__ctx{n}__" for n in range(4)),
 )
@@ -69,7 +76,9 @@ _CODE_LINE = re.compile(
 _JSON_KEY = re.compile(r"[{,\[]\s*\"[^\"\n]{1,60}\"\s*:")
 _SCHEMA_KEY = re.compile(r"\"(?:properties|required|\$schema|additionalProperties)\"\s*:")
 _MATH = re.compile(r"\d\s*[-+*/×÷^=<>]\s*\(?\d")
-_QUOTED = re.compile(r"\"[^\"]{20,}\"|'[^'\n]{20,}'|“[^”]{20,}”|‘[^’]{20,}’|«[^»]{20,}»|„[^“”]{20,}[“”]|「[^」]{8,}」|『[^』]{8,}』")
+_QUOTED = re.compile(
+    r"\"[^\"]{20,}\"|'[^'\n]{20,}'|“[^”]{20,}”|‘[^’]{20,}’|«[^»]{20,}»|„[^“”]{20,}[“”]|「[^」]{8,}」|『[^』]{8,}』"
+)
 
 
 def content_text(content: Any) -> str:
@@ -108,7 +117,9 @@ class Lexicon:
     def __init__(self, families: Mapping[str, Sequence[str]], version: str) -> None:
         self.version = version
         self.families = tuple(families)
-        self._entries = {name: tuple(e.rstrip("*") for e in families[name] if e.strip()) for name in families}
+        self._entries = {
+            name: tuple(e.rstrip("*") for e in families[name] if e.strip()) for name in families
+        }
         self._words: dict[str, int] = {}  # whole single word -> family bit set
         self._prefixes: dict[str, list[tuple[str, int]]] = {}  # first 2 chars -> (prefix, bits)
         # phrases, by first word: (literal, pattern with the word boundaries, bits)
@@ -249,8 +260,9 @@ def given_context_chars(user: str, quoted: re.Match[str] | None = None) -> int:
     return best
 
 
-def text_of(system: str, user: str, users: int = 1, history: bool = False,
-            lexicon: Lexicon | None = None) -> str:
+def text_of(
+    system: str, user: str, users: int = 1, history: bool = False, lexicon: Lexicon | None = None
+) -> str:
     """``request_text`` from parts already split out of the messages."""
     marks = structural_markers(system, user, users, history)
     sys_text = clip(normalize(clip(system, 2 * SYSTEM_CHARS)), SYSTEM_CHARS)

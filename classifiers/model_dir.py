@@ -55,7 +55,10 @@ def build_card(
             "how": "Build each request's string with request_text(messages); the output 'label' "
             "is the task type and max(probabilities) its confidence.",
         },
-        "outputs": {"label": "string [N]", "probabilities": "float32 [N, classes] in 'classes' order"},
+        "outputs": {
+            "label": "string [N]",
+            "probabilities": "float32 [N, classes] in 'classes' order",
+        },
         "training": {
             "rows": trained.rows,
             "unique_texts": trained.unique_texts,
@@ -106,7 +109,9 @@ def read_card(model_dir: Path | str) -> dict[str, Any]:
     folder = Path(model_dir)
     card_path = folder / CARD_FILE
     if not folder.is_dir():
-        raise ModelLoadError(folder, "no classifier folder here; run `migration-planner classify train` first")
+        raise ModelLoadError(
+            folder, "no classifier folder here; run `migration-planner classify train` first"
+        )
     if not card_path.is_file():
         raise ModelLoadError(card_path, "model card missing; retrain the classifier")
     try:

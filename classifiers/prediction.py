@@ -55,7 +55,9 @@ class TaskClassifier:
         outputs = self._session.get_outputs()
         width = outputs[1].shape[1] if len(outputs) > 1 and outputs[1].shape else None
         if width != len(self.classes):
-            raise ModelLoadError(CARD_FILE, f"card lists {len(self.classes)} classes, model has {width}")
+            raise ModelLoadError(
+                CARD_FILE, f"card lists {len(self.classes)} classes, model has {width}"
+            )
 
     def predict_texts(
         self, texts: Sequence[str], *, threshold: float | None = None, batch_size: int = 2048
@@ -82,7 +84,9 @@ class TaskClassifier:
     def predict_messages(self, messages: Sequence[dict[str, Any]]) -> Prediction:
         """One request (chat messages) -> its prediction."""
         batch = self.predict_texts([request_text(messages)])
-        return Prediction(batch.task_types[0], float(batch.confidences[0]), bool(batch.uncertain[0]))
+        return Prediction(
+            batch.task_types[0], float(batch.confidences[0]), bool(batch.uncertain[0])
+        )
 
     def predict_stream(
         self, batches: Iterable[Sequence[str]], *, threshold: float | None = None

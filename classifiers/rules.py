@@ -38,60 +38,140 @@ def _rule(name: str, task_type: str, part: Part, pattern: str) -> Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    _rule("code_fence", "code", "all",
-          r"```|\b(?:traceback \(most recent call last\)|syntaxerror|typeerror|nullpointerexception)"),
-    _rule("code_request", "code", "start",
-          r"^(?:please )?(?:write|implement|create|fix|debug|refactor|optimi[sz]e) (?:a |an |the |this |my )?"
-          r"(?:python|javascript|typescript|java|go|rust|c\+\+|c#|sql|bash|shell|regex|function|script|class|method|query|unit tests?)\b"),
-    _rule("translate", "rewrite", "start",
-          r"^(?:please )?(?:translate|traduce|traduis|traduza|traduci|übersetze|переведи)\b|^(?:翻译|請翻譯|请翻译)"),
-    _rule("rewrite", "rewrite", "start",
-          r"^(?:please )?(?:rewrite|rephrase|paraphrase|reword|proofread|fix the (?:grammar|spelling|typos)|"
-          r"make (?:this|it) (?:more|less|sound)|reescribe|reformule|umformulieren|schreibe .{0,20}um)\b"),
-    _rule("summarize", "summarization", "start",
-          r"^(?:please )?(?:summari[sz]e|sum up|tl;?dr|give me a (?:short |brief )?summary|resume|résume|resuma|"
-          r"fasse .{0,30}zusammen|riassumi)\b|^(?:总结|概括|要約)"),
-    _rule("summarize_tail", "summarization", "all", r"(?:\btl;?dr:?|summary:|summari[sz]e (?:this|the above)\.?)$"),
-    _rule("context_question", "closed_qa", "all",
-          r"\b(?:context|passage|document|article|text|contexto|contexte|kontext)\s?:.{20,}\bquestion\s?:"),
-    _rule("answer_from_text", "closed_qa", "all",
-          r"\b(?:according to|based on|using only) the (?:passage|text|article|context|document|paragraph)s?\b"
-          r"(?! above, (?:write|summari))"),
-    _rule("extract", "extraction", "start",
-          r"^(?:please )?(?:extract|pull out|list all (?:the )?(?:names|dates|emails|entities|people|companies)|"
-          r"find all (?:the )?(?:names|dates|emails|entities)|extrae|extrais|extrahiere)\b"),
-    _rule("extract_system", "extraction", "system", r"\bextract\b.{0,80}\b(?:json|fields|keys|entities)\b"),
-    _rule("classify", "classification", "start",
-          r"^(?:please )?(?:classify|categori[sz]e|label|tag) (?:this|the|each|following|these)\b|"
-          r"^is (?:this|the following) (?:email|message|review|comment|text) (?:spam|positive|negative|toxic)"),
-    _rule("classify_system", "classification", "system",
-          r"\b(?:classify|categori[sz]e|label)\b.{0,120}\b(?:as|into|with one (?:word|label))\b"),
-    _rule("brainstorm", "brainstorming", "start",
-          r"^(?:please )?(?:brainstorm|give me (?:\d+|some|a few|ten|five|three) (?:\w+ )?(?:ideas|names|suggestions)|"
-          r"list (?:\d+|some|a few|ten|five) (?:\w+ )?ideas|come up with (?:\d+|some|a few|ten|five) )"),
-    _rule("math_steps", "reasoning", "all",
-          r"\b(?:think|reason|solve it|work it out) step[ -]by[ -]step\b.*\d|\d.*\bstep[ -]by[ -]step\b"),
+    _rule(
+        "code_fence",
+        "code",
+        "all",
+        r"```|\b(?:traceback \(most recent call last\)|syntaxerror|typeerror|nullpointerexception)",
+    ),
+    _rule(
+        "code_request",
+        "code",
+        "start",
+        r"^(?:please )?(?:write|implement|create|fix|debug|refactor|optimi[sz]e) (?:a |an |the |this |my )?"
+        r"(?:python|javascript|typescript|java|go|rust|c\+\+|c#|sql|bash|shell|regex|function|script|class|method|query|unit tests?)\b",
+    ),
+    _rule(
+        "translate",
+        "rewrite",
+        "start",
+        r"^(?:please )?(?:translate|traduce|traduis|traduza|traduci|übersetze|переведи)\b|^(?:翻译|請翻譯|请翻译)",
+    ),
+    _rule(
+        "rewrite",
+        "rewrite",
+        "start",
+        r"^(?:please )?(?:rewrite|rephrase|paraphrase|reword|proofread|fix the (?:grammar|spelling|typos)|"
+        r"make (?:this|it) (?:more|less|sound)|reescribe|reformule|umformulieren|schreibe .{0,20}um)\b",
+    ),
+    _rule(
+        "summarize",
+        "summarization",
+        "start",
+        r"^(?:please )?(?:summari[sz]e|sum up|tl;?dr|give me a (?:short |brief )?summary|resume|résume|resuma|"
+        r"fasse .{0,30}zusammen|riassumi)\b|^(?:总结|概括|要約)",
+    ),
+    _rule(
+        "summarize_tail",
+        "summarization",
+        "all",
+        r"(?:\btl;?dr:?|summary:|summari[sz]e (?:this|the above)\.?)$",
+    ),
+    _rule(
+        "context_question",
+        "closed_qa",
+        "all",
+        r"\b(?:context|passage|document|article|text|contexto|contexte|kontext)\s?:.{20,}\bquestion\s?:",
+    ),
+    _rule(
+        "answer_from_text",
+        "closed_qa",
+        "all",
+        r"\b(?:according to|based on|using only) the (?:passage|text|article|context|document|paragraph)s?\b"
+        r"(?! above, (?:write|summari))",
+    ),
+    _rule(
+        "extract",
+        "extraction",
+        "start",
+        r"^(?:please )?(?:extract|pull out|list all (?:the )?(?:names|dates|emails|entities|people|companies)|"
+        r"find all (?:the )?(?:names|dates|emails|entities)|extrae|extrais|extrahiere)\b",
+    ),
+    _rule(
+        "extract_system",
+        "extraction",
+        "system",
+        r"\bextract\b.{0,80}\b(?:json|fields|keys|entities)\b",
+    ),
+    _rule(
+        "classify",
+        "classification",
+        "start",
+        r"^(?:please )?(?:classify|categori[sz]e|label|tag) (?:this|the|each|following|these)\b|"
+        r"^is (?:this|the following) (?:email|message|review|comment|text) (?:spam|positive|negative|toxic)",
+    ),
+    _rule(
+        "classify_system",
+        "classification",
+        "system",
+        r"\b(?:classify|categori[sz]e|label)\b.{0,120}\b(?:as|into|with one (?:word|label))\b",
+    ),
+    _rule(
+        "brainstorm",
+        "brainstorming",
+        "start",
+        r"^(?:please )?(?:brainstorm|give me (?:\d+|some|a few|ten|five|three) (?:\w+ )?(?:ideas|names|suggestions)|"
+        r"list (?:\d+|some|a few|ten|five) (?:\w+ )?ideas|come up with (?:\d+|some|a few|ten|five) )",
+    ),
+    _rule(
+        "math_steps",
+        "reasoning",
+        "all",
+        r"\b(?:think|reason|solve it|work it out) step[ -]by[ -]step\b.*\d|\d.*\bstep[ -]by[ -]step\b",
+    ),
     _rule("solve", "reasoning", "start", r"^(?:solve|calculate|compute|prove that|find x)\b"),
-    _rule("creative", "text_generation", "start",
-          r"^(?:please )?(?:write|compose) (?:me )?(?:a|an) (?:short |funny |sad |rhyming )?"
-          r"(?:poem|story|haiku|limerick|song|sonnet|fairy tale|toast|speech|essay|blog post)\b"),
-    _rule("greeting", "chatbot", "all",
-          r"^\W*(?:hi|hello|hey|good (?:morning|evening)|hola|salut|bonjour|hallo|ciao)(?: there)?\W*"
-          r"(?:how are you(?: doing)?(?: today)?)?\W*$"),
-    _rule("roleplay", "chatbot", "all",
-          r"\b(?:let's role-?play|pretend (?:you are|to be)|stay in character|you are my (?:friend|girlfriend|boyfriend|companion))\b"),
-    _rule("companion", "chatbot", "system",
-          r"\b(?:companion|chat partner|role-?play|in character|virtual friend)\b"),
-    _rule("fact_question", "open_qa", "start",
-          r"^(?!.*\b(?:you|your|i|my|me|we|our)\b)"
-          r"(?:what|who|when|where|why|how) (?:is|are|was|were|did|does|do) [^.!]{3,100}\?$"),
+    _rule(
+        "creative",
+        "text_generation",
+        "start",
+        r"^(?:please )?(?:write|compose) (?:me )?(?:a|an) (?:short |funny |sad |rhyming )?"
+        r"(?:poem|story|haiku|limerick|song|sonnet|fairy tale|toast|speech|essay|blog post)\b",
+    ),
+    _rule(
+        "greeting",
+        "chatbot",
+        "all",
+        r"^\W*(?:hi|hello|hey|good (?:morning|evening)|hola|salut|bonjour|hallo|ciao)(?: there)?\W*"
+        r"(?:how are you(?: doing)?(?: today)?)?\W*$",
+    ),
+    _rule(
+        "roleplay",
+        "chatbot",
+        "all",
+        r"\b(?:let's role-?play|pretend (?:you are|to be)|stay in character|you are my (?:friend|girlfriend|boyfriend|companion))\b",
+    ),
+    _rule(
+        "companion",
+        "chatbot",
+        "system",
+        r"\b(?:companion|chat partner|role-?play|in character|virtual friend)\b",
+    ),
+    _rule(
+        "fact_question",
+        "open_qa",
+        "start",
+        r"^(?!.*\b(?:you|your|i|my|me|we|our)\b)"
+        r"(?:what|who|when|where|why|how) (?:is|are|was|were|did|does|do) [^.!]{3,100}\?$",
+    ),
 )
 
 
 _ANY_TURN = frozenset({"code_fence", "roleplay", "companion"})
 
 
-def rule_label(messages: Sequence[Mapping[str, Any]], rules: Sequence[Rule] = RULES) -> RuleMatch | None:
+def rule_label(
+    messages: Sequence[Mapping[str, Any]], rules: Sequence[Rule] = RULES
+) -> RuleMatch | None:
     """The task type the rules agree on for one request, or None when none or several match."""
     system_raw, user_raw, _, history = split_messages(messages)
     user = normalize(user_raw[:4000])

@@ -165,7 +165,10 @@ def train_classifier(
     classes = tuple(str(c) for c in pipeline.classes_)
     predicted = [classes[j] for j in proba.argmax(axis=1)]
     evaluation = evaluate(
-        [y[i] for i in test_idx], predicted, proba.max(axis=1), classes=taxonomy.names,
+        [y[i] for i in test_idx],
+        predicted,
+        proba.max(axis=1),
+        classes=taxonomy.names,
         not_evaluated=rare,
     )
     return TrainedClassifier(
