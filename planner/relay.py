@@ -300,10 +300,6 @@ def run_coroutine(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         raise failure[0]
 
 
-class _Stop(Exception):
-    """Internal: the candidate must stop (auth)."""
-
-
 class RelayBackend:
     """One relay candidate: an OpenAI-compatible endpoint with its prices and limits.
 
