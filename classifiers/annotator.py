@@ -56,7 +56,10 @@ def parse_label(answer: object, taxonomy: Taxonomy) -> str | None:
     """The task type an answer names, or None unless it is exactly one taxonomy name."""
     if not isinstance(answer, str):
         return None
-    text = answer.strip().strip("`\"'").strip().removesuffix(".").strip().lower()
+    text = answer
+    for _ in range(2):  # `code`. and "code." alike
+        text = text.strip().removesuffix(".").strip().strip("`\"'")
+    text = text.strip().lower()
     return text if text in taxonomy.names else None
 
 

@@ -250,6 +250,8 @@ def structural_markers(system: str, user: str, users: int, history: bool) -> lis
 def given_context_chars(user: str, quoted: re.Match[str] | None = None) -> int:
     """How much text the user hands in beside the instruction: the longest of a quoted span,
     everything after the first line, or everything after a colon in the first 200 characters."""
+    if quoted is None:
+        quoted = _QUOTED.search(user[:_SCAN_CHARS])
     text = user.strip()
     best = len(quoted.group()) - 2 if quoted else 0
     first, _, rest = text.partition("\n")

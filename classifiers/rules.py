@@ -58,6 +58,12 @@ RULES: tuple[Rule, ...] = (
         r"^(?:please )?(?:translate|traduce|traduis|traduza|traduci|übersetze|переведи)\b|^(?:翻译|請翻譯|请翻译)",
     ),
     _rule(
+        "translate_into",
+        "rewrite",
+        "all",
+        r"\btranslate (?:it|this|them|that|the \w+) (?:in)?to [a-z]+",
+    ),
+    _rule(
         "rewrite",
         "rewrite",
         "start",

@@ -1,7 +1,215 @@
-"""`migration-planner classify ...`: Train, evaluate and run the task-type classifier."""
+"""`migration-planner classify ...`: Train, evaluate and run the task-type classifier.
+
+The commands call the stage functions directly (a Prefect server start would cost more than the
+job); ``classify_flow`` wraps the same functions as flows for the demo and the nightly run.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from classifiers import LABEL_CHOICES, load_taxonomy
+from flows.classify_flow import (
+    annotator_from_settings,
+    default_model_dir,
+    evaluate_file,
+    predict_one,
+    predict_warehouse,
+    relay_completion,
+    train_from_warehouse,
+)
+from flows.cli_common import (
+    ConfigOption,
+    JsonOption,
+    UserError,
+    print_json,
+    progress,
+    settings_from,
+    warehouse_path,
+)
 from flows.cli_common import new_app
+from warehouse.connection import open_warehouse
 
 app = new_app("Train, evaluate and run the task-type classifier.")
+
+WarehouseOption = typer.Option(
+    None, "--warehouse", "-w", show_default=False,
+    help="DuckDB warehouse file (default: [warehouse] path in planner.toml, else ./planner.duckdb).",
+)
+ModelDirOption = typer.Option(
+    None, "--model-dir", "-m", show_default=False,
+    help="Classifier folder (classifier.onnx + model_card.json); default: classifier/ beside "
+    "the warehouse file.",
+)
+TaxonomyOption = typer.Option(
+    None, "--taxonomy", show_default=False,
+    help="A JSON or TOML taxonomy file replacing the built-in task types.",
+)
+
+
+def _model_dir(model_dir: Path | None, warehouse: Path) -> Path:
+    return model_dir if model_dir is not None else default_model_dir(warehouse)
+
+
+def _per_class_table(title: str, per_class: dict[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    for col in ("task type", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "task type" else "right")
+    for name, row in per_class.items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    return table
+
+
+def _confusion_table(confusion: dict[str, Any]) -> Table:
+    labels = confusion["labels"]
+    table = Table(title="Confusion (rows: true, columns: predicted)", title_justify="left",
+                  show_edge=False, header_style="bold")
+    table.add_column("")
+    for label in labels:
+        table.add_column(label[:8], justify="right")
+    for label, row in zip(labels, confusion["matrix"], strict=True):
+        table.add_row(label, *(str(v) if v else "·" for v in row))
+    return table
+
+
+@app.command()
+def train(
+    labels: str = typer.Option(
+        "all", "--labels", "-l",
+        help="Label sources: metadata (human labels logged with requests), rules (heuristics), "
+        "relay (the LLM annotator), all (human + relay; rules only when neither exists).",
+    ),
+    warehouse: Path | None = WarehouseOption,
+    config: Path | None = ConfigOption,
+    model_dir: Path | None = ModelDirOption,
+    taxonomy: Path | None = TaxonomyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Label, train (held-out evaluation), export to ONNX (parity-checked) and save the model."""
+    if labels not in LABEL_CHOICES:
+        raise UserError(f"--labels must be one of {', '.join(LABEL_CHOICES)}; got {labels!r}")
+    settings = settings_from(config)
+    path = warehouse_path(settings, warehouse)
+    folder = _model_dir(model_dir, path)
+    tax = load_taxonomy(taxonomy)
+    annotator = annotator_from_settings(settings) if labels in ("relay", "all") else None
+    con = open_warehouse(path, create=False)
+    try:
+        with httpx.Client() as client:
+            complete = None
+            if annotator is not None:
+                cand = settings.candidate(settings.classifier.annotator or "")
+                complete = relay_completion(client, annotator.base_url, annotator.model,
+                                            api_key=cand.api_key(), timeout_s=annotator.timeout_s)
+            summary = train_from_warehouse(
+                con, folder, use=labels, taxonomy=tax, annotator=annotator, complete=complete,
+                confidence_threshold=settings.classifier.confidence_threshold, progress=progress,
+            )
+    finally:
+        con.close()
+    if as_json:
+        print_json(summary)
+        return
+    console = Console()
+    console.print(f"Classifier {summary['classifier_version']} saved in {summary['model_dir']}")
+    sources = ", ".join(f"{k}: {v}" for k, v in summary["label_sources"].items())
+    console.print(f"Labels by source: {sources}" + ("  (rules bootstrap)" if summary["rules_bootstrap"] else ""))
+    console.print(
+        f"Held-out: macro-F1 {summary['macro_f1']:.3f}, accuracy {summary['accuracy']:.3f}, "
+        f"ECE {summary['ece']:.3f} on {summary['held_out_rows']} rows"
+    )
+    console.print(_per_class_table("Per task type (held out)", summary["per_class"]))
+    for note in summary["warnings"]:
+        console.print(f"note: {note}")
+
+
+@app.command()
+def predict(
+    text: str | None = typer.Option(None, "--text", "-t", show_default=False,
+                                    help="Classify this one prompt instead of the warehouse."),
+    warehouse: Path | None = WarehouseOption,
+    config: Path | None = ConfigOption,
+    model_dir: Path | None = ModelDirOption,
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, show_default=False,
+        help="Confidence below which a prediction is uncertain (default: the model card's).",
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Predict the task type of every request in the warehouse (or of one --text) through ONNX."""
+    settings = settings_from(config)
+    path = warehouse_path(settings, warehouse)
+    folder = _model_dir(model_dir, path)
+    if text is not None:
+        result = predict_one(folder, text)
+        if as_json:
+            print_json(result)
+        else:
+            flag = " (uncertain)" if result["uncertain"] else ""
+            typer.echo(f"{result['task_type']}  confidence {result['confidence']:.3f}{flag}")
+        return
+    con = open_warehouse(path, create=False)
+    try:
+        summary = predict_warehouse(con, folder, threshold=threshold, progress=progress)
+    finally:
+        con.close()
+    if as_json:
+        print_json(summary)
+        return
+    console = Console()
+    console.print(
+        f"Prediction run {summary['run']}: {summary['rows']} requests in {summary['seconds']} s "
+        f"({summary['rows_per_s']} rows/s), {summary['uncertain']} uncertain "
+        f"(< {summary['confidence_threshold']})"
+    )
+    table = Table(title="Task mix", title_justify="left", show_edge=False, header_style="bold")
+    table.add_column("task type")
+    table.add_column("requests", justify="right")
+    table.add_column("share", justify="right")
+    total = max(summary["rows"], 1)
+    for name, n in summary["task_mix"].items():
+        table.add_row(name, str(n), f"{n / total:.1%}")
+    console.print(table)
+    drift = summary["drift"]
+    if drift is None:
+        console.print("Drift: first prediction run, nothing to compare with.")
+    else:
+        console.print(
+            f"Drift against {drift['previous_run']}: task mix PSI {drift['mix_psi']:.3f} "
+            f"({drift['mix_verdict']}), confidence PSI {drift['confidence_psi']:.3f} "
+            f"({drift['confidence_verdict']})"
+        )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    labeled: Path = typer.Option(..., "--labeled", show_default=False,
+                                 help="Chat-log JSONL whose lines carry metadata.task_type."),
+    warehouse: Path | None = WarehouseOption,
+    config: Path | None = ConfigOption,
+    model_dir: Path | None = ModelDirOption,
+    taxonomy: Path | None = TaxonomyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Score the saved classifier on a labeled file: macro-F1, per-class figures, confusion."""
+    settings = settings_from(config)
+    folder = _model_dir(model_dir, warehouse_path(settings, warehouse))
+    result = evaluate_file(folder, labeled, load_taxonomy(taxonomy))
+    if as_json:
+        print_json(result)
+        return
+    console = Console()
+    console.print(f"{result['file']}: macro-F1 {result['macro_f1']:.3f}, accuracy "
+                  f"{result['accuracy']:.3f} on {result['rows']} requests, ECE "
+                  f"{result['calibration']['ece']:.3f}")
+    for reason, info in result["skipped"].items():
+        console.print(f"skipped {info['lines']} lines ({reason}; first: {info['first_lines']})")
+    console.print(_per_class_table("Per task type", result["per_class"]))
+    console.print(_confusion_table(result["confusion"]))

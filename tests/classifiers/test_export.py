@@ -1,0 +1,83 @@
+"""ONNX export parity: labels identical, probabilities within 1e-4, Unicode text included."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from classifiers import (
+    UNICODE_PROBES,
+    ExportParityError,
+    check_parity,
+    export_onnx,
+    load_taxonomy,
+    onnx_session,
+    request_text,
+    run_onnx,
+    train_classifier,
+)
+from classifiers.training import TrainedClassifier
+from warehouse.synthetic import generate_records, true_task_type
+
+ACCENTED_AND_CJK = [
+    "Résumez ce paragraphe, s'il vous plaît : « Le café était déjà froid à Genève. »",
+    "Übersetze ins Englische: „Die Straße ist nass und der Bäcker hat geschlossen.“",
+    "¿Cuántos años tenía Cervantes cuando publicó el Quijote? Piensa paso a paso.",
+    "请把下面的句子翻译成英文：我们明天在上海开会。",
+    "この文章を要約してください：東京タワーは1958年に完成した。",
+    "한국어 리뷰를 분류하세요: 배송이 빨라요!",
+    "Напиши функцию на Python, которая сортирует список.",
+    "Naïve façade coöperation — ﬁnancial ǅ İ ß ΣΊΣΥΦΟΣ 😀👍🏽",
+]
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainedClassifier:
+    recs = generate_records(1200, 9)
+    return train_classifier([r["request"]["messages"] for r in recs],
+                            [true_task_type(r) for r in recs], taxonomy=load_taxonomy())
+
+
+def test_parity_on_the_evaluation_set_and_on_accented_and_cjk_text(trained: TrainedClassifier) -> None:
+    model = export_onnx(trained.pipeline)
+    texts = trained.test_texts + [request_text([{"role": "user", "content": t}]) for t in ACCENTED_AND_CJK]
+    report = check_parity(trained.pipeline, model, texts)
+    assert report.labels_equal
+    assert report.rows == len(texts) + len(UNICODE_PROBES)
+    assert report.max_abs_diff < 1e-4
+    labels, proba = run_onnx(onnx_session(model), texts)
+    assert labels == [str(x) for x in trained.pipeline.predict(texts)]
+    np.testing.assert_allclose(proba, trained.pipeline.predict_proba(texts), atol=1e-4)
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_the_model_takes_one_string_and_gives_label_and_probabilities(trained: TrainedClassifier) -> None:
+    model = onnx.load_from_string(export_onnx(trained.pipeline))
+    assert [i.name for i in model.graph.input] == ["text"]
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.STRING
+    assert [o.name for o in model.graph.output] == ["label", "probabilities"]
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["classes"].split(",") == list(trained.classes)
+
+
+def test_a_tampered_export_fails_parity_with_the_rows_that_differ(trained: TrainedClassifier) -> None:
+    model = onnx.load_from_string(export_onnx(trained.pipeline))
+    for init in model.graph.initializer:
+        if init.name == "words_w":  # the word view's weights: flip them
+            init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init) * 5, "words_w"))
+    with pytest.raises(ExportParityError) as info:
+        check_parity(trained.pipeline, model.SerializeToString(), trained.test_texts[:50])
+    assert info.value.rows and all(0 <= r < 50 + len(UNICODE_PROBES) for r in info.value.rows)
+    assert info.value.details[0]["max_abs_diff"] > 1e-4
+    assert "export refused" in str(info.value)
+
+
+def test_binary_classifier_exports_too() -> None:
+    reqs = [[{"role": "user", "content": f"Translate to French: item {i} please"}] for i in range(12)]
+    reqs += [[{"role": "user", "content": f"Write a Python function number {i}"}] for i in range(12)]
+    trained = train_classifier(reqs, ["rewrite"] * 12 + ["code"] * 12, taxonomy=load_taxonomy())
+    model = export_onnx(trained.pipeline)
+    report = check_parity(trained.pipeline, model, trained.test_texts)
+    assert report.labels_equal and report.max_abs_diff < 1e-4
