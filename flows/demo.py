@@ -1,12 +1,20 @@
 """``migration-planner demo``: the whole job on built-in data, offline, through Prefect.
 
 It writes a realistic synthetic log set (chat-log with multi-turn conversations, failed calls and a
-few malformed lines, plus an OpenAI batch input/output pair), then runs the stages on it and
-writes ``out/<run-id>/``.
+few malformed lines, plus an OpenAI batch input/output pair), ingests it, trains and runs the
+task-type classifier, replays a sample through the committed demo edge models and through a
+"relay" played by the project's own OpenAI-compatible model server on 127.0.0.1 (with injected
+429s and 503s, so retries show), then scores, decides and writes ``out/<run-id>/``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +24,9 @@ from flows.runs import new_run_id, run_folder
 from flows.warehouse_flow import ingest_task, profile_task, rejects_task
 from planner.profile_page import write_profile
 from warehouse.synthetic import write_chat_log, write_openai_batch
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+RELAY_KEY_ENV = "DEMO_RELAY_API_KEY"
 
 
 @task(name="write-demo-logs")
@@ -46,31 +57,140 @@ def render_profile_task(
     )
 
 
+def demo_models(root: Path = MODELS) -> list[Path]:
+    """Every onnxruntime-genai folder under ``models/`` (committed, built by `make demo-models`)."""
+    return sorted(p.parent for p in root.glob("*/*/genai_config.json"))
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def write_demo_config(
+    workdir: Path, local: list[Path], relay_url: str | None, relay_model: str
+) -> Path:
+    """The demo's planner.toml: the edge models as local candidates, the relay as a cheap cloud."""
+    lines = [
+        "# Written by `migration-planner demo`.",
+        "[warehouse]",
+        f"path = {_toml_str(str(workdir / 'planner.duckdb'))}",
+        "",
+        "[baseline]",
+        'model = "gpt-4.1"',
+        "",
+        "[objectives]",
+        "quality_floor = 0.9",
+        "p95_latency_ms = 4000",
+        'device = "snapdragon-8-gen-3"',
+        "",
+        "[replay]",
+        "per_type = 12",
+        "uncertain = 4",
+        "seed = 0",
+        "max_cost_usd = 1.0",
+        "max_new_tokens = 64",
+        "",
+        "[output]",
+        f"dir = {_toml_str(str(workdir / 'out'))}",
+    ]
+    for folder in local:
+        lines += [
+            "",
+            "[[candidates]]",
+            f"name = {_toml_str(folder.parent.name + '-' + folder.name)}",
+            'kind = "local"',
+            f"path = {_toml_str(str(folder))}",
+        ]
+    if relay_url:
+        lines += [
+            "",
+            "[[candidates]]",
+            'name = "relay-demo"',
+            'kind = "relay"',
+            f"base_url = {_toml_str(relay_url)}",
+            f"model = {_toml_str(relay_model)}",
+            f'api_key_env = "{RELAY_KEY_ENV}"',
+            "price_in = 0.28",
+            "price_out = 0.42",
+            "rpm = 600",
+            "max_concurrency = 4",
+            "timeout_s = 30",
+            "max_retries = 5",
+        ]
+    path = workdir / "planner.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@contextmanager
+def demo_relay(model_dir: Path | None) -> Iterator[tuple[str, str]]:
+    """The project's model server on 127.0.0.1 playing a relay: a bigger demo model (or the echo
+    engine when no model is built), a key it requires, and some 429s and 503s."""
+    from planner.model_server import EchoEngine, FaultConfig, LocalEngine, ServerThread, create_app
+
+    key = secrets.token_urlsafe(16)
+    os.environ[RELAY_KEY_ENV] = key  # the config names the variable; the key is never written
+    engine: Any = LocalEngine(model_dir, model_name="relay-demo") if model_dir else EchoEngine()
+    faults = FaultConfig(rate_429=0.08, retry_after_s=0.2, rate_503=0.05, seed=7)
+    with ServerThread(create_app(engine, faults, api_key=key)) as server:
+        yield server.base_url, engine.model_name
+
+
 @flow(name="migration-planner-demo")
 def demo_flow(
     workdir: str = ".demo", out_dir: str = "out", n_requests: int = 3000, seed: int = 0
 ) -> dict[str, Any]:
-    """Generate → ingest → profile → render. Returns the run id and the paths written."""
-    warehouse = str(Path(workdir) / "planner.duckdb")
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    logs = write_demo_logs(workdir, n_requests, seed)
+    """Generate → ingest → classify → replay → plan. Returns the run id and the paths written."""
+    from flows.classify_flow import classify_flow
+    from flows.plan_flow import plan_flow
+    from flows.replay_flow import replay_flow
+
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    warehouse = str(work / "planner.duckdb")
+    for stale in (work / "planner.duckdb", work / "planner.duckdb.wal"):
+        stale.unlink(missing_ok=True)  # the demo starts from nothing, so every run shows the same
+    logs = write_demo_logs(str(work), n_requests, seed)
     chat = ingest_task(warehouse, [logs["chat_log"]])
     batch = ingest_task(warehouse, [logs["batch_input"]], "openai-batch", logs["batch_output"])
-    ingest = {
-        k: chat[k] + batch[k]
-        for k in ("lines_read", "loaded", "duplicates", "rejected", "blank", "joined")
-    }
-    ingest["files"] = chat["files"] + batch["files"]
+    counts = ("lines_read", "loaded", "duplicates", "rejected", "blank", "joined")
+    ingest: dict[str, Any] = {k: chat[k] + batch[k] for k in counts}
     ingest["rejects"] = rejects_task(warehouse, limit=20)
+
+    classifier_dir = work / "classifier"
+    shutil.rmtree(classifier_dir, ignore_errors=True)
+    classified = classify_flow(warehouse, model_dir=str(classifier_dir))
+
+    models = demo_models()
+    relay_model = next((m for m in models if m.parent.name == "edge-base" and m.name == "fp32"), None)
+    local = [m for m in models if m != relay_model]
+    with demo_relay(relay_model) as (relay_url, relay_name):
+        config = write_demo_config(work, local, relay_url, relay_name)
+        replayed = replay_flow(config_path=str(config), warehouse_path=warehouse)
+
     profile = profile_task(warehouse)
     run_id = new_run_id()
-    with run_folder(Path(out_dir), run_id) as scratch:
-        render_profile_task(str(scratch / "profile.html"), profile, ingest)
-    run_dir = Path(out_dir) / run_id
+    out = Path(out_dir)
+    with run_folder(out, run_id) as scratch:
+        planned = plan_flow(
+            config_path=str(config),
+            out_dir=str(scratch),
+            warehouse_path=warehouse,
+            classifier_path=str(classifier_dir / "classifier.onnx"),
+        )
+        render_profile_task(
+            str(scratch / "profile.html"), profile, ingest, classified.get("page")
+        )
+    run_dir = out / run_id
     return {
         "run_id": run_id,
         "run_dir": str(run_dir),
         "warehouse": warehouse,
+        "config": str(config),
+        "plan_html": str(run_dir / "plan.html"),
         "profile_html": str(run_dir / "profile.html"),
-        "ingest": {k: v for k, v in ingest.items() if k not in ("files", "rejects")},
+        "ingest": {k: ingest[k] for k in counts},
+        "classifier": {k: v for k, v in classified.items() if k != "page"},
+        "replay": replayed,
+        "verdict": planned.get("verdict"),
     }
