@@ -132,8 +132,11 @@ def demo_relay(model_dir: Path | None) -> Iterator[tuple[str, str]]:
     os.environ[RELAY_KEY_ENV] = key  # the config names the variable; the key is never written
     engine: Any = LocalEngine(model_dir, model_name="relay-demo") if model_dir else EchoEngine()
     faults = FaultConfig(rate_429=0.08, retry_after_s=0.2, rate_503=0.05, seed=7)
-    with ServerThread(create_app(engine, faults, api_key=key)) as server:
-        yield server.base_url, engine.model_name
+    try:
+        with ServerThread(create_app(engine, faults, api_key=key)) as server:
+            yield server.base_url, engine.model_name
+    finally:
+        os.environ.pop(RELAY_KEY_ENV, None)
 
 
 @flow(name="migration-planner-demo")
@@ -162,7 +165,9 @@ def demo_flow(
     classified = classify_flow(warehouse, model_dir=str(classifier_dir))
 
     models = demo_models()
-    relay_model = next((m for m in models if m.parent.name == "edge-base" and m.name == "fp32"), None)
+    relay_model = next(
+        (m for m in models if m.parent.name == "edge-base" and m.name == "fp32"), None
+    )
     local = [m for m in models if m != relay_model]
     with demo_relay(relay_model) as (relay_url, relay_name):
         config = write_demo_config(work, local, relay_url, relay_name)
@@ -178,9 +183,7 @@ def demo_flow(
             warehouse_path=warehouse,
             classifier_path=str(classifier_dir / "classifier.onnx"),
         )
-        render_profile_task(
-            str(scratch / "profile.html"), profile, ingest, classified.get("page")
-        )
+        render_profile_task(str(scratch / "profile.html"), profile, ingest, classified.get("page"))
     run_dir = out / run_id
     return {
         "run_id": run_id,

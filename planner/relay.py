@@ -44,6 +44,7 @@ from pydantic import SecretStr
 from planner.backends import ReplayRequest, ReplayResult
 from planner.errors import AuthError, BudgetExceeded, CircuitOpenError
 from planner.ratelimit import CircuitBreaker, CostBudget, SlidingWindowLimiter
+from planner.redact import redact
 
 # error kinds retried within a run (after backoff) and counted by the circuit breaker
 RETRIED_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection"})
@@ -160,7 +161,8 @@ def _error_text(response: httpx.Response) -> str:
             message = response.text
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
         message = response.text
-    return " ".join(message.split())[:_ERROR_TEXT_CHARS]
+    # Some gateways echo the request (and its key) in errors: redact before it is stored or logged.
+    return redact(" ".join(message.split()))[:_ERROR_TEXT_CHARS]
 
 
 def _failure_for_status(response: httpx.Response) -> _Failure:

@@ -9,11 +9,21 @@ candidate names the environment variable that holds its key (``api_key_env``) an
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -71,6 +81,30 @@ class CandidateSettings(_Section):
     threads: int | None = Field(
         None, gt=0, description="local: intra-op threads (default: all cores)."
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | None) -> str | None:
+        """A URL is copied into routing configs and logs: it must not carry a secret."""
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://relay.example/v1")
+        if "@" in parts.netloc or parts.query:
+            raise ValueError(
+                "must not carry credentials or a query string; name the key's environment "
+                "variable in api_key_env instead"
+            )
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            # never echo the value: it may be the key itself, pasted by mistake
+            raise ValueError("must be the NAME of an environment variable (letters, digits, _)")
+        return value
 
     @model_validator(mode="after")
     def _check_kind(self) -> CandidateSettings:

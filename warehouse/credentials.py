@@ -10,7 +10,7 @@ REDACTED = "[REDACTED]"
 
 # Keys whose string values are credentials, wherever they appear in a JSON object.
 _KEYS = (
-    r"(?:x-)?api[_-]?key|(?:proxy-)?authorization|access[_-]?token|refresh[_-]?token|"
+    r"(?:x-)?api[_-]?key|(?:proxy-)?authorization|auth|access[_-]?token|refresh[_-]?token|"
     r"session[_-]?token|id[_-]?token|(?:client[_-]?)?secret|password|cookie|set-cookie"
 )
 # RE2 (DuckDB) and Python re both accept this pattern; group 1 is the key.
