@@ -55,7 +55,8 @@ def verdict(value: float) -> str:
 
 
 def compare_runs(previous: RunDistribution, current: RunDistribution) -> dict[str, Any]:
-    """The change from ``previous`` to ``current``: task mix and confidence, per type and overall."""
+    """The change from ``previous`` to ``current``: task mix and confidence, per type and
+    overall."""
     before, after = shares(previous.mix), shares(current.mix)
     mix_terms = psi_terms(before, after)
     mix_psi = sum(mix_terms.values())

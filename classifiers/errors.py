@@ -1,12 +1,12 @@
 """Errors raised by the classifiers package.
 
-ClassifierError                 root: anything the classifier cannot do
-├── TaxonomyError               a label outside the taxonomy, or a malformed taxonomy file (names file/field)
-├── TrainingError               too few labels / classes to train or evaluate (says how many there are)
-├── ExportParityError           the ONNX export disagrees with scikit-learn (carries the rows)
-├── ModelLoadError              a classifier folder or file is missing or unreadable (names the path)
-└── AnnotatorError              one annotation call failed (``kind``: timeout, http, transport);
-                                counted by the annotator, never raised out of a labeling run
+ClassifierError         root: anything the classifier cannot do
+├── TaxonomyError       a label outside the taxonomy, or a malformed taxonomy file (file, field)
+├── TrainingError       too few labels / classes to train or evaluate (says how many there are)
+├── ExportParityError   the ONNX export disagrees with scikit-learn (carries the rows)
+├── ModelLoadError      a classifier folder or file is missing or unreadable (names the path)
+└── AnnotatorError      one annotation call failed (``kind``: timeout, http, transport);
+                        counted by the annotator, never raised out of a labeling run
 
 Errors carry their context as attributes so the CLI can print one clear line.
 """

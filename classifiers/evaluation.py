@@ -33,7 +33,8 @@ class Evaluation:
 
 
 def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
-    """Expected calibration error: the count-weighted gap between confidence and accuracy per bin."""
+    """Expected calibration error: the count-weighted gap between confidence and accuracy, per
+    equal-width confidence bin."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     out: list[dict[str, float | int]] = []
     ece = 0.0

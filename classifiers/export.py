@@ -86,7 +86,7 @@ def _pool(vectorizer: TfidfVectorizer) -> tuple[list[str], list[int], list[int],
 def _view_nodes(
     name: str, vectorizer: TfidfVectorizer, coef: np.ndarray, weight: float
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
-    """Nodes computing one view's contribution to the logits; returns (nodes, initializers, output)."""
+    """Nodes computing one view's contribution to the logits: (nodes, initializers, output)."""
     pattern = "." if vectorizer.analyzer == "char" else vectorizer.token_pattern
     pool, counts, indexes, min_n, max_n = _pool(vectorizer)
     idf = vectorizer.idf_.astype(np.float32)
@@ -148,9 +148,7 @@ def export_onnx(
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
         numpy_helper.from_array(np.array(1e-12, dtype=np.float32), "eps"),
         numpy_helper.from_array(intercept.astype(np.float32), "intercept"),
-        helper.make_tensor(
-            "classes", TensorProto.STRING, [len(classes)], [c.encode() for c in classes]
-        ),
+        numpy_helper.from_array(np.array([c.encode() for c in classes], dtype=object), "classes"),
     ]
     offset = 0
     partials: list[str] = []

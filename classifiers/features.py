@@ -126,6 +126,7 @@ class Lexicon:
         self._phrases: dict[str, list[tuple[str, re.Pattern[str], int]]] = {}
         self._loose: list[tuple[str, re.Pattern[str], int]] = []  # phrases not starting a word
         self._cjk: list[tuple[str, int]] = []
+        self._seen: dict[str, tuple[int, tuple[tuple[str, re.Pattern[str], int], ...]]] = {}
         for i, name in enumerate(self.families):
             bit = 1 << i
             for raw in families[name]:
@@ -155,16 +156,26 @@ class Lexicon:
         """The family's entries as plain text (prefix stars removed)."""
         return self._entries.get(family, ())
 
-    def match(self, text: str) -> list[str]:
-        """The families with an entry in ``text`` (already normalized), in lexicon order."""
-        bits = 0
-        words = set(_WORD.findall(text))
-        for word in words:
-            bits |= self._words.get(word, 0)
+    def _word(self, word: str) -> tuple[int, tuple[tuple[str, re.Pattern[str], int], ...]]:
+        """(families the word alone names, phrases starting with it), memoized per word."""
+        info = self._seen.get(word)
+        if info is None:
+            bits = self._words.get(word, 0)
             for prefix, bit in self._prefixes.get(word[:2], ()):
                 if word.startswith(prefix):
                     bits |= bit
-            for literal, pattern, bit in self._phrases.get(word, ()):
+            info = (bits, tuple(self._phrases.get(word, ())))
+            if len(self._seen) < 500_000:
+                self._seen[word] = info
+        return info
+
+    def match(self, text: str) -> list[str]:
+        """The families with an entry in ``text`` (already normalized), in lexicon order."""
+        bits = 0
+        for word in set(_WORD.findall(text)):
+            word_bits, phrases = self._word(word)
+            bits |= word_bits
+            for literal, pattern, bit in phrases:
                 if not bits & bit and literal in text and pattern.search(text):
                     bits |= bit
         for literal, pattern, bit in self._loose:

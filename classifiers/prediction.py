@@ -62,7 +62,7 @@ class TaskClassifier:
     def predict_texts(
         self, texts: Sequence[str], *, threshold: float | None = None, batch_size: int = 2048
     ) -> PredictedBatch:
-        """Task type, confidence (max probability) and uncertain flag of ``request_text`` strings."""
+        """Task type, confidence (max probability) and uncertain flag of request texts."""
         cut = self.threshold if threshold is None else threshold
         chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
         if self.threads > 1 and len(chunks) > 1:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from classifiers.features import split_messages, normalize
+from classifiers.features import normalize, split_messages
 
 Part = Literal["start", "system", "all"]
 
@@ -37,25 +37,65 @@ def _rule(name: str, task_type: str, part: Part, pattern: str) -> Rule:
     return Rule(name, task_type, part, re.compile(pattern))
 
 
+def _any(*alternatives: str) -> str:
+    """A non-capturing group of regular-expression alternatives."""
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+_PLEASE = r"^(?:please )?"
+_LANGS = _any(
+    "python",
+    "javascript",
+    "typescript",
+    "java",
+    "go",
+    "rust",
+    r"c\+\+",
+    "c#",
+    "sql",
+    "bash",
+    "shell",
+    "regex",
+    "function",
+    "script",
+    "class",
+    "method",
+    "query",
+    "unit tests?",
+)
+_FEW = _any(r"\d+", "some", "a few", "ten", "five", "three")
+
 RULES: tuple[Rule, ...] = (
     _rule(
         "code_fence",
         "code",
         "all",
-        r"```|\b(?:traceback \(most recent call last\)|syntaxerror|typeerror|nullpointerexception)",
+        r"```|\b"
+        + _any(
+            r"traceback \(most recent call last\)",
+            "syntaxerror",
+            "typeerror",
+            "nullpointerexception",
+        ),
     ),
     _rule(
         "code_request",
         "code",
         "start",
-        r"^(?:please )?(?:write|implement|create|fix|debug|refactor|optimi[sz]e) (?:a |an |the |this |my )?"
-        r"(?:python|javascript|typescript|java|go|rust|c\+\+|c#|sql|bash|shell|regex|function|script|class|method|query|unit tests?)\b",
+        _PLEASE
+        + _any("write", "implement", "create", "fix", "debug", "refactor", "optimi[sz]e")
+        + r" (?:a |an |the |this |my )?"
+        + _LANGS
+        + r"\b",
     ),
     _rule(
         "translate",
         "rewrite",
         "start",
-        r"^(?:please )?(?:translate|traduce|traduis|traduza|traduci|übersetze|переведи)\b|^(?:翻译|請翻譯|请翻译)",
+        _PLEASE
+        + _any("translate", "traduce", "traduis", "traduza", "traduci", "übersetze", "переведи")
+        + r"\b|^"
+        + _any("翻译", "請翻譯", "请翻译"),
     ),
     _rule(
         "translate_into",
@@ -67,41 +107,80 @@ RULES: tuple[Rule, ...] = (
         "rewrite",
         "rewrite",
         "start",
-        r"^(?:please )?(?:rewrite|rephrase|paraphrase|reword|proofread|fix the (?:grammar|spelling|typos)|"
-        r"make (?:this|it) (?:more|less|sound)|reescribe|reformule|umformulieren|schreibe .{0,20}um)\b",
+        _PLEASE
+        + _any(
+            "rewrite",
+            "rephrase",
+            "paraphrase",
+            "reword",
+            "proofread",
+            "fix the (?:grammar|spelling|typos)",
+            "make (?:this|it) (?:more|less|sound)",
+            "reescribe",
+            "reformule",
+            "umformulieren",
+            "schreibe .{0,20}um",
+        )
+        + r"\b",
     ),
     _rule(
         "summarize",
         "summarization",
         "start",
-        r"^(?:please )?(?:summari[sz]e|sum up|tl;?dr|give me a (?:short |brief )?summary|resume|résume|resuma|"
-        r"fasse .{0,30}zusammen|riassumi)\b|^(?:总结|概括|要約)",
+        _PLEASE
+        + _any(
+            "summari[sz]e",
+            "sum up",
+            "tl;?dr",
+            "give me a (?:short |brief )?summary",
+            "resume",
+            "résume",
+            "resuma",
+            "fasse .{0,30}zusammen",
+            "riassumi",
+        )
+        + r"\b|^"
+        + _any("总结", "概括", "要約"),
     ),
     _rule(
         "summarize_tail",
         "summarization",
         "all",
-        r"(?:\btl;?dr:?|summary:|summari[sz]e (?:this|the above)\.?)$",
+        _any(r"\btl;?dr:?", "summary:", r"summari[sz]e (?:this|the above)\.?") + "$",
     ),
     _rule(
         "context_question",
         "closed_qa",
         "all",
-        r"\b(?:context|passage|document|article|text|contexto|contexte|kontext)\s?:.{20,}\bquestion\s?:",
+        r"\b"
+        + _any(
+            "context", "passage", "document", "article", "text", "contexto", "contexte", "kontext"
+        )
+        + r"\s?:.{20,}\bquestion\s?:",
     ),
     _rule(
         "answer_from_text",
         "closed_qa",
         "all",
-        r"\b(?:according to|based on|using only) the (?:passage|text|article|context|document|paragraph)s?\b"
-        r"(?! above, (?:write|summari))",
+        r"\b(?:according to|based on|using only) the "
+        + _any("passage", "text", "article", "context", "document", "paragraph")
+        + r"s?\b(?! above, (?:write|summari))",
     ),
     _rule(
         "extract",
         "extraction",
         "start",
-        r"^(?:please )?(?:extract|pull out|list all (?:the )?(?:names|dates|emails|entities|people|companies)|"
-        r"find all (?:the )?(?:names|dates|emails|entities)|extrae|extrais|extrahiere)\b",
+        _PLEASE
+        + _any(
+            "extract",
+            "pull out",
+            "list all (?:the )?(?:names|dates|emails|entities|people|companies)",
+            "find all (?:the )?(?:names|dates|emails|entities)",
+            "extrae",
+            "extrais",
+            "extrahiere",
+        )
+        + r"\b",
     ),
     _rule(
         "extract_system",
@@ -113,8 +192,9 @@ RULES: tuple[Rule, ...] = (
         "classify",
         "classification",
         "start",
-        r"^(?:please )?(?:classify|categori[sz]e|label|tag) (?:this|the|each|following|these)\b|"
-        r"^is (?:this|the following) (?:email|message|review|comment|text) (?:spam|positive|negative|toxic)",
+        _PLEASE + r"(?:classify|categori[sz]e|label|tag) (?:this|the|each|following|these)\b"
+        r"|^is (?:this|the following) (?:email|message|review|comment|text) "
+        r"(?:spam|positive|negative|toxic)",
     ),
     _rule(
         "classify_system",
@@ -126,35 +206,73 @@ RULES: tuple[Rule, ...] = (
         "brainstorm",
         "brainstorming",
         "start",
-        r"^(?:please )?(?:brainstorm|give me (?:\d+|some|a few|ten|five|three) (?:\w+ )?(?:ideas|names|suggestions)|"
-        r"list (?:\d+|some|a few|ten|five) (?:\w+ )?ideas|come up with (?:\d+|some|a few|ten|five) )",
+        _PLEASE
+        + _any(
+            "brainstorm",
+            rf"give me {_FEW} (?:\w+ )?(?:ideas|names|suggestions)",
+            rf"list {_FEW} (?:\w+ )?ideas",
+            rf"come up with {_FEW} ",
+        ),
     ),
     _rule(
         "math_steps",
         "reasoning",
         "all",
-        r"\b(?:think|reason|solve it|work it out) step[ -]by[ -]step\b.*\d|\d.*\bstep[ -]by[ -]step\b",
+        r"\b(?:think|reason|solve it|work it out) step[ -]by[ -]step\b.*\d"
+        r"|\d.*\bstep[ -]by[ -]step\b",
     ),
     _rule("solve", "reasoning", "start", r"^(?:solve|calculate|compute|prove that|find x)\b"),
     _rule(
         "creative",
         "text_generation",
         "start",
-        r"^(?:please )?(?:write|compose) (?:me )?(?:a|an) (?:short |funny |sad |rhyming )?"
-        r"(?:poem|story|haiku|limerick|song|sonnet|fairy tale|toast|speech|essay|blog post)\b",
+        _PLEASE
+        + r"(?:write|compose) (?:me )?(?:a|an) (?:short |funny |sad |rhyming )?"
+        + _any(
+            "poem",
+            "story",
+            "haiku",
+            "limerick",
+            "song",
+            "sonnet",
+            "fairy tale",
+            "toast",
+            "speech",
+            "essay",
+            "blog post",
+        )
+        + r"\b",
     ),
     _rule(
         "greeting",
         "chatbot",
         "all",
-        r"^\W*(?:hi|hello|hey|good (?:morning|evening)|hola|salut|bonjour|hallo|ciao)(?: there)?\W*"
-        r"(?:how are you(?: doing)?(?: today)?)?\W*$",
+        r"^\W*"
+        + _any(
+            "hi",
+            "hello",
+            "hey",
+            "good (?:morning|evening)",
+            "hola",
+            "salut",
+            "bonjour",
+            "hallo",
+            "ciao",
+        )
+        + r"(?: there)?\W*(?:how are you(?: doing)?(?: today)?)?\W*$",
     ),
     _rule(
         "roleplay",
         "chatbot",
         "all",
-        r"\b(?:let's role-?play|pretend (?:you are|to be)|stay in character|you are my (?:friend|girlfriend|boyfriend|companion))\b",
+        r"\b"
+        + _any(
+            "let's role-?play",
+            "pretend (?:you are|to be)",
+            "stay in character",
+            "you are my (?:friend|girlfriend|boyfriend|companion)",
+        )
+        + r"\b",
     ),
     _rule(
         "companion",

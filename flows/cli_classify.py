@@ -28,27 +28,36 @@ from flows.cli_common import (
     ConfigOption,
     JsonOption,
     UserError,
+    new_app,
     print_json,
     progress,
     settings_from,
     warehouse_path,
 )
-from flows.cli_common import new_app
 from warehouse.connection import open_warehouse
 
 app = new_app("Train, evaluate and run the task-type classifier.")
 
 WarehouseOption = typer.Option(
-    None, "--warehouse", "-w", show_default=False,
-    help="DuckDB warehouse file (default: [warehouse] path in planner.toml, else ./planner.duckdb).",
+    None,
+    "--warehouse",
+    "-w",
+    show_default=False,
+    help="DuckDB warehouse file (default: [warehouse] path in planner.toml, "
+    "else ./planner.duckdb).",
 )
 ModelDirOption = typer.Option(
-    None, "--model-dir", "-m", show_default=False,
+    None,
+    "--model-dir",
+    "-m",
+    show_default=False,
     help="Classifier folder (classifier.onnx + model_card.json); default: classifier/ beside "
     "the warehouse file.",
 )
 TaxonomyOption = typer.Option(
-    None, "--taxonomy", show_default=False,
+    None,
+    "--taxonomy",
+    show_default=False,
     help="A JSON or TOML taxonomy file replacing the built-in task types.",
 )
 
@@ -62,15 +71,24 @@ def _per_class_table(title: str, per_class: dict[str, Any]) -> Table:
     for col in ("task type", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "task type" else "right")
     for name, row in per_class.items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                      str(row["support"]))
+        table.add_row(
+            name,
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+        )
     return table
 
 
 def _confusion_table(confusion: dict[str, Any]) -> Table:
     labels = confusion["labels"]
-    table = Table(title="Confusion (rows: true, columns: predicted)", title_justify="left",
-                  show_edge=False, header_style="bold")
+    table = Table(
+        title="Confusion (rows: true, columns: predicted)",
+        title_justify="left",
+        show_edge=False,
+        header_style="bold",
+    )
     table.add_column("")
     for label in labels:
         table.add_column(label[:8], justify="right")
@@ -82,7 +100,9 @@ def _confusion_table(confusion: dict[str, Any]) -> Table:
 @app.command()
 def train(
     labels: str = typer.Option(
-        "all", "--labels", "-l",
+        "all",
+        "--labels",
+        "-l",
         help="Label sources: metadata (human labels logged with requests), rules (heuristics), "
         "relay (the LLM annotator), all (human + relay; rules only when neither exists).",
     ),
@@ -106,11 +126,22 @@ def train(
             complete = None
             if annotator is not None:
                 cand = settings.candidate(settings.classifier.annotator or "")
-                complete = relay_completion(client, annotator.base_url, annotator.model,
-                                            api_key=cand.api_key(), timeout_s=annotator.timeout_s)
+                complete = relay_completion(
+                    client,
+                    annotator.base_url,
+                    annotator.model,
+                    api_key=cand.api_key(),
+                    timeout_s=annotator.timeout_s,
+                )
             summary = train_from_warehouse(
-                con, folder, use=labels, taxonomy=tax, annotator=annotator, complete=complete,
-                confidence_threshold=settings.classifier.confidence_threshold, progress=progress,
+                con,
+                folder,
+                use=labels,
+                taxonomy=tax,
+                annotator=annotator,
+                complete=complete,
+                confidence_threshold=settings.classifier.confidence_threshold,
+                progress=progress,
             )
     finally:
         con.close()
@@ -120,7 +151,10 @@ def train(
     console = Console()
     console.print(f"Classifier {summary['classifier_version']} saved in {summary['model_dir']}")
     sources = ", ".join(f"{k}: {v}" for k, v in summary["label_sources"].items())
-    console.print(f"Labels by source: {sources}" + ("  (rules bootstrap)" if summary["rules_bootstrap"] else ""))
+    console.print(
+        f"Labels by source: {sources}"
+        + ("  (rules bootstrap)" if summary["rules_bootstrap"] else "")
+    )
     console.print(
         f"Held-out: macro-F1 {summary['macro_f1']:.3f}, accuracy {summary['accuracy']:.3f}, "
         f"ECE {summary['ece']:.3f} on {summary['held_out_rows']} rows"
@@ -132,13 +166,22 @@ def train(
 
 @app.command()
 def predict(
-    text: str | None = typer.Option(None, "--text", "-t", show_default=False,
-                                    help="Classify this one prompt instead of the warehouse."),
+    text: str | None = typer.Option(
+        None,
+        "--text",
+        "-t",
+        show_default=False,
+        help="Classify this one prompt instead of the warehouse.",
+    ),
     warehouse: Path | None = WarehouseOption,
     config: Path | None = ConfigOption,
     model_dir: Path | None = ModelDirOption,
     threshold: float | None = typer.Option(
-        None, "--threshold", min=0.0, max=1.0, show_default=False,
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        show_default=False,
         help="Confidence below which a prediction is uncertain (default: the model card's).",
     ),
     as_json: bool = JsonOption,
@@ -190,8 +233,12 @@ def predict(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    labeled: Path = typer.Option(..., "--labeled", show_default=False,
-                                 help="Chat-log JSONL whose lines carry metadata.task_type."),
+    labeled: Path = typer.Option(
+        ...,
+        "--labeled",
+        show_default=False,
+        help="Chat-log JSONL whose lines carry metadata.task_type.",
+    ),
     warehouse: Path | None = WarehouseOption,
     config: Path | None = ConfigOption,
     model_dir: Path | None = ModelDirOption,
@@ -206,9 +253,11 @@ def evaluate_cmd(
         print_json(result)
         return
     console = Console()
-    console.print(f"{result['file']}: macro-F1 {result['macro_f1']:.3f}, accuracy "
-                  f"{result['accuracy']:.3f} on {result['rows']} requests, ECE "
-                  f"{result['calibration']['ece']:.3f}")
+    console.print(
+        f"{result['file']}: macro-F1 {result['macro_f1']:.3f}, accuracy "
+        f"{result['accuracy']:.3f} on {result['rows']} requests, ECE "
+        f"{result['calibration']['ece']:.3f}"
+    )
     for reason, info in result["skipped"].items():
         console.print(f"skipped {info['lines']} lines ({reason}; first: {info['first_lines']})")
     console.print(_per_class_table("Per task type", result["per_class"]))

@@ -17,7 +17,9 @@ DATA = Path(__file__).parent / "data"
 CROSSSOURCE = DATA / "crosssource.jsonl"
 
 
-def filled_warehouse(folder: Path, n: int = 1500, seed: int = 1, path: str = ":memory:") -> duckdb.DuckDBPyConnection:
+def filled_warehouse(
+    folder: Path, n: int = 1500, seed: int = 1, path: str = ":memory:"
+) -> duckdb.DuckDBPyConnection:
     log = folder / f"log-{seed}-{n}.jsonl"
     write_chat_log(log, n, seed)
     con = open_warehouse(path)

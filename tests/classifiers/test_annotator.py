@@ -17,7 +17,12 @@ import pytest
 from pydantic import SecretStr
 
 from classifiers import AnnotatorError, annotate, load_taxonomy, parse_label
-from flows.classify_flow import Annotator, annotate_unlabeled, relay_completion, train_from_warehouse
+from flows.classify_flow import (
+    Annotator,
+    annotate_unlabeled,
+    relay_completion,
+    train_from_warehouse,
+)
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
 
@@ -50,12 +55,29 @@ class LabelServer:
                     self.send_response(500)
                     self.end_headers()
                     return
-                answer = ("I believe this is a rewrite task, or possibly code." if kind == "GARBAGE"
-                          else "rewrite" if "translate" in prompt.lower()
-                          else " `Code`." if "python" in prompt.lower() else "chatbot")
-                data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": answer}}]})
+                answer = (
+                    "I believe this is a rewrite task, or possibly code."
+                    if kind == "GARBAGE"
+                    else "rewrite"
+                    if "translate" in prompt.lower()
+                    else " `Code`."
+                    if "python" in prompt.lower()
+                    else "chatbot"
+                )
+                data = json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": answer},
+                            }
+                        ],
+                    }
+                )
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -86,8 +108,13 @@ def server() -> Iterator[LabelServer]:
 def warehouse_of(tmp_path: Path, prompts: list[str]) -> duckdb.DuckDBPyConnection:
     log = tmp_path / "log.jsonl"
     lines = [
-        json.dumps({"id": f"q-{i:03d}", "timestamp": "2026-11-19T08:00:00Z",
-                    "request": {"model": "gpt-4.1", "messages": [{"role": "user", "content": p}]}})
+        json.dumps(
+            {
+                "id": f"q-{i:03d}",
+                "timestamp": "2026-11-19T08:00:00Z",
+                "request": {"model": "gpt-4.1", "messages": [{"role": "user", "content": p}]},
+            }
+        )
         for i, p in enumerate(prompts)
     ]
     log.write_text("\n".join(lines) + "\n")
@@ -97,27 +124,38 @@ def warehouse_of(tmp_path: Path, prompts: list[str]) -> duckdb.DuckDBPyConnectio
 
 
 def annotator(server: LabelServer, max_requests: int = 50) -> Annotator:
-    return Annotator("relay-test:judge", server.base_url, "judge", timeout_s=0.3, max_requests=max_requests)
+    return Annotator(
+        "relay-test:judge", server.base_url, "judge", timeout_s=0.3, max_requests=max_requests
+    )
 
 
-def relabel(con: duckdb.DuckDBPyConnection, server: LabelServer, client: httpx.Client,
-            max_requests: int = 50):  # type: ignore[no-untyped-def]
+def relabel(
+    con: duckdb.DuckDBPyConnection,
+    server: LabelServer,
+    client: httpx.Client,
+    max_requests: int = 50,
+):  # type: ignore[no-untyped-def]
     ann = annotator(server, max_requests)
-    complete = relay_completion(client, ann.base_url, ann.model, api_key=SecretStr("test-key"),
-                                timeout_s=ann.timeout_s)
+    complete = relay_completion(
+        client, ann.base_url, ann.model, api_key=SecretStr("test-key"), timeout_s=ann.timeout_s
+    )
     return annotate_unlabeled(con, TAX, ann, complete)
 
 
 def test_good_answers_are_stored_and_never_asked_twice(tmp_path: Path, server: LabelServer) -> None:
-    con = warehouse_of(tmp_path, ["Translate to Spanish: hello", "Write python to sort a list",
-                                  "How was your weekend?"])
+    con = warehouse_of(
+        tmp_path,
+        ["Translate to Spanish: hello", "Write python to sort a list", "How was your weekend?"],
+    )
     with httpx.Client() as client:
         first = relabel(con, server, client)
         second = relabel(con, server, client)
     assert (first.requested, first.labeled, first.invalid) == (3, 3, 0)
     assert second.requested == 0  # cache hit: nothing sent
     assert server.hits == {"GOOD": 3}
-    rows = dict(con.execute("SELECT request_id, task_type FROM labels WHERE source = 'relay'").fetchall())
+    rows = dict(
+        con.execute("SELECT request_id, task_type FROM labels WHERE source = 'relay'").fetchall()
+    )
     assert rows == {"q-000": "rewrite", "q-001": "code", "q-002": "chatbot"}
     assert set(server.auth) == {"Bearer test-key"}
     stored = json.dumps(con.execute("SELECT * FROM labels").fetchall(), default=str)
@@ -137,7 +175,9 @@ def test_garbage_is_counted_dropped_and_cached(tmp_path: Path, server: LabelServ
     assert valid == (1,) and invalid == (2,)
 
 
-def test_timeouts_and_http_errors_are_counted_not_cached(tmp_path: Path, server: LabelServer) -> None:
+def test_timeouts_and_http_errors_are_counted_not_cached(
+    tmp_path: Path, server: LabelServer
+) -> None:
     con = warehouse_of(tmp_path, ["HANG please", "ERR500 please", "Translate to French: cat"])
     with httpx.Client() as client:
         first = relabel(con, server, client)
@@ -175,9 +215,17 @@ def test_transport_failure_is_an_annotator_error() -> None:
 
 @pytest.mark.parametrize(
     ("answer", "expected"),
-    [("rewrite", "rewrite"), (" Code. ", "code"), ("`closed_qa`", "closed_qa"), ('"chatbot"', "chatbot"),
-     ("rewrite or code", None), ("The task type is rewrite", None), ("translation", None), ("", None),
-     (None, None)],
+    [
+        ("rewrite", "rewrite"),
+        (" Code. ", "code"),
+        ("`closed_qa`", "closed_qa"),
+        ('"chatbot"', "chatbot"),
+        ("rewrite or code", None),
+        ("The task type is rewrite", None),
+        ("translation", None),
+        ("", None),
+        (None, None),
+    ],
 )
 def test_answers_are_parsed_strictly(answer: object, expected: str | None) -> None:
     assert parse_label(answer, TAX) == expected
@@ -199,7 +247,9 @@ def test_training_on_relay_labels(tmp_path: Path, server: LabelServer) -> None:
     ann = annotator(server)
     with httpx.Client() as client:
         complete = relay_completion(client, ann.base_url, ann.model, timeout_s=ann.timeout_s)
-        out = train_from_warehouse(con, tmp_path / "clf", use="relay", annotator=ann, complete=complete)
+        out = train_from_warehouse(
+            con, tmp_path / "clf", use="relay", annotator=ann, complete=complete
+        )
     assert out["label_sources"] == {"metadata": 0, "relay": 36, "rules": 0}
     assert out["annotator"]["labeled"] == 36
     card = json.loads((tmp_path / "clf" / "model_card.json").read_text())

@@ -45,19 +45,29 @@ def test_train_predict_evaluate_with_json(warehouse: Path) -> None:
     code, out, err = run("predict", "--warehouse", str(warehouse), "--json")
     assert code == 0, err
     pred = json.loads(out)
-    n = open_warehouse(warehouse, read_only=True).execute("SELECT count(*) FROM requests").fetchone()
+    n = (
+        open_warehouse(warehouse, read_only=True)
+        .execute("SELECT count(*) FROM requests")
+        .fetchone()
+    )
     assert n is not None and pred["rows"] == n[0]
     assert pred["drift"] is None
 
     code, out, _ = run("predict", "--warehouse", str(warehouse), "--json")
     assert json.loads(out)["drift"]["mix_verdict"] == "stable"
 
-    code, out, _ = run("predict", "--warehouse", str(warehouse), "--text", "Translate to French: the cat", "--json")
+    code, out, _ = run(
+        "predict", "--warehouse", str(warehouse), "--text", "Translate to French: the cat", "--json"
+    )
     assert code == 0 and json.loads(out)["task_type"] == "rewrite"
-    code, out, _ = run("predict", "--warehouse", str(warehouse), "--text", "Write a haiku about rain")
+    code, out, _ = run(
+        "predict", "--warehouse", str(warehouse), "--text", "Write a haiku about rain"
+    )
     assert code == 0 and out.startswith("text_generation")
 
-    code, out, err = run("evaluate", "--warehouse", str(warehouse), "--labeled", str(CROSSSOURCE), "--json")
+    code, out, err = run(
+        "evaluate", "--warehouse", str(warehouse), "--labeled", str(CROSSSOURCE), "--json"
+    )
     assert code == 0, err
     ev = json.loads(out)
     assert {"macro_f1", "per_class", "confusion"} <= set(ev)
@@ -81,13 +91,23 @@ def test_user_errors_are_one_line_and_exit_2(warehouse: Path, tmp_path: Path) ->
     assert "Traceback" not in err
     code, _, err = run("train", "--warehouse", str(warehouse), "--labels", "humans")
     assert code == 2 and "--labels must be one of metadata, rules, relay, all" in err
-    code, _, err = run("predict", "--warehouse", str(warehouse), "--model-dir", str(tmp_path / "none"))
+    code, _, err = run(
+        "predict", "--warehouse", str(warehouse), "--model-dir", str(tmp_path / "none")
+    )
     assert code == 2 and "no classifier folder" in err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "request": {"messages": [{"role": "user", "content": "x"}]}}\nnot json\n')
+    bad.write_text(
+        '{"id": "a", "request": {"messages": [{"role": "user", "content": "x"}]}}\nnot json\n'
+    )
     code, _, err = run("evaluate", "--warehouse", str(warehouse), "--labeled", str(bad))
-    assert code == 2 and "no usable labeled lines" in err and "no metadata.task_type: 1 (lines [1])" in err
-    code, _, err = run("evaluate", "--warehouse", str(warehouse), "--labeled", str(tmp_path / "x.jsonl"))
+    assert (
+        code == 2
+        and "no usable labeled lines" in err
+        and "no metadata.task_type: 1 (lines [1])" in err
+    )
+    code, _, err = run(
+        "evaluate", "--warehouse", str(warehouse), "--labeled", str(tmp_path / "x.jsonl")
+    )
     assert code == 2 and "labeled file not found" in err
     tax = tmp_path / "tax.json"
     tax.write_text("{}")

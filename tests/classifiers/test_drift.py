@@ -30,20 +30,35 @@ def test_a_type_that_appears_is_floored_not_infinite() -> None:
     assert value == pytest.approx((0.9 - 1.0) * math.log(0.9) + (0.1 - 1e-4) * math.log(0.1 / 1e-4))
 
 
-@pytest.mark.parametrize(("value", "label"), [(0.05, "stable"), (0.15, "moderate shift"), (0.4, "significant shift")])
+@pytest.mark.parametrize(
+    ("value", "label"), [(0.05, "stable"), (0.15, "moderate shift"), (0.4, "significant shift")]
+)
 def test_verdict_thresholds(value: float, label: str) -> None:
     assert verdict(value) == label
 
 
 def test_compare_runs_reports_mix_and_confidence_per_type_and_overall() -> None:
-    prev = RunDistribution("r1", 100, {"code": 50, "chatbot": 50}, [0] * 9 + [100],
-                           {"code": [0] * 9 + [50], "chatbot": [0] * 9 + [50]}, uncertain=0)
-    cur = RunDistribution("r2", 100, {"code": 80, "chatbot": 20}, [0] * 4 + [20] + [0] * 4 + [80],
-                          {"code": [0] * 9 + [80], "chatbot": [0] * 4 + [20] + [0] * 5}, uncertain=20)
+    prev = RunDistribution(
+        "r1",
+        100,
+        {"code": 50, "chatbot": 50},
+        [0] * 9 + [100],
+        {"code": [0] * 9 + [50], "chatbot": [0] * 9 + [50]},
+        uncertain=0,
+    )
+    cur = RunDistribution(
+        "r2",
+        100,
+        {"code": 80, "chatbot": 20},
+        [0] * 4 + [20] + [0] * 4 + [80],
+        {"code": [0] * 9 + [80], "chatbot": [0] * 4 + [20] + [0] * 5},
+        uncertain=20,
+    )
     out = compare_runs(prev, cur)
     assert out["previous_run"] == "r1" and out["current_run"] == "r2"
     assert out["mix_psi"] == pytest.approx(
-        0.3 * math.log(0.8 / 0.5) + (-0.3) * math.log(0.2 / 0.5), abs=1e-4)
+        0.3 * math.log(0.8 / 0.5) + (-0.3) * math.log(0.2 / 0.5), abs=1e-4
+    )
     assert out["mix_verdict"] == "significant shift"
     assert out["per_type"]["code"]["share_change"] == pytest.approx(0.3)
     assert out["per_type"]["code"]["confidence_psi"] == 0.0  # code stayed confident

@@ -36,13 +36,20 @@ ACCENTED_AND_CJK = [
 @pytest.fixture(scope="module")
 def trained() -> TrainedClassifier:
     recs = generate_records(1200, 9)
-    return train_classifier([r["request"]["messages"] for r in recs],
-                            [true_task_type(r) for r in recs], taxonomy=load_taxonomy())
+    return train_classifier(
+        [r["request"]["messages"] for r in recs],
+        [true_task_type(r) for r in recs],
+        taxonomy=load_taxonomy(),
+    )
 
 
-def test_parity_on_the_evaluation_set_and_on_accented_and_cjk_text(trained: TrainedClassifier) -> None:
+def test_parity_on_the_evaluation_set_and_on_accented_and_cjk_text(
+    trained: TrainedClassifier,
+) -> None:
     model = export_onnx(trained.pipeline)
-    texts = trained.test_texts + [request_text([{"role": "user", "content": t}]) for t in ACCENTED_AND_CJK]
+    texts = trained.test_texts + [
+        request_text([{"role": "user", "content": t}]) for t in ACCENTED_AND_CJK
+    ]
     report = check_parity(trained.pipeline, model, texts)
     assert report.labels_equal
     assert report.rows == len(texts) + len(UNICODE_PROBES)
@@ -53,7 +60,9 @@ def test_parity_on_the_evaluation_set_and_on_accented_and_cjk_text(trained: Trai
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_the_model_takes_one_string_and_gives_label_and_probabilities(trained: TrainedClassifier) -> None:
+def test_the_model_takes_one_string_and_gives_label_and_probabilities(
+    trained: TrainedClassifier,
+) -> None:
     model = onnx.load_from_string(export_onnx(trained.pipeline))
     assert [i.name for i in model.graph.input] == ["text"]
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.STRING
@@ -62,7 +71,9 @@ def test_the_model_takes_one_string_and_gives_label_and_probabilities(trained: T
     assert props["classes"].split(",") == list(trained.classes)
 
 
-def test_a_tampered_export_fails_parity_with_the_rows_that_differ(trained: TrainedClassifier) -> None:
+def test_a_tampered_export_fails_parity_with_the_rows_that_differ(
+    trained: TrainedClassifier,
+) -> None:
     model = onnx.load_from_string(export_onnx(trained.pipeline))
     for init in model.graph.initializer:
         if init.name == "words_w":  # the word view's weights: flip them
@@ -75,8 +86,12 @@ def test_a_tampered_export_fails_parity_with_the_rows_that_differ(trained: Train
 
 
 def test_binary_classifier_exports_too() -> None:
-    reqs = [[{"role": "user", "content": f"Translate to French: item {i} please"}] for i in range(12)]
-    reqs += [[{"role": "user", "content": f"Write a Python function number {i}"}] for i in range(12)]
+    reqs = [
+        [{"role": "user", "content": f"Translate to French: item {i} please"}] for i in range(12)
+    ]
+    reqs += [
+        [{"role": "user", "content": f"Write a Python function number {i}"}] for i in range(12)
+    ]
     trained = train_classifier(reqs, ["rewrite"] * 12 + ["code"] * 12, taxonomy=load_taxonomy())
     model = export_onnx(trained.pipeline)
     report = check_parity(trained.pipeline, model, trained.test_texts)

@@ -22,11 +22,21 @@ def test_structure_markers_of_a_multi_turn_request_with_code_and_json() -> None:
         {"role": "system", "content": "You review code."},
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": 'Why does this fail?\n```python\nx = {"a": 1}\nprint(x["b"])\n```'},
+        {
+            "role": "user",
+            "content": 'Why does this fail?\n```python\nx = {"a": 1}\nprint(x["b"])\n```',
+        },
     ]
     m = markers(request_text(messages))
-    for expected in ("__turns2__", "__history__", "__sys__", "__codeblock__", "__json__",
-                     "__lines2__", "__kw_code__"):
+    for expected in (
+        "__turns2__",
+        "__history__",
+        "__sys__",
+        "__codeblock__",
+        "__json__",
+        "__lines2__",
+        "__kw_code__",
+    ):
         assert expected in m
     assert "__nosys__" not in m
 
@@ -62,8 +72,15 @@ def test_empty_system_prompt_leaves_no_double_space() -> None:
 
 
 def test_content_parts_contribute_their_text() -> None:
-    parts = [{"role": "user", "content": [{"type": "text", "text": "Translate this"},
-                                          {"type": "image_url", "image_url": {"url": "x"}}]}]
+    parts = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Translate this"},
+                {"type": "image_url", "image_url": {"url": "x"}},
+            ],
+        }
+    ]
     assert "translate this" in request_text(parts)
 
 
@@ -87,8 +104,12 @@ def test_lexicon_semantics_prefix_whole_word_phrase_and_cjk() -> None:
 
 @pytest.mark.parametrize(
     ("text", "low", "high"),
-    [("What is 2+2?", 0, 19), ("Translate: good morning to everyone here", 20, 199),
-     ("Summarize these notes:\n\n" + "x" * 500, 200, 999), ('Is this spam? "' + "y" * 30 + '"', 20, 40)],
+    [
+        ("What is 2+2?", 0, 19),
+        ("Translate: good morning to everyone here", 20, 199),
+        ("Summarize these notes:\n\n" + "x" * 500, 200, 999),
+        ('Is this spam? "' + "y" * 30 + '"', 20, 40),
+    ],
 )
 def test_given_context_length(text: str, low: int, high: int) -> None:
     assert low <= given_context_chars(text) <= high

@@ -19,7 +19,7 @@ def test_classify_flow_trains_predicts_and_returns_small_summaries(
     ingest_paths(con, [tmp_path / "log.jsonl"])
     con.close()
     config = tmp_path / "planner.toml"
-    config.write_text('[classifier]\nconfidence_threshold = 0.6\n')
+    config.write_text("[classifier]\nconfidence_threshold = 0.6\n")
     out = classify_flow(str(warehouse), labels="all", config_path=str(config))
     assert out["train"]["model_dir"] == str(tmp_path / "classifier")
     assert out["train"]["label_sources"]["metadata"] > 0
@@ -31,6 +31,8 @@ def test_classify_flow_trains_predicts_and_returns_small_summaries(
     assert page["confidence_threshold"] == 0.6
     con = open_warehouse(warehouse, read_only=True)
     try:
-        assert con.execute("SELECT count(DISTINCT request_id) FROM predictions").fetchone() == (800,)
+        assert con.execute("SELECT count(DISTINCT request_id) FROM predictions").fetchone() == (
+            800,
+        )
     finally:
         con.close()

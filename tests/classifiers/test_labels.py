@@ -60,7 +60,9 @@ def test_label_storage_replaces_derived_sources_and_appends_the_relay_cache(
     replace_labels(con, "rules", [("req-0000001", "code", "code_fence")])
     replace_labels(con, "rules", [("req-0000002", "rewrite", "translate")])
     add_labels(con, "relay", [("req-0000003", "chatbot", "m1"), ("req-0000004", None, "m1")])
-    add_labels(con, "relay", [("req-0000003", "open_qa", "m1")])  # same request + annotator: replaced
+    add_labels(
+        con, "relay", [("req-0000003", "open_qa", "m1")]
+    )  # same request + annotator: replaced
     rows = read_labels(con)
     assert ("req-0000002", "rewrite", "rules", "translate") in rows
     assert not any(r[0] == "req-0000001" for r in rows)
@@ -72,9 +74,13 @@ def test_metadata_labels_outside_taxonomy_are_reported(
     make_warehouse: Callable[..., duckdb.DuckDBPyConnection],
 ) -> None:
     con = make_warehouse(300)
-    con.execute("UPDATE requests SET label_task_type = 'poetry' WHERE request_id IN "
-                "(SELECT request_id FROM requests WHERE label_task_type IS NOT NULL LIMIT 7)")
-    con.execute("UPDATE requests SET label_task_type = 'Closed QA' WHERE label_task_type = 'closed_qa'")
+    con.execute(
+        "UPDATE requests SET label_task_type = 'poetry' WHERE request_id IN "
+        "(SELECT request_id FROM requests WHERE label_task_type IS NOT NULL LIMIT 7)"
+    )
+    con.execute(
+        "UPDATE requests SET label_task_type = 'Closed QA' WHERE label_task_type = 'closed_qa'"
+    )
     messages: list[str] = []
     res, report, outside = collect_labels(con, TAX, "metadata", progress=messages.append)
     assert outside == {"poetry": 7}
@@ -91,12 +97,18 @@ def test_rules_source_labels_requests_without_human_labels(
     con = make_warehouse(300)
     res, _, _ = collect_labels(con, TAX, "rules")
     assert res.by_source["rules"] > 50
-    human = {r[0] for r in con.execute("SELECT request_id FROM requests WHERE label_task_type IS NOT NULL").fetchall()}
+    human = {
+        r[0]
+        for r in con.execute(
+            "SELECT request_id FROM requests WHERE label_task_type IS NOT NULL"
+        ).fetchall()
+    }
     assert not human & set(res.labels)
 
 
 def test_training_without_any_label_is_one_clear_error(
-    make_warehouse: Callable[..., duckdb.DuckDBPyConnection], tmp_path: pytest.TempPathFactory,
+    make_warehouse: Callable[..., duckdb.DuckDBPyConnection],
+    tmp_path: pytest.TempPathFactory,
 ) -> None:
     con = make_warehouse(100)
     con.execute("UPDATE requests SET label_task_type = NULL")

@@ -54,15 +54,20 @@ def test_second_run_reports_drift_against_the_first(
     assert second["drift"]["previous_run"] == first["run"]
     assert second["drift"]["mix_psi"] == 0.0 and second["drift"]["mix_verdict"] == "stable"
     # Now the traffic changes: drop every chatbot request and predict again.
-    con.execute("DELETE FROM requests WHERE label_task_type = 'chatbot' OR request_id IN "
-                "(SELECT request_id FROM predictions WHERE task_type = 'chatbot')")
+    con.execute(
+        "DELETE FROM requests WHERE label_task_type = 'chatbot' OR request_id IN "
+        "(SELECT request_id FROM predictions WHERE task_type = 'chatbot')"
+    )
     third = predict_warehouse(con, trained_dir)
     assert third["drift"]["previous_run"] == second["run"]
     assert third["drift"]["per_type"]["chatbot"]["share_after"] == 0.0
     assert third["drift"]["mix_psi"] > 0.25
     assert [r["run"] for r in prediction_runs(con)] == [first["run"], second["run"], third["run"]]
     page = classifier_page_data(con, trained_dir)
-    assert page["prediction_run"] == third["run"] and page["drift"]["mix_psi"] == third["drift"]["mix_psi"]
+    assert (
+        page["prediction_run"] == third["run"]
+        and page["drift"]["mix_psi"] == third["drift"]["mix_psi"]
+    )
     assert page["held_out"]["macro_f1"] >= 0.9
     assert page["label_sources"]["metadata"] > 0
     assert "chatbot" not in page["task_mix"]

@@ -10,8 +10,18 @@ import pytest
 from classifiers import TaxonomyError, load_taxonomy
 
 DEFAULT = (
-    "classification", "extraction", "summarization", "rewrite", "closed_qa", "open_qa",
-    "brainstorming", "text_generation", "chatbot", "code", "reasoning", "other",
+    "classification",
+    "extraction",
+    "summarization",
+    "rewrite",
+    "closed_qa",
+    "open_qa",
+    "brainstorming",
+    "text_generation",
+    "chatbot",
+    "code",
+    "reasoning",
+    "other",
 )
 
 
@@ -26,24 +36,39 @@ def test_default_taxonomy_has_the_twelve_types_with_descriptions_and_tiers() -> 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("Closed QA", "closed_qa"), ("closed-qa", "closed_qa"), (" CODE ", "code"),
-     ("translation", "rewrite"), ("creative_writing", "text_generation"),
-     ("information_extraction", "extraction"), ("general_qa", "open_qa"),
-     ("poetry", None), ("", None), (None, None), (3, None)],
+    [
+        ("Closed QA", "closed_qa"),
+        ("closed-qa", "closed_qa"),
+        (" CODE ", "code"),
+        ("translation", "rewrite"),
+        ("creative_writing", "text_generation"),
+        ("information_extraction", "extraction"),
+        ("general_qa", "open_qa"),
+        ("poetry", None),
+        ("", None),
+        (None, None),
+        (3, None),
+    ],
 )
-def test_normalize_maps_spellings_and_aliases_and_refuses_the_rest(raw: object, expected: str | None) -> None:
+def test_normalize_maps_spellings_and_aliases_and_refuses_the_rest(
+    raw: object, expected: str | None
+) -> None:
     assert load_taxonomy().normalize(raw) == expected
 
 
 def test_json_override_replaces_the_types(tmp_path: Path) -> None:
     path = tmp_path / "tax.json"
-    path.write_text(json.dumps({
-        "task_types": [
-            {"name": "triage", "description": "Route tickets", "tier_prior": "local"},
-            {"name": "drafting", "description": "Write replies", "tier_prior": "relay"},
-        ],
-        "aliases": {"Ticket Routing": "triage"},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "task_types": [
+                    {"name": "triage", "description": "Route tickets", "tier_prior": "local"},
+                    {"name": "drafting", "description": "Write replies", "tier_prior": "relay"},
+                ],
+                "aliases": {"Ticket Routing": "triage"},
+            }
+        )
+    )
     tax = load_taxonomy(path)
     assert tax.names == ("triage", "drafting")
     assert tax.normalize("ticket routing") == "triage"

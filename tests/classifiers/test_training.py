@@ -71,8 +71,9 @@ def test_a_class_with_too_few_examples_is_trained_on_but_not_evaluated() -> None
 
 def test_one_class_is_not_enough() -> None:
     with pytest.raises(TrainingError, match="at least 2 task types"):
-        train_classifier([[{"role": "user", "content": f"x{i}"}] for i in range(10)],
-                         ["code"] * 10, taxonomy=TAX)
+        train_classifier(
+            [[{"role": "user", "content": f"x{i}"}] for i in range(10)], ["code"] * 10, taxonomy=TAX
+        )
 
 
 def test_too_few_examples_to_hold_out_is_one_clear_error() -> None:
