@@ -132,6 +132,15 @@ class EchoEngine:
         return len(_WORD.findall(text))
 
 
+def default_model_name(model_dir: Path) -> str:
+    """The folder's name, with its parent's for precision-named folders (edge-small-int4)."""
+    folder = model_dir.resolve()
+    tags = ("fp32", "fp16", "bf16", "int8", "int4", "cpu", "cuda")
+    if folder.name.lower().startswith(tags) or folder.name.lower().endswith(tags):
+        return f"{folder.parent.name}-{folder.name}"
+    return folder.name
+
+
 class ContextOverflow(ValueError):
     """An engine's prompt does not fit its context window: answered 400 context_length_exceeded."""
 
@@ -149,7 +158,7 @@ class LocalEngine:
         self, model_dir: Path, model_name: str | None = None, threads: int | None = None
     ) -> None:
         self._runtime = GenaiRuntime(Path(model_dir), threads=threads)
-        self.model_name = model_name or Path(model_dir).resolve().name
+        self.model_name = model_name or default_model_name(Path(model_dir))
         self._lock = threading.Lock()
 
     def complete(

@@ -4,10 +4,14 @@ One graph builder serves random seeded weights (tests, benches) and trained ones
 (``scripts/build_demo_models.py`` trains exactly this architecture in PyTorch and hands the
 weights here). The architecture, per layer, pre-norm::
 
-    x = embed[input_ids] + pos_embed[position_ids]
-    x = x + Wo · softmax(Q·Kᵀ/√d + mask) · V     (Q, K, V from LayerNorm_ln1(x); K, V after past)
+    x = embed[input_ids]
+    x = x + Wo · softmax(R(Q)·R(K)ᵀ/√d + mask) · V   (Q, K, V from LayerNorm_ln1(x); K after past)
     x = x + W2 · silu(W1 · LayerNorm_ln2(x))
     logits = lm_head · LayerNorm_final(x)
+
+``R`` is the rotary position embedding (rotate-half form, tables ``cos_cache``/``sin_cache``
+gathered at ``position_ids``): no position parameters, and relative positions let a small model
+learn to copy spans (extraction) quickly.
 
 Weights are stored ``[in, out]`` (``y = x @ W``), with the names of :func:`weight_shapes`. The
 KV cache is a plain Concat (``past_present_share_buffer: false`` in ``genai_config.json``); the
@@ -52,10 +56,13 @@ class TinySpec:
     heads: int = 4
     ffn: int = 0  # 0: 4 x hidden
     context_length: int = 256
+    rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.head_size % 2:
+            raise ValueError(f"head size ({self.head_size}) must be even for rotary embeddings")
         for name in ("vocab_size", "hidden", "layers", "heads", "context_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TinySpec.{name} must be >= 1")
@@ -74,7 +81,6 @@ def weight_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
     h, f = spec.hidden, spec.ffn_size
     shapes: dict[str, tuple[int, ...]] = {
         "embed": (spec.vocab_size, h),
-        "pos_embed": (spec.context_length, h),
     }
     for i in range(spec.layers):
         p = f"layers.{i}."
@@ -92,6 +98,14 @@ def weight_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
         }
     shapes |= {"ln_f.weight": (h,), "ln_f.bias": (h,), "lm_head": (h, spec.vocab_size)}
     return shapes
+
+
+def rope_tables(spec: TinySpec) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin) of shape [context_length, head_size / 2]: angle = position x theta^(-2i/d)."""
+    half = spec.head_size // 2
+    inv_freq = 1.0 / (spec.rope_theta ** (np.arange(half, dtype=np.float64) * 2 / spec.head_size))
+    angles = np.outer(np.arange(spec.context_length, dtype=np.float64), inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 def random_weights(spec: TinySpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -128,12 +142,21 @@ class _Graph:
         self._n = 0
 
     def op(self, op_type: str, inputs: list[str], name: str = "", **attrs: Any) -> str:
+        return self.ops(op_type, inputs, 1, [name] if name else None, **attrs)[0]
+
+    def ops(
+        self,
+        op_type: str,
+        inputs: list[str],
+        n_out: int,
+        names: list[str] | None = None,
+        **attrs: Any,
+    ) -> list[str]:
         self._n += 1
-        out = name or f"{op_type.lower()}_{self._n}"
-        self.nodes.append(
-            helper.make_node(op_type, inputs, [out], name=f"n{self._n}_{op_type}", **attrs)
-        )
-        return out
+        outs = names or [f"{op_type.lower()}_{self._n}_{i}" for i in range(n_out)]
+        node = helper.make_node(op_type, inputs, outs, name=f"n{self._n}_{op_type}", **attrs)
+        self.nodes.append(node)
+        return outs
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(value, name))
@@ -174,10 +197,22 @@ def build_graph(spec: TinySpec, weights: dict[str, np.ndarray]) -> onnx.ModelPro
     allowed = g.op("And", [causal, pad])
     bias = g.op("Where", [allowed, "c_fzero", "c_neg"], name="attn_bias")
 
-    x = g.op(
-        "Add",
-        [g.op("Gather", ["embed", "input_ids"]), g.op("Gather", ["pos_embed", "position_ids"])],
-    )
+    cos_table, sin_table = rope_tables(spec)
+    g.const("cos_cache", cos_table)
+    g.const("sin_cache", sin_table)
+    g.const("c_halves", np.array([hd // 2, hd // 2], dtype=np.int64))
+    # [B, 1, S, hd/2]: broadcast over the heads
+    cos = g.op("Unsqueeze", [g.op("Gather", ["cos_cache", "position_ids"]), "c_axes1"])
+    sin = g.op("Unsqueeze", [g.op("Gather", ["sin_cache", "position_ids"]), "c_axes1"])
+
+    def rotate(t: str) -> str:
+        """Rotary embedding of [B, nh, S, hd]: halves (a, b) -> (a cos - b sin, b cos + a sin)."""
+        a, b = g.ops("Split", [t, "c_halves"], 2, axis=-1)
+        first = g.op("Sub", [g.op("Mul", [a, cos]), g.op("Mul", [b, sin])])
+        second = g.op("Add", [g.op("Mul", [b, cos]), g.op("Mul", [a, sin])])
+        return g.op("Concat", [first, second], axis=-1)
+
+    x = g.op("Gather", ["embed", "input_ids"])
     for i in range(spec.layers):
         p = f"layers.{i}."
         hx = g.op(
@@ -188,10 +223,10 @@ def build_graph(spec: TinySpec, weights: dict[str, np.ndarray]) -> onnx.ModelPro
             proj = g.op("MatMul", [hx, w])
             return g.op("Transpose", [g.op("Reshape", [proj, "c_split_heads"])], perm=[0, 2, 1, 3])
 
-        q = heads(p + "attn.wq")
+        q = rotate(heads(p + "attn.wq"))
         k = g.op(
             "Concat",
-            [f"past_key_values.{i}.key", heads(p + "attn.wk")],
+            [f"past_key_values.{i}.key", rotate(heads(p + "attn.wk"))],
             axis=2,
             name=f"present.{i}.key",
         )

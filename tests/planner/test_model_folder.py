@@ -141,7 +141,15 @@ def reference_logits(spec: TinySpec, w: dict[str, np.ndarray], ids: list[int]) -
         return (x - mu) / np.sqrt(var + 1e-5) * g + b
 
     n, nh, hd = len(ids), spec.heads, spec.head_size
-    x = w["embed"][ids] + w["pos_embed"][np.arange(n)]
+    x = w["embed"][ids]
+    inv_freq = 1.0 / (10000.0 ** (np.arange(hd // 2) * 2 / hd))
+    angle = np.outer(np.arange(n), inv_freq)
+    cos, sin = np.cos(angle), np.sin(angle)
+
+    def rope(t: np.ndarray) -> np.ndarray:  # [heads, n, hd], rotate-half form
+        a, b = t[..., : hd // 2], t[..., hd // 2 :]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
     causal = np.triu(np.full((n, n), -1e9, dtype=np.float32), 1)
     for i in range(spec.layers):
         p = f"layers.{i}."
@@ -150,6 +158,7 @@ def reference_logits(spec: TinySpec, w: dict[str, np.ndarray], ids: list[int]) -
             (h @ w[p + f"attn.{m}"]).reshape(n, nh, hd).transpose(1, 0, 2)
             for m in ("wq", "wk", "wv")
         )
+        q, k = rope(q), rope(k)
         s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + causal
         a = np.exp(s - s.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)

@@ -11,7 +11,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import typer
+import uvicorn
+from typer.testing import CliRunner
 
+from flows.cli_common import UserError
+from flows.cli_models import serve_model
 from planner.backends import ReplayRequest, ReplayResult
 from planner.local_backend import LocalBackend
 from planner.model_server import (
@@ -21,6 +26,7 @@ from planner.model_server import (
     LocalEngine,
     ServerThread,
     create_app,
+    default_model_name,
 )
 
 MESSAGES = [
@@ -377,3 +383,73 @@ def test_local_engine_context_overflow_is_a_400(local_server: ServerThread) -> N
         )
         assert resp.status_code == 400
         assert resp.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_default_model_name_of_precision_folders(tmp_path: Path) -> None:
+    assert default_model_name(tmp_path / "edge-small" / "int4") == "edge-small-int4"
+    assert default_model_name(tmp_path / "phi-4-mini" / "cpu-int4-rtn") == "phi-4-mini-cpu-int4-rtn"
+    assert default_model_name(tmp_path / "my-model") == "my-model"
+
+
+def test_serve_model_command_builds_the_configured_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: dict[str, Any] = {}
+
+    def fake_run(app: Any, host: str, port: int, log_level: str) -> None:
+        served.update(app=app, host=host, port=port)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setenv("TEST_SERVER_KEY", "k-123")
+    result = CliRunner().invoke(
+        typer_app_with(serve_model),
+        [
+            "--echo",
+            "--model-name",
+            "relay-model",
+            "--fault-429",
+            "1.0",
+            "--retry-after",
+            "3",
+            "--api-key-env",
+            "TEST_SERVER_KEY",
+            "--port",
+            "9123",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert served["port"] == 9123 and served["host"] == "127.0.0.1"
+    with ServerThread(served["app"]) as server:
+        url = f"{server.base_url}/chat/completions"
+        body = {"model": "relay-model", "messages": MESSAGES}
+        assert httpx.post(url, json=body).status_code == 401
+        limited = httpx.post(url, json=body, headers={"Authorization": "Bearer k-123"})
+        assert limited.status_code == 429 and limited.headers["retry-after"] == "3"
+
+
+def test_serve_model_refuses_a_missing_key_or_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    options = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "model_name": None,
+        "threads": None,
+        "fault_429": 0.0,
+        "retry_after": 1.0,
+        "fault_503": 0.0,
+        "latency_ms": 0.0,
+        "hang_rate": 0.0,
+        "malformed_sse": 0.0,
+        "omit_usage": False,
+        "fault_seed": 0,
+    }
+    with pytest.raises(UserError, match="NO_SUCH_KEY_VAR"):
+        serve_model(None, echo=True, api_key_env="NO_SUCH_KEY_VAR", **options)
+    with pytest.raises(UserError, match="--echo"):
+        serve_model(None, echo=False, api_key_env=None, **options)
+
+
+def typer_app_with(command: Any) -> typer.Typer:
+    app = typer.Typer()
+    app.command()(command)
+    return app
