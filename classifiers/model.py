@@ -37,7 +37,7 @@ class ModelParams:
     """Hyperparameters; the defaults are what the bench and the demo use."""
 
     word_ngrams: tuple[int, int] = (1, 2)
-    char_ngrams: tuple[int, int] = (2, 4)
+    char_ngrams: tuple[int, int] = (3, 4)
     word_max_features: int = 20_000
     char_max_features: int = 20_000
     min_df: int = 2  # used from 200 training texts up; below, every term counts

@@ -55,6 +55,7 @@ from classifiers import (
 )
 from planner.settings import PlannerSettings, load_settings
 from warehouse.connection import open_warehouse
+from warehouse.errors import EmptyWarehouseError
 from warehouse.labels import (
     add_labels,
     iter_unlabeled_messages,
@@ -67,6 +68,7 @@ from warehouse.labels import (
 )
 from warehouse.predictions import (
     PredictionWriter,
+    count_requests,
     iter_request_messages,
     previous_run,
     run_distribution,
@@ -245,6 +247,8 @@ def train_from_warehouse(
 ) -> dict[str, Any]:
     """Labels -> train (held-out evaluation) -> ONNX export (parity-checked) -> model folder."""
     started = time.perf_counter()
+    if count_requests(con) == 0:
+        raise EmptyWarehouseError("requests")
     taxonomy = taxonomy or load_taxonomy()
     resolution, report, outside = collect_labels(
         con, taxonomy, use, annotator=annotator, complete=complete, seed=seed, progress=progress
@@ -335,6 +339,8 @@ def predict_warehouse(
     """Predict every request through ONNX into ``predictions`` (one run, one transaction) and
     compare the run with the previous one."""
     started = time.perf_counter()
+    if count_requests(con) == 0:
+        raise EmptyWarehouseError("requests")
     clf = load_classifier(model_dir, threads=threads)
     cut = clf.threshold if threshold is None else threshold
     run = run_id or new_prediction_run_id()

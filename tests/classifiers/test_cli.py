@@ -109,6 +109,14 @@ def test_user_errors_are_one_line_and_exit_2(warehouse: Path, tmp_path: Path) ->
         "evaluate", "--warehouse", str(warehouse), "--labeled", str(tmp_path / "x.jsonl")
     )
     assert code == 2 and "labeled file not found" in err
+    empty = tmp_path / "empty.duckdb"
+    open_warehouse(empty).close()
+    code, _, err = run("train", "--warehouse", str(empty))
+    assert code == 2 and "the warehouse has no requests yet" in err
+    code, _, err = run(
+        "predict", "--warehouse", str(empty), "--model-dir", str(warehouse.parent / "classifier")
+    )
+    assert code == 2 and "the warehouse has no requests yet" in err
     tax = tmp_path / "tax.json"
     tax.write_text("{}")
     code, _, err = run("train", "--warehouse", str(warehouse), "--taxonomy", str(tax))
