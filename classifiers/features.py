@@ -117,9 +117,10 @@ class Lexicon:
     def __init__(self, families: Mapping[str, Sequence[str]], version: str) -> None:
         self.version = version
         self.families = tuple(families)
-        self._entries = {
-            name: tuple(e.rstrip("*") for e in families[name] if e.strip()) for name in families
+        self._raw = {
+            name: tuple(e.strip().lower() for e in families[name] if e.strip()) for name in families
         }
+        self._entries = {name: tuple(e.rstrip("*") for e in self._raw[name]) for name in families}
         self._words: dict[str, int] = {}  # whole single word -> family bit set
         self._prefixes: dict[str, list[tuple[str, int]]] = {}  # first 2 chars -> (prefix, bits)
         # phrases, by first word: (literal, pattern with the word boundaries, bits)
@@ -151,6 +152,10 @@ class Lexicon:
                     self._phrases.setdefault(first.group(), []).append((body, pattern, bit))
                 else:
                     self._loose.append((body, pattern, bit))
+
+    def raw_entries(self, family: str) -> tuple[str, ...]:
+        """The family's entries as written in the lexicon ('x*' = prefix)."""
+        return self._raw.get(family, ())
 
     def entries(self, family: str) -> tuple[str, ...]:
         """The family's entries as plain text (prefix stars removed)."""
@@ -302,13 +307,17 @@ def request_text_json(messages_json: str | None, lexicon: Lexicon | None = None)
 
 
 def text_spec(lexicon: Lexicon | None = None) -> dict[str, Any]:
-    """What a gateway re-implementing ``request_text`` must match (kept in the model card)."""
+    """What a gateway re-implementing ``request_text`` must match (kept in the model card, so
+    the card plus ``classifier.onnx`` is all a gateway needs): the limits, the marker names and
+    the lexicon itself."""
     lex = lexicon or default_lexicon()
     return {
         "function": "classifiers.features.request_text",
         "version": TEXT_VERSION,
-        "lexicon_version": lex.version,
         "system_chars": SYSTEM_CHARS,
         "user_head": USER_HEAD,
         "user_tail": USER_TAIL,
+        "structure_markers": list(STRUCTURE_MARKERS),
+        "lexicon_version": lex.version,
+        "lexicon": {family: list(lex.raw_entries(family)) for family in lex.families},
     }

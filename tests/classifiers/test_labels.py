@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -114,3 +116,32 @@ def test_training_without_any_label_is_one_clear_error(
     con.execute("UPDATE requests SET label_task_type = NULL")
     with pytest.raises(TrainingError, match="no labels to train on with --labels metadata"):
         train_from_warehouse(con, str(tmp_path), use="metadata")
+
+
+def test_a_taxonomy_override_trains_on_its_own_types(
+    make_warehouse: Callable[..., duckdb.DuckDBPyConnection], tmp_path: Path
+) -> None:
+    con = make_warehouse(600)
+    path = tmp_path / "tax.json"
+    path.write_text(
+        json.dumps(
+            {
+                "task_types": [
+                    {"name": "chatbot", "description": "talk", "tier_prior": "relay"},
+                    {"name": "classification", "description": "label", "tier_prior": "local"},
+                    {"name": "extraction", "description": "fields", "tier_prior": "local"},
+                ]
+            }
+        )
+    )
+    out = train_from_warehouse(con, tmp_path / "m", use="metadata", taxonomy=load_taxonomy(path))
+    card = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    assert set(card["classes"]) == {"chatbot", "classification", "extraction"}
+    assert card["taxonomy"]["source"] == str(path)
+    assert out["outside_taxonomy"] > 0  # every other human label: counted, not trained on
+    assert (
+        out["label_sources"]["metadata"] + out["outside_taxonomy"]
+        == con.execute(
+            "SELECT count(*) FROM requests WHERE label_task_type IS NOT NULL"
+        ).fetchone()[0]
+    )  # type: ignore[index]

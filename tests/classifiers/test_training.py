@@ -10,9 +10,11 @@ import pytest
 from classifiers import (
     CARD_FILE,
     MODEL_FILE,
+    Lexicon,
     TaxonomyError,
     TrainingError,
     load_taxonomy,
+    request_text,
     train_classifier,
 )
 from warehouse.synthetic import TASK_TYPES, generate_records, true_task_type
@@ -40,7 +42,15 @@ def test_model_card_holds_held_out_figures_label_sources_and_parity(trained_dir:
     assert card["training"]["label_sources"]["rules"] == 0
     assert card["onnx"]["parity"]["labels_equal"] is True
     assert card["onnx"]["parity"]["max_abs_diff"] < 1e-4
-    assert card["input"]["text_spec"]["version"] == "rt1"
+    spec = card["input"]["text_spec"]
+    assert spec["version"] == "rt1"
+    # The card alone lets a gateway rebuild the exact input string.
+    lexicon = Lexicon(spec["lexicon"], spec["lexicon_version"])
+    sample = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Résume ce texte, step by step: « café »?"},
+    ]
+    assert request_text(sample, lexicon) == request_text(sample)
     assert card["taxonomy"]["task_types"][0]["name"] == "classification"
 
 
