@@ -403,6 +403,26 @@ def predict_one(model_dir: Path | str, text: str) -> dict[str, Any]:
 # --- evaluation on a labeled file ------------------------------------------------------------
 
 
+def _labeled_line(raw: bytes, taxonomy: Taxonomy) -> tuple[list[dict[str, Any]], str] | str:
+    """(messages, task type) of one chat-log line, or the reason it cannot be used."""
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "not a JSON object"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    request = record.get("request")
+    messages = request.get("messages") if isinstance(request, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return "no request.messages"
+    metadata = record.get("metadata")
+    raw_label = metadata.get("task_type") if isinstance(metadata, dict) else None
+    if raw_label is None:
+        return "no metadata.task_type"
+    task = taxonomy.normalize(raw_label)
+    return (messages, task) if task is not None else "metadata.task_type outside the taxonomy"
+
+
 def read_labeled_file(
     path: Path | str, taxonomy: Taxonomy
 ) -> tuple[list[list[dict[str, Any]]], list[str], dict[str, Any]]:
@@ -418,35 +438,12 @@ def read_labeled_file(
         for n, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
-            reason = None
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                record, reason = None, "not a JSON object"
-            if reason is None and not isinstance(record, dict):
-                reason = "not a JSON object"
-            messages = (
-                (record.get("request") or {}).get("messages")
-                if isinstance(record, dict) and isinstance(record.get("request"), dict)
-                else None
-            )
-            raw_label = (
-                (record.get("metadata") or {}).get("task_type")
-                if isinstance(record, dict) and isinstance(record.get("metadata"), dict)
-                else None
-            )
-            if reason is None and (not isinstance(messages, list) or not messages):
-                reason = "no request.messages"
-            if reason is None and raw_label is None:
-                reason = "no metadata.task_type"
-            task = taxonomy.normalize(raw_label) if reason is None else None
-            if reason is None and task is None:
-                reason = "metadata.task_type outside the taxonomy"
-            if reason is not None or task is None or messages is None:
-                reasons.setdefault(reason or "unusable", []).append(n)
+            line = _labeled_line(raw, taxonomy)
+            if isinstance(line, str):
+                reasons.setdefault(line, []).append(n)
                 continue
-            requests.append(messages)
-            labels.append(task)
+            requests.append(line[0])
+            labels.append(line[1])
     skipped = {r: {"lines": len(v), "first_lines": v[:5]} for r, v in reasons.items()}
     if not requests:
         detail = "; ".join(

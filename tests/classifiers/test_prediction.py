@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,12 @@ import duckdb
 import pytest
 
 from classifiers import ModelLoadError, load_classifier
-from flows.classify_flow import classifier_page_data, predict_one, predict_warehouse
+from flows.classify_flow import (
+    classifier_page_data,
+    evaluate_file,
+    predict_one,
+    predict_warehouse,
+)
 from warehouse.connection import open_warehouse
 from warehouse.errors import EmptyWarehouseError
 from warehouse.predictions import prediction_runs
@@ -97,3 +103,28 @@ def test_one_prompt(trained_dir: Path) -> None:
     out = predict_one(trained_dir, "Translate to French: good night")
     assert out["task_type"] == "rewrite"
     assert out["confidence"] == max(out["top"].values())
+
+
+def test_evaluate_file_counts_unusable_lines_by_reason(trained_dir: Path, tmp_path: Path) -> None:
+    good = {
+        "id": "a",
+        "request": {"messages": [{"role": "user", "content": "Translate to French: hi"}]},
+        "metadata": {"task_type": "Rewrite"},
+    }
+    lines = [
+        json.dumps(good),
+        "{broken",
+        json.dumps({**good, "metadata": {"task_type": "poetry"}}),
+        "",
+        json.dumps({**good, "request": {"messages": []}}),
+        json.dumps(good),
+    ]
+    path = tmp_path / "labeled.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = evaluate_file(trained_dir, path)
+    assert out["rows"] == 2 and out["per_class"]["rewrite"]["support"] == 2
+    assert out["skipped"] == {
+        "not a JSON object": {"lines": 1, "first_lines": [2]},
+        "metadata.task_type outside the taxonomy": {"lines": 1, "first_lines": [3]},
+        "no request.messages": {"lines": 1, "first_lines": [5]},
+    }
