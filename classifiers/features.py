@@ -5,7 +5,8 @@ function, which is small and deterministic on purpose (spec ``TEXT_VERSION``):
 
 1. Texts: the system prompt is every ``system``/``developer`` message joined by newlines; the
    instruction is the LAST ``user`` message. Content-part lists contribute their ``text`` parts.
-2. Structural markers, from the raw texts:
+2. Structural markers, from the raw texts (their first 4000 characters; the regular
+   expressions below in this module are part of the spec):
    ``__turnsN__`` (user messages, N capped at 4), ``__history__`` (an assistant message comes
    before the last user message), ``__sys__`` / ``__nosys__``, ``__lenN__`` (last user message
    length bucket: <60, <250, <1000, <4000, more), ``__linesN__`` (1, 2-5, 6+ lines),
