@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -300,3 +301,20 @@ def fingerprint(path: Path | str) -> str:
     with _fingerprint_lock:
         _fingerprints[key] = result
     return result
+
+
+def clear_output_folder(out_dir: Path) -> None:
+    """Make ``out_dir`` an empty folder, replacing only what is safe to replace: nothing, an empty
+    folder, or an earlier model folder. Anything else (``models tiny .`` in a project) is refused,
+    never deleted."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ModelFolderError(str(out_dir), "exists and is not a folder")
+        entries = list(out_dir.iterdir())
+        if entries and not (out_dir / "genai_config.json").is_file():
+            raise ModelFolderError(
+                str(out_dir),
+                "exists, is not empty and is not a model folder: choose a new or empty folder",
+            )
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)

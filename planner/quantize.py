@@ -20,7 +20,7 @@ from typing import Literal
 import onnx
 
 from planner.errors import ModelFolderError
-from planner.model_folder import fingerprint, open_model_folder
+from planner.model_folder import clear_output_folder, fingerprint, open_model_folder
 from planner.tiny_model import save_onnx
 
 Precision = Literal["int8", "int4"]
@@ -112,9 +112,7 @@ def quantize_model_folder(
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     quantized = quantize_graph(model, to, block_size=block_size, accuracy_level=accuracy_level)
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    clear_output_folder(out_dir)
     graph_name = folder.model_file.relative_to(folder.path)
     skip = {str(graph_name), *external}
     for item in sorted(folder.path.rglob("*")):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
+from planner.model_folder import clear_output_folder
 from planner.tiny_tokenizer import (
     END,
     ENDOFTEXT,
@@ -365,9 +365,7 @@ def write_model_folder(
         raise ValueError(
             f"tokenizer has {tokenizer.get_vocab_size()} tokens, the spec says {spec.vocab_size}"
         )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    clear_output_folder(out_dir)
     save_onnx(build_graph(spec, weights), out_dir)
     ids = special_token_ids(tokenizer)
     config = genai_config(spec, [ids[END], ids[ENDOFTEXT]], ids[ENDOFTEXT], ids[ENDOFTEXT])

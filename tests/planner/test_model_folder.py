@@ -251,3 +251,20 @@ def test_cli_tiny_and_quantize_build_runnable_folders(tmp_path: Path) -> None:
         == 0
     )
     assert inspect_model(q4).quantization == "int4 (MatMulNBits, block 16)"
+
+
+def test_building_never_deletes_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    from planner.errors import ModelFolderError
+    from planner.model_folder import clear_output_folder
+
+    victim = tmp_path / "project"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("precious")
+    with pytest.raises(ModelFolderError, match="not a model folder"):
+        clear_output_folder(victim)
+    assert (victim / "notes.txt").read_text() == "precious"
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "genai_config.json").write_text("{}")
+    clear_output_folder(model)  # an earlier build is replaced
+    assert model.is_dir() and not any(model.iterdir())
