@@ -465,17 +465,9 @@ class LocalBackend:
             )
         return self._result(request, prompt, gen, started, time.perf_counter(), rss.peak_mb)
 
-    def _run_batch(self, batch: Sequence[ReplayRequest]) -> list[ReplayResult]:
+    def _run_batch(self, ready: list[tuple[ReplayRequest, list[int]]]) -> list[ReplayResult]:
+        """One padded batch; if the runtime refuses it, its requests one at a time."""
         started = time.perf_counter()
-        results: dict[str, ReplayResult] = {}
-        ready: list[tuple[ReplayRequest, list[int]]] = []
-        for request in batch:
-            prompt, failed = self._prepare(request)
-            if failed is not None:
-                results[request.request_id] = failed
-            else:
-                assert prompt is not None
-                ready.append((request, prompt))
         temperatures = {self._temperature(r) for r, _ in ready}
         if len(ready) > 1 and len(temperatures) == 1:
             try:
@@ -486,17 +478,15 @@ class LocalBackend:
                         temperatures.pop(),
                         self.seed,
                     )
-                ended = time.perf_counter()
-                for (request, prompt), gen in zip(ready, gens, strict=True):
-                    results[request.request_id] = self._result(
-                        request, prompt, gen, started, ended, rss.peak_mb
-                    )
-                ready = []
-            except Exception:  # one bad batch: answer its requests one at a time instead
+            except Exception:  # e.g. a runtime without batching: fall through
                 pass
-        for request, _ in ready:
-            results[request.request_id] = self._run_one(request)
-        return [results[r.request_id] for r in batch]
+            else:
+                ended = time.perf_counter()
+                return [
+                    self._result(request, prompt, gen, started, ended, rss.peak_mb)
+                    for (request, prompt), gen in zip(ready, gens, strict=True)
+                ]
+        return [self._run_one(request) for request, _ in ready]
 
     def replay(
         self,
@@ -504,18 +494,34 @@ class LocalBackend:
         on_result: Callable[[ReplayResult], None],
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Runs every request (in batches of ``batch_size``), reporting each as it finishes."""
+        """Runs every request, reporting each as it finishes.
+
+        With ``batch_size > 1`` every prompt is tokenized first (failures are reported at
+        once), then prompts of similar length are batched together, so padding wastes little;
+        results then arrive in batch order, not request order. A batched request's TTFT and
+        latency are its batch's.
+        """
         _ = self.runtime  # load (cold start) before the first request's clock starts
-        step = self.batch_size
-        for start in range(0, len(requests), step):
+        if self.batch_size == 1:
+            for request in requests:
+                if should_stop():
+                    return
+                on_result(self._run_one(request))
+            return
+        ready: list[tuple[ReplayRequest, list[int]]] = []
+        for request in requests:
+            prompt, failed = self._prepare(request)
+            if failed is not None:
+                on_result(failed)
+            else:
+                assert prompt is not None
+                ready.append((request, prompt))
+        ready.sort(key=lambda item: len(item[1]))
+        for start in range(0, len(ready), self.batch_size):
             if should_stop():
                 return
-            chunk = requests[start : start + step]
-            if len(chunk) == 1:
-                on_result(self._run_one(chunk[0]))
-            else:
-                for result in self._run_batch(chunk):
-                    on_result(result)
+            for result in self._run_batch(ready[start : start + self.batch_size]):
+                on_result(result)
 
     def stats(self) -> dict[str, Any]:
         """What the plan reports about the model itself (after a replay: the cold start)."""

@@ -176,17 +176,22 @@ def test_content_parts_are_flattened(tiny_model_dir: Path) -> None:
 
 
 def test_batched_generation_gives_the_same_answers(tiny_model_dir: Path) -> None:
-    requests = [request(i, "word " * (3 * i + 1), max_tokens=5 + i) for i in range(5)] + [
-        request(9, "the payment failed and " * 200)
+    requests = [request(9, "the payment failed and " * 200)] + [
+        request(i, "word " * (3 * (5 - i) + 1), max_tokens=5 + i) for i in range(5)
     ]
-    single = run(LocalBackend("one", tiny_model_dir), requests)
-    batched = run(LocalBackend("batch", tiny_model_dir, batch_size=3), requests)
-    assert [r.request_id for r in batched] == [r.request_id for r in single]
-    assert [r.output_text for r in batched] == [r.output_text for r in single]
-    assert [r.completion_tokens for r in batched] == [5, 6, 7, 8, 9, None]
-    assert batched[-1].error_kind == "context_overflow"
-    # a batch shares its first token time
-    assert batched[0].ttft_ms == batched[1].ttft_ms == batched[2].ttft_ms
+    single = {r.request_id: r for r in run(LocalBackend("one", tiny_model_dir), requests)}
+    batched_list = run(LocalBackend("batch", tiny_model_dir, batch_size=3), requests)
+    batched = {r.request_id: r for r in batched_list}
+    assert sorted(batched) == sorted(single)
+    assert {k: r.output_text for k, r in batched.items()} == {
+        k: r.output_text for k, r in single.items()
+    }
+    assert [batched[f"r{i}"].completion_tokens for i in range(5)] == [5, 6, 7, 8, 9]
+    # the overflow is known before any generation; then short prompts first, in batches
+    assert [r.request_id for r in batched_list] == ["r9", "r4", "r3", "r2", "r1", "r0"]
+    assert batched["r9"].error_kind == "context_overflow"
+    assert batched["r4"].ttft_ms == batched["r3"].ttft_ms == batched["r2"].ttft_ms
+    assert batched["r1"].ttft_ms == batched["r0"].ttft_ms != batched["r2"].ttft_ms
 
 
 def test_should_stop_ends_the_replay(tiny_model_dir: Path) -> None:
