@@ -38,5 +38,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The committed demo models (models/, < 10 MB) are rebuilt by training two tiny decoders with
+# PyTorch (CPU) in a separate venv: torch is never a dependency of `make demo` or `make test`.
+BUILD_VENV := .venv-build
+demo-models:
+	@test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV) || python3 -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BUILD_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(BUILD_VENV)/bin/python -m pip install --quiet -c constraints.txt -e .
+	$(BUILD_VENV)/bin/python scripts/build_demo_models.py --out models
+
 clean:
 	rm -rf out .demo .prefect build *.egg-info
