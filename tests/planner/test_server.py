@@ -29,7 +29,7 @@ from planner.model_server import (
     default_model_name,
 )
 
-MESSAGES = [
+MESSAGES: Any = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Sort these: pear, apple."},
 ]
@@ -72,7 +72,7 @@ def test_non_streaming_completion_with_usage(echo_server: ServerThread) -> None:
     reply = client_for(echo_server).chat.completions.create(
         model="echo-1",
         messages=MESSAGES,
-        max_tokens=50,  # type: ignore[arg-type]
+        max_tokens=50,
     )
     assert reply.choices[0].message.content == "Echo: Sort these: pear, apple."
     assert reply.choices[0].finish_reason == "stop"
@@ -87,7 +87,7 @@ def test_max_tokens_cuts_the_answer_with_finish_length(echo_server: ServerThread
     reply = client_for(echo_server).chat.completions.create(
         model="echo-1",
         messages=MESSAGES,
-        max_tokens=3,  # type: ignore[arg-type]
+        max_tokens=3,
     )
     assert reply.choices[0].message.content == "Echo: Sort"
     assert reply.choices[0].finish_reason == "length"
@@ -97,7 +97,7 @@ def test_max_tokens_cuts_the_answer_with_finish_length(echo_server: ServerThread
 def test_streaming_with_the_official_client_has_usage_last(echo_server: ServerThread) -> None:
     stream = client_for(echo_server).chat.completions.create(
         model="echo-1",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_tokens=50,
         stream=True,
         stream_options={"include_usage": True},
@@ -160,7 +160,7 @@ def test_api_key_required_when_configured() -> None:
         assert httpx.get(f"{server.base_url}/models").status_code == 401
         ok = client_for(server, api_key="s3cret").chat.completions.create(
             model="echo",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
         )
         assert ok.choices[0].message.content == "Echo: Sort these: pear, apple."
 
@@ -180,7 +180,7 @@ def test_all_429_with_retry_after() -> None:
         with pytest.raises(openai.RateLimitError):
             client_for(server).chat.completions.create(
                 model="echo",
-                messages=MESSAGES,  # type: ignore[arg-type]
+                messages=MESSAGES,
             )
 
 
@@ -308,7 +308,7 @@ def test_generation_never_blocks_the_event_loop() -> None:
         # engines without pieces_are_tokens are counted with count_tokens
         reply = client_for(server).chat.completions.create(
             model="slow",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
         )
         assert reply.usage is not None and reply.usage.completion_tokens == 3
 
@@ -334,7 +334,7 @@ def test_local_engine_non_streaming_matches_the_backend(
 ) -> None:
     reply = client_for(local_server).chat.completions.create(
         model="tiny",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_tokens=8,
         temperature=0,
     )
@@ -353,14 +353,14 @@ def test_local_engine_streaming_equals_non_streaming(local_server: ServerThread)
     client = client_for(local_server)
     plain = client.chat.completions.create(
         model="tiny",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_tokens=10,
         temperature=0,
     )
     chunks = list(
         client.chat.completions.create(
             model="tiny",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             max_tokens=10,
             temperature=0,
             stream=True,
@@ -429,7 +429,7 @@ def test_serve_model_command_builds_the_configured_server(
 
 def test_serve_model_refuses_a_missing_key_or_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    options = {
+    options: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
         "model_name": None,
