@@ -144,6 +144,11 @@ def devices(
         60.0, "--requests-per-hour", min=0, help="Workload rate, for battery drain."
     ),
     output_tokens: int = typer.Option(128, "--output-tokens", min=1, help="Typical answer length."),
+    measure: bool = typer.Option(
+        True,
+        "--measure/--no-measure",
+        help="Time a few generations on this host and scale them (else the bandwidth roofline).",
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Which device tiers each model fits, with estimated decode speed and energy (estimates)."""
@@ -157,6 +162,7 @@ def devices(
     rows = []
     for model_dir in model_dirs:
         info = inspect_model(model_dir)
+        decode, prefill = measure_speed(model_dir) if measure else (None, None)
         rows += estimate_fits(
             info,
             table,
@@ -164,6 +170,8 @@ def devices(
             context_tokens=context,
             output_tokens=output_tokens,
             requests_per_hour=requests_per_hour,
+            host_decode_tokens_per_s=decode,
+            host_prefill_tokens_per_s=prefill,
         )
     if json_output:
         print_json({"host": asdict(host), "estimates": [asdict(r) for r in rows]})
@@ -180,7 +188,34 @@ def devices(
             f"{r.required_mb:>9.0f} {r.usable_mb:>10.0f} {r.decode_tokens_per_s:>8.1f} "
             f"{_opt(r.energy_j_per_request):>7} {_opt(r.battery_pct_per_hour):>8}"
         )
-    typer.echo(f"\n(estimates) {rows[0].formula if rows else ''}")
+    for formula in dict.fromkeys(r.formula for r in rows if r.basis != "measured"):
+        typer.echo(f"\n(estimates) {formula}")
+
+
+def measure_speed(model_dir: Path) -> tuple[float | None, float | None]:
+    """(decode tok/s, prompt tok/s) on this host: medians over a few short generations."""
+    import statistics
+
+    from planner.backends import ReplayRequest, ReplayResult
+    from planner.local_backend import LocalBackend
+
+    text = "Please summarize the following customer message in one short sentence. " * 4
+    requests = [
+        ReplayRequest(f"m{i}", [{"role": "user", "content": f"{i}. {text}"}], max_tokens=32)
+        for i in range(4)
+    ]
+    results: list[ReplayResult] = []
+    backend = LocalBackend("measure", model_dir, max_new_tokens=32)
+    backend.replay(requests, results.append)
+    backend.close()
+    rates = [r.tokens_per_s for r in results[1:] if r.tokens_per_s]
+    prompt = [
+        r.prompt_tokens / (r.ttft_ms / 1000) for r in results[1:] if r.prompt_tokens and r.ttft_ms
+    ]
+    return (
+        statistics.median(rates) if rates else None,
+        statistics.median(prompt) if prompt else None,
+    )
 
 
 def serve_model(

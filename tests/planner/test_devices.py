@@ -189,3 +189,23 @@ def test_measure_host_is_real_and_cached(tmp_path: Path) -> None:
     assert measure_host(cache) is host  # once per process
     stored = json.loads(cache.read_text())
     assert stored["bandwidth_gbs"] == host.bandwidth_gbs
+
+
+def test_cli_devices_measures_this_host_and_scales(tiny_int4_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli_models import app
+
+    args = ["devices", str(tiny_int4_dir), "--context", "128", "--json"]
+    measured = CliRunner().invoke(app, args)
+    assert measured.exit_code == 0, measured.output
+    rows = json.loads(measured.stdout)["estimates"]
+    by_device = {r["device"]: r for r in rows}
+    assert by_device["host"]["basis"] == "measured"
+    assert by_device["snapdragon-8-gen-3"]["basis"] == "host-scaled"
+    host_bw = json.loads(measured.stdout)["host"]["bandwidth_gbs"]
+    assert by_device["snapdragon-8-gen-3"]["decode_tokens_per_s"] == pytest.approx(
+        by_device["host"]["decode_tokens_per_s"] * 76.8 / host_bw
+    )
+    roofline = CliRunner().invoke(app, [*args, "--no-measure"])
+    assert {r["basis"] for r in json.loads(roofline.stdout)["estimates"]} == {"roofline"}
