@@ -8,7 +8,6 @@ own click (``typer._click``): errors must derive from that ClickException to be 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,14 +79,6 @@ def warehouse_path(settings: PlannerSettings, override: Path | None) -> Path:
 
 def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
-
-
-def quiet_prefect() -> None:
-    """Prefect settings for CLI runs: no telemetry, a local home, its logs only on warnings."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
 
 
 def progress(message: str) -> None:

@@ -12,7 +12,6 @@ from flows.cli_common import (
     JsonOption,
     print_json,
     progress,
-    quiet_prefect,
     settings_from,
     warehouse_path,
 )
@@ -67,7 +66,6 @@ def plan(
         settings.candidate(judge)  # an unknown name is one clear error before anything starts
     path = warehouse_path(settings, warehouse)
     open_warehouse(path, create=False).close()  # missing or locked: one line, before Prefect
-    quiet_prefect()
     from flows.plan_flow import plan_flow
 
     progress("planning: score -> evidence -> decide -> project -> artifacts -> render")

@@ -18,7 +18,6 @@ from flows.cli_common import (
     JsonOption,
     print_json,
     progress,
-    quiet_prefect,
     settings_from,
     warehouse_path,
 )
@@ -114,7 +113,6 @@ def replay(
         settings.candidate(name)  # an unknown name is one clear error before anything starts
     path = warehouse_path(settings, warehouse)
     open_warehouse(path, create=False).close()  # missing or locked: one line, before Prefect
-    quiet_prefect()
     from flows.replay_flow import replay_flow, request_stop
 
     with graceful_interrupt(request_stop):

@@ -19,7 +19,6 @@ from flows.cli_common import (
     UserError,
     print_json,
     progress,
-    quiet_prefect,
     settings_from,
     warehouse_path,
 )
@@ -280,7 +279,6 @@ def demo(
     as_json: bool = JsonOption,
 ) -> None:
     """Run the whole job on built-in synthetic data, offline, through Prefect."""
-    quiet_prefect()
     from flows.demo import demo_flow
 
     progress("demo: starting Prefect (local, offline) ...")

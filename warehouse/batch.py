@@ -14,17 +14,16 @@ from datetime import datetime
 
 import duckdb
 
-from warehouse.chatlog import INTEGER, NUMBER, messages_reason, timestamp_sql
+from warehouse.chatlog import (
+    INTEGER,
+    LINE_REASONS,
+    NUMBER,
+    messages_reason,
+    parse_lines_sql,
+    timestamp_sql,
+)
 from warehouse.credentials import REQUEST_SECRET_FIELDS, mask_sql
 from warehouse.normalize import LineCounts
-
-_PARSE = """
-    SELECT line_no, line,
-           (line IS NULL OR trim(line) = '') AS is_blank,
-           line = chr(2) AS is_marker,
-           CASE WHEN line IS NOT NULL AND json_valid(line) THEN line::JSON END AS j
-    FROM {table}
-"""
 
 
 def extract_batch(
@@ -49,9 +48,9 @@ def extract_batch(
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _extracted AS
-        WITH parsed AS MATERIALIZED ({_PARSE.format(table="_raw")}),
+        WITH parsed AS MATERIALIZED ({parse_lines_sql("_raw")}),
         fields AS MATERIALIZED (
-            SELECT *, json_type(j) AS top,
+            SELECT *, j IS NULL AS bad_json, json_type(j) AS top,
                    json_extract(j, ['$.custom_id', '$.url', '$.body', '$.body.messages',
                                     '$.body.model', '$.body.temperature', '$.body.max_tokens',
                                     '$.body.max_completion_tokens', '$.body.metadata']) AS e
@@ -59,9 +58,7 @@ def extract_batch(
         ), checked AS MATERIALIZED (
             SELECT *,
                 CASE
-                    WHEN is_blank OR is_marker THEN NULL
-                    WHEN j IS NULL THEN 'not valid JSON'
-                    WHEN top <> 'OBJECT' THEN 'not a JSON object (got ' || lower(top) || ')'
+                    {LINE_REASONS}
                     WHEN e[1] IS NULL OR json_type(e[1]) = 'NULL' THEN 'missing field: custom_id'
                     WHEN json_type(e[1]) NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')
                         THEN 'field custom_id: must be a string'
@@ -111,9 +108,9 @@ def _extract_output(con: duckdb.DuckDBPyConnection) -> None:
     ts = timestamp_sql("e[9]")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _out AS
-        WITH parsed AS MATERIALIZED ({_PARSE.format(table="_raw_out")}),
+        WITH parsed AS MATERIALIZED ({parse_lines_sql("_raw_out")}),
         fields AS MATERIALIZED (
-            SELECT *, json_type(j) AS top,
+            SELECT *, j IS NULL AS bad_json, json_type(j) AS top,
                    json_extract(j, ['$.custom_id', '$.response', '$.response.status_code',
                                     '$.response.body', '$.error', '$.response.body.error',
                                     '$.response.body.choices[0].message.content',
@@ -125,9 +122,7 @@ def _extract_output(con: duckdb.DuckDBPyConnection) -> None:
         ), checked AS MATERIALIZED (
             SELECT *,
                 CASE
-                    WHEN is_blank OR is_marker THEN NULL
-                    WHEN j IS NULL THEN 'not valid JSON'
-                    WHEN top <> 'OBJECT' THEN 'not a JSON object (got ' || lower(top) || ')'
+                    {LINE_REASONS}
                     WHEN e[1] IS NULL OR json_type(e[1]) = 'NULL' THEN 'missing field: custom_id'
                     WHEN coalesce(json_type(e[2]), 'NULL') = 'NULL' AND coalesce(json_type(e[5]), 'NULL') = 'NULL'
                         THEN 'neither response nor error'

@@ -100,6 +100,31 @@ def messages_reason(value: str, label: str) -> str:
     )
 
 
+def parse_lines_sql(source: str, *, checked: bool = True) -> str:
+    """A SELECT over ``source(line_no, line)``: blank/marker flags, and the line as ``j`` when it
+    may be parsed (checked: only valid JSON; unchecked: the caller knows every line is JSON)."""
+    valid = (
+        "line IS NOT NULL AND json_valid(line)"
+        if checked
+        else "line IS NOT NULL AND line <> chr(2) AND trim(line) <> ''"
+    )
+    return f"""
+        SELECT line_no, line,
+               (line IS NULL OR trim(line) = '') AS is_blank,
+               line = chr(2) AS is_marker,
+               CASE WHEN {valid} THEN line END AS j
+        FROM {source}
+    """
+
+
+# The first reasons every JSONL reader gives, over columns is_blank, is_marker, bad_json, top.
+LINE_REASONS = """
+    WHEN is_blank OR is_marker THEN NULL
+    WHEN bad_json THEN 'not valid JSON'
+    WHEN top <> 'OBJECT' THEN 'not a JSON object (got ' || lower(top) || ')'
+"""
+
+
 def extract_chat_log(con: duckdb.DuckDBPyConnection, source: str = "_raw") -> None:
     """``source(line_no, line)`` -> ``_extracted`` for chat-log lines.
 
@@ -124,20 +149,9 @@ def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> N
         + "}"
     )
     ts = timestamp_sql(f("timestamp"))
-    valid = (
-        "line IS NOT NULL AND json_valid(line)"
-        if checked
-        else "line IS NOT NULL AND line <> chr(2) AND trim(line) <> ''"
-    )
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _extracted AS
-        WITH parsed AS MATERIALIZED (
-            SELECT line_no, line,
-                   (line IS NULL OR trim(line) = '') AS is_blank,
-                   line = chr(2) AS is_marker,
-                   CASE WHEN {valid} THEN line END AS j
-            FROM {source}
-        ), fields AS MATERIALIZED (
+        WITH parsed AS MATERIALIZED ({parse_lines_sql(source, checked=checked)}), fields AS MATERIALIZED (
             SELECT line_no, is_blank, is_marker, j IS NULL AS bad_json, json_type(j) AS top,
                    json_extract(j, [{paths}]) AS e FROM parsed
         ), typed AS MATERIALIZED (
@@ -146,9 +160,7 @@ def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> N
         SELECT
             line_no, is_blank, is_marker,
             CASE
-                WHEN is_blank OR is_marker THEN NULL
-                WHEN bad_json THEN 'not valid JSON'
-                WHEN top <> 'OBJECT' THEN 'not a JSON object (got ' || lower(top) || ')'
+                {LINE_REASONS}
                 WHEN {f("id")} IS NULL OR {jt("id")} = 'NULL' THEN 'missing field: id'
                 WHEN {jt("id")} NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')
                     THEN 'field id: must be a string, got ' || lower({jt("id")})

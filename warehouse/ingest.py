@@ -7,9 +7,12 @@ in ``ingest_batches`` with its content hash, so re-ingesting the same content ch
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,19 +160,19 @@ def ingest_paths(
     before anything is written; bad lines inside files are data, kept in ``rejected_lines``."""
     plan = prepare_ingest(paths, fmt=fmt, batch_output=batch_output)
     table = price_table(prices)
-    _bound_memory(con)
     report = IngestReport()
-    for kind, path, out in plan:
-        started = time.perf_counter()
-        if kind == "chat-log":
-            rep = _ingest_chat_log(con, path, table)
-        else:
-            assert out is not None
-            rep = _ingest_batch(con, path, out, table)
-        rep.seconds = round(time.perf_counter() - started, 3)
-        report.files.append(rep)
-        if progress is not None:
-            progress(_progress_line(rep))
+    with _bounded_memory(con):
+        for kind, path, out in plan:
+            started = time.perf_counter()
+            if kind == "chat-log":
+                rep = _ingest_chat_log(con, path, table)
+            else:
+                assert out is not None
+                rep = _ingest_batch(con, path, out, table)
+            rep.seconds = round(time.perf_counter() - started, 3)
+            report.files.append(rep)
+            if progress is not None:
+                progress(_progress_line(rep))
     return report
 
 
@@ -248,7 +251,8 @@ def _read_raw(con: duckdb.DuckDBPyConnection, table: str, scanned: ScannedFile) 
             f"{scanned.path}: read {count} lines but the file has "
             f"{scanned.n_lines}; refusing to guess line numbers"
         )
-    con.execute(f"UPDATE {table} SET line = rtrim(line, chr(13)) WHERE suffix(line, chr(13))")
+    if scanned.has_cr:
+        con.execute(f"UPDATE {table} SET line = rtrim(line, chr(13)) WHERE suffix(line, chr(13))")
 
 
 def _record_bad_lines(
@@ -284,21 +288,64 @@ def _record_batch(
     )
 
 
+_STAGING = (
+    "_raw",
+    "_raw_out",
+    "_chunk",
+    "_extracted",
+    "_stage",
+    "_ranked",
+    "_new",
+    "_out",
+    "_out_status",
+    "_prices",
+)
+
+
+@contextmanager
+def _staging(con: duckdb.DuckDBPyConnection, *scans: ScannedFile) -> Iterator[None]:
+    """Staging tables hold raw lines (credentials unmasked) and clean copies sit in temp folders:
+    none outlives its ingest, whether it committed, was skipped or failed."""
+    try:
+        yield
+    finally:
+        for table in _STAGING:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+        for scanned in scans:
+            scanned.cleanup()
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One file, one transaction: a failure leaves the warehouse as it was."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def _skipped(path: Path, fmt: str, previous: str, output: Path | None = None) -> FileReport:
+    return FileReport(
+        str(path),
+        fmt,
+        "skipped",
+        previous,
+        output_file=str(output) if output else None,
+        skipped_because=f"same content already ingested as batch {previous}",
+    )
+
+
 def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) -> FileReport:
     scanned = scan_file(path)
-    batch_id = "b-" + scanned.content_hash[:16]
-    try:
+    with _staging(con, scanned):
         previous = _already(con, scanned.content_hash)
         if previous is not None:
-            return FileReport(
-                str(path),
-                "chat-log",
-                "skipped",
-                previous,
-                skipped_because=f"same content already ingested as batch {previous}",
-            )
-        con.execute("BEGIN TRANSACTION")
-        try:
+            return _skipped(path, "chat-log", previous)
+        batch_id = "b-" + scanned.content_hash[:16]
+        with _transaction(con):
             _read_raw(con, "_raw", scanned)
             counts = LineCounts()
             for first in range(1, scanned.n_lines + 1, CHUNK_LINES):
@@ -326,35 +373,22 @@ def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices)
             )
             _check_balance(rep)
             _record_batch(con, rep, scanned.content_hash, "chat-log")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return rep
-    finally:
-        _drop_staging(con)
-        scanned.cleanup()
 
 
 def _ingest_batch(
     con: duckdb.DuckDBPyConnection, path: Path, output: Path, prices: Prices
 ) -> FileReport:
     scanned_in, scanned_out = scan_file(path), scan_file(output)
-    pair_hash = _pair_hash(scanned_in.content_hash, scanned_out.content_hash)
-    batch_id = "b-" + pair_hash[:16]
-    try:
+    pair_hash = hashlib.sha256(
+        f"{scanned_in.content_hash}:{scanned_out.content_hash}".encode()
+    ).hexdigest()
+    with _staging(con, scanned_in, scanned_out):
         previous = _already(con, pair_hash)
         if previous is not None:
-            return FileReport(
-                str(path),
-                "openai-batch",
-                "skipped",
-                previous,
-                output_file=str(output),
-                skipped_because=f"same batch already ingested as {previous}",
-            )
-        con.execute("BEGIN TRANSACTION")
-        try:
+            return _skipped(path, "openai-batch", previous, output)
+        batch_id = "b-" + pair_hash[:16]
+        with _transaction(con):
             _read_raw(con, "_raw", scanned_in)
             _read_raw(con, "_raw_out", scanned_out)
             fallback = datetime.fromtimestamp(output.stat().st_mtime, UTC).replace(tzinfo=None)
@@ -387,69 +421,27 @@ def _ingest_batch(
             )
             _check_balance(rep)
             _record_batch(con, rep, pair_hash, "openai-batch")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return rep
-    finally:
-        _drop_staging(con)
-        scanned_in.cleanup()
-        scanned_out.cleanup()
 
 
 # DuckDB keeps temp tables in memory up to its limit (80% of RAM by default); below this it
 # spills them to disk instead, which keeps a large ingest's peak RSS bounded.
-INGEST_MEMORY_LIMIT = "1200MB"
+INGEST_MEMORY_LIMIT_MB = 1200
 
 
-def _bound_memory(con: duckdb.DuckDBPyConnection) -> None:
-    ((limit,),) = con.execute("SELECT current_setting('memory_limit')").fetchall()
-    if _mb(str(limit)) > _mb(INGEST_MEMORY_LIMIT):
-        con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
-
-
-def _mb(setting: str) -> float:
-    number, _, unit = setting.strip().partition(" ")
-    unit = (unit or "".join(c for c in setting if c.isalpha())).upper()
-    value = float("".join(c for c in number if c.isdigit() or c == ".") or 0)
-    scale = {
-        "KB": 1e-3,
-        "KIB": 1 / 1024,
-        "MB": 1,
-        "MIB": 1,
-        "GB": 1e3,
-        "GIB": 1024,
-        "TB": 1e6,
-        "TIB": 1024**2,
-    }
-    return value * scale.get(unit, 1)
-
-
-_STAGING = (
-    "_raw",
-    "_raw_out",
-    "_chunk",
-    "_extracted",
-    "_stage",
-    "_ranked",
-    "_new",
-    "_out",
-    "_out_status",
-    "_prices",
-)
-
-
-def _drop_staging(con: duckdb.DuckDBPyConnection) -> None:
-    """Staging tables hold raw lines (credentials unmasked): none outlives its ingest."""
-    for table in _STAGING:
-        con.execute(f"DROP TABLE IF EXISTS {table}")
-
-
-def _pair_hash(input_hash: str, output_hash: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(f"{input_hash}:{output_hash}".encode()).hexdigest()
+@contextmanager
+def _bounded_memory(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Lower the connection's memory limit for the ingest, and give the caller its own back."""
+    ((previous,),) = con.execute("SELECT current_setting('memory_limit')").fetchall()
+    try:
+        ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        ram_mb = INGEST_MEMORY_LIMIT_MB * 2
+    con.execute(f"SET memory_limit = '{min(INGEST_MEMORY_LIMIT_MB, int(ram_mb * 0.8))}MB'")
+    try:
+        yield
+    finally:
+        con.execute(f"SET memory_limit = '{previous}'")
 
 
 def _check_balance(rep: FileReport) -> None:

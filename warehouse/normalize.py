@@ -49,6 +49,7 @@ class LineCounts:
 
 def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
     """``_extracted`` -> ``_stage``: message checks and every derived column."""
+    # Only the model that answered (else the one asked) is priced: see finish_stage.
     models = [
         m
         for (m,) in con.execute(
@@ -56,13 +57,7 @@ def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
         ).fetchall()
         if m
     ]
-    models += [
-        m
-        for (m,) in con.execute(
-            "SELECT DISTINCT model FROM _extracted WHERE reason IS NULL AND model IS NOT NULL"
-        ).fetchall()
-    ]
-    load_price_table(con, sorted(set(models)), prices)
+    load_price_table(con, sorted(models), prices)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _stage AS
         WITH msgs AS MATERIALIZED (

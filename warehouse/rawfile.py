@@ -41,6 +41,7 @@ class ScannedFile:
     n_lines: int
     n_bytes: int
     read_path: Path  # what DuckDB should read: the file itself, or a clean copy
+    has_cr: bool = False  # some line ends in \r\n: strip the \r after reading
     bad_lines: list[BadLine] = field(default_factory=list)
     _tmpdir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -65,13 +66,19 @@ def scan_file(path: Path) -> ScannedFile:
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
     n_newlines = n_bytes = 0
-    clean = True
+    clean, has_cr = True, False
     last = b""
     for chunk in _open(path):
         digest.update(chunk)
         n_bytes += len(chunk)
-        n_newlines += chunk.count(b"\n")
+        newlines = chunk.count(b"\n")
+        n_newlines += newlines
         last = chunk[-1:]
+        has_cr = has_cr or b"\r" in chunk
+        # A line longer than MAX_LINE_BYTES spans whole chunks without a newline: only then can
+        # one exist, and the slow path measures it exactly.
+        if newlines == 0 and len(chunk) == CHUNK:
+            clean = False
         if clean:
             if any(b in chunk for b in _FORBIDDEN):
                 clean = False
@@ -86,15 +93,8 @@ def scan_file(path: Path) -> ScannedFile:
         except UnicodeDecodeError:
             clean = False
     n_lines = n_newlines + (1 if n_bytes and last != b"\n" else 0)
-    scanned = ScannedFile(path, digest.hexdigest(), n_lines, n_bytes, path)
-    if clean and not _has_long_line(path, n_bytes, n_lines):
-        return scanned
-    return _clean_copy(scanned)
-
-
-def _has_long_line(path: Path, n_bytes: int, n_lines: int) -> bool:
-    """Cheap guard: only a file whose average line is huge can hold an over-long line."""
-    return n_bytes > MAX_LINE_BYTES and n_bytes / max(n_lines, 1) > MAX_LINE_BYTES / 64
+    scanned = ScannedFile(path, digest.hexdigest(), n_lines, n_bytes, path, has_cr)
+    return scanned if clean else _clean_copy(scanned)
 
 
 def _bad_reason(line: bytes) -> str | None:

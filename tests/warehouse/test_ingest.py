@@ -148,6 +148,7 @@ def test_gzip_and_plain_give_the_same_rows(tmp_path: Path) -> None:
             c.execute("SELECT source_line, reason FROM rejected_lines ORDER BY 1").fetchall()
         )
     assert results[0] == results[2] and results[1] == results[3]
+    assert len(results[0]) == 2 and len(results[1]) == 16  # rows, not two empty lists
 
 
 def test_reingest_changes_nothing_and_duplicates_across_files(
@@ -336,3 +337,21 @@ def test_list_rejects_reports_counts_by_reason(
         "reason": "not valid JSON",
         "raw": "not json at all",
     }
+
+
+def test_one_over_long_line_among_short_ones_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line over the limit spans whole chunks with no newline, however short the other lines
+    are — an average line length says nothing (scaled down: 1,600-byte chunks, 6,400-byte limit)."""
+    from warehouse import rawfile
+
+    monkeypatch.setattr(rawfile, "CHUNK", 1600)
+    monkeypatch.setattr(rawfile, "MAX_LINE_BYTES", 6400)
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(b"{}\n" * 200 + b'{"x": "' + b"a" * 7000 + b'"}\n' + b"{}\n" * 200)
+    scanned = rawfile.scan_file(path)
+    try:
+        assert scanned.n_lines == 401
+        assert [(b.line_no, len(b.raw)) for b in scanned.bad_lines] == [(201, 6400)]  # first MAX_LINE_BYTES kept
+        assert scanned.bad_lines[0].reason.startswith("line longer than")
+    finally:
+        scanned.cleanup()
