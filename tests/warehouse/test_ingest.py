@@ -339,7 +339,9 @@ def test_list_rejects_reports_counts_by_reason(
     }
 
 
-def test_one_over_long_line_among_short_ones_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_over_long_line_among_short_ones_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A line over the limit spans whole chunks with no newline, however short the other lines
     are — an average line length says nothing (scaled down: 1,600-byte chunks, 6,400-byte limit)."""
     from warehouse import rawfile
@@ -351,7 +353,9 @@ def test_one_over_long_line_among_short_ones_is_found(tmp_path: Path, monkeypatc
     scanned = rawfile.scan_file(path)
     try:
         assert scanned.n_lines == 401
-        assert [(b.line_no, len(b.raw)) for b in scanned.bad_lines] == [(201, 6400)]  # first MAX_LINE_BYTES kept
+        assert [(b.line_no, len(b.raw)) for b in scanned.bad_lines] == [
+            (201, 6400)
+        ]  # first MAX_LINE_BYTES kept
         assert scanned.bad_lines[0].reason.startswith("line longer than")
     finally:
         scanned.cleanup()
