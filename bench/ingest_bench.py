@@ -31,8 +31,18 @@ else:
     con = open_warehouse(db)
     rows = ingest_paths(con, [path]).totals.loaded
 con.close()
+def peak_rss_mb():
+    # VmHWM starts fresh at exec; ru_maxrss keeps the parent's peak across fork+exec on Linux.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": rows,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 
