@@ -166,6 +166,71 @@ class OutputSettings(_Section):
     dir: Path = Field(Path("out"), description="Where run folders out/<run-id>/ are written.")
 
 
+class HistorySettings(_Section):
+    url: str | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the run history (e.g. postgresql+psycopg://host/db); "
+            "default: a SQLite file history.sqlite in [output] dir."
+        ),
+    )
+
+
+class AlertSettings(_Section):
+    webhook_env: str = Field(
+        "PLANNER_WEBHOOK_URL",
+        description=(
+            "Environment variable holding the webhook URL posted to when a run needs attention "
+            "(webhook URLs are secrets: never in this file). Unset variable: no post."
+        ),
+    )
+    drift_threshold: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Task-mix drift (total variation distance from the previous run) that alerts.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Webhook request timeout, seconds.")
+
+    @field_validator("webhook_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be the NAME of an environment variable (letters, digits, _)")
+        return value
+
+
+class ScheduleSettings(_Section):
+    cron: str = Field("0 2 * * *", description="When `serve` runs the nightly flow (cron syntax).")
+    timezone: str = Field("UTC", description="Time zone of the cron schedule.")
+
+
+class RunSettings(_Section):
+    logs: list[str] = Field(
+        default_factory=list,
+        description="Log files, globs or Parquet folders `run` ingests (the CLI's --logs wins).",
+    )
+    batch_output: str | None = Field(
+        None, description="OpenAI batch output file joined to a batch input listed in logs."
+    )
+    retrain_days: float = Field(
+        7.0, ge=0, description="Retrain the classifier when it is older than this (0: every run)."
+    )
+    shard_size: int = Field(64, gt=0, description="Sampled requests per replay shard.")
+    dask_address: str | None = Field(
+        None,
+        description=(
+            "Dask scheduler address (tcp://host:8786) to run replay shards on; "
+            "needs prefect-dask. Default: this machine."
+        ),
+    )
+    lock_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long a run waits for another run to finish before refusing (seconds).",
+    )
+
+
 class PlannerSettings(BaseSettings):
     """Everything a run needs, from planner.toml and PLANNER_* variables."""
 
@@ -180,6 +245,10 @@ class PlannerSettings(BaseSettings):
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
     prices: dict[str, PriceSettings] = Field(
         default_factory=dict, description="Overrides of the shipped price table, by model name."
     )
@@ -198,6 +267,12 @@ class PlannerSettings(BaseSettings):
                 return cand
         known = ", ".join(c.name for c in self.candidates) or "none configured"
         raise ConfigError("planner.toml", f"no candidate named {name!r} (known: {known})")
+
+    def history_url(self) -> str:
+        """The run history's SQLAlchemy URL: the configured one, else SQLite beside the runs."""
+        if self.history.url:
+            return self.history.url
+        return f"sqlite:///{(self.output.dir / 'history.sqlite').resolve()}"
 
     def price_overrides(self) -> dict[str, tuple[float, float]]:
         """Model -> (USD/1M in, USD/1M out): the [prices] table plus the baseline's own prices."""
