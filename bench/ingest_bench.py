@@ -66,7 +66,10 @@ def _child(mode: str, path: Path, db: Path) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(n_lines: int = 1_000_000) -> dict[str, object]:
+def run(n_lines: int | None = None) -> dict[str, object]:
+    """``n_lines`` defaults to $INGEST_BENCH_LINES, else 1,000,000."""
+    if n_lines is None:
+        n_lines = int(os.environ.get("INGEST_BENCH_LINES", "1000000"))
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         path = Path(tmp) / "logs.jsonl"
         started = time.perf_counter()
@@ -94,3 +97,11 @@ def run(n_lines: int = 1_000_000) -> dict[str, object]:
         "ingest": ours,
         "ratio": round(ratio, 2),
     }
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest_bench", description=__doc__)
+    parser.add_argument("--lines", type=int, default=None, help="lines to generate (1,000,000)")
+    run(parser.parse_args().lines)
