@@ -182,6 +182,7 @@ def demo_flow(
             out_dir=str(scratch),
             warehouse_path=warehouse,
             classifier_path=str(classifier_dir / "classifier.onnx"),
+            run_id=run_id,
         )
         render_profile_task(str(scratch / "profile.html"), profile, ingest, classified.get("page"))
     run_dir = out / run_id

@@ -480,11 +480,13 @@ def plan_flow(
     classifier_path: str | None = None,
     device_power_w: float | None = None,
     battery_wh: float | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Score the replays, decide the routes, project the month, write the artifacts and the HTML."""
+    """Score the replays, decide the routes, project the month, write the artifacts and the HTML.
+    ``run_id`` names the run in metrics.json and the configs (the parent flow passes its own)."""
     settings = load_settings(config_path)
     warehouse = warehouse_path or str(settings.warehouse.path)
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     run_dir = Path(out_dir) if out_dir else settings.output.dir / run_id
     objectives = Objectives(
         quality_floor=settings.objectives.quality_floor,
