@@ -65,7 +65,7 @@ def test_artifacts_of_a_flow_run(tmp_path: Path) -> None:
             json={"artifacts": {"flow_run_id": {"any_": [run_id]}}, "sort": "CREATED_DESC"},
         )
     found = [Artifact.model_validate(a) for a in response.json()]
-    by_key = {a.key: a for a in found}
+    by_key = {str(a.key): a for a in found}
     assert sorted(by_key) == sorted(keys)
     assert by_key["plan-link"].data == (
         f"[Migration plan, run 20261120-0200-ab12]({plan.resolve().as_uri()})"
