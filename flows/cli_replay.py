@@ -41,8 +41,14 @@ def format_report(result: dict[str, Any]) -> str:
         f"sample {sample['sample_id']}: {sample['total']} requests "
         f"({len(sample['counts'])} task types, {sample['uncertain_extra']} uncertain extra)",
         f"cost this run ${result['spent_usd']:.4f} of a ${result['max_cost_usd']:.2f} cap",
-        "",
     ]
+    shards = result.get("shards")
+    if shards:
+        lines.append(
+            f"shards {shards['done']}/{shards['total']} done: "
+            f"{shards['replayed_requests']} requests replayed, {shards['cached_requests']} cached"
+        )
+    lines.append("")
     header = (
         f"{'candidate':<22} {'sent':>5} {'cached':>6} {'ok':>5} {'retries':>7} {'cost $':>9} "
         f"{'ttft p50/p95 ms':>16} {'latency p50/p95 ms':>19} {'tok/s':>7}  errors"
@@ -105,6 +111,20 @@ def replay(
     warehouse: Path | None = typer.Option(
         None, "--warehouse", "-w", help="The DuckDB warehouse (default: [warehouse] path)."
     ),
+    shard_size: int | None = typer.Option(
+        None,
+        "--shard-size",
+        min=1,
+        help="Requests per local-model shard (default: [run] shard_size).",
+    ),
+    dask_address: str | None = typer.Option(
+        None,
+        "--dask-address",
+        help=(
+            "Run local-model shards on this Dask scheduler (tcp://host:8786), or 'local' for a "
+            "LocalCluster here; needs prefect-dask (default: [run] dask_address)."
+        ),
+    ),
 ) -> None:
     """Replay a seeded sample of production requests through local models and relays."""
     settings = settings_from(config)
@@ -114,7 +134,11 @@ def replay(
     path = warehouse_path(settings, warehouse)
     open_warehouse(path, create=False).close()  # missing or locked: one line, before Prefect
     from flows.replay_flow import replay_flow, request_stop
+    from flows.shards import dask_task_runner
 
+    address = dask_address or settings.run.dask_address
+    if address:
+        dask_task_runner(address)  # prefect-dask missing: one line, before Prefect starts
     with graceful_interrupt(request_stop):
         result = replay_flow(
             config_path=str(config) if config is not None else None,
@@ -122,6 +146,8 @@ def replay(
             candidates=names,
             refresh=refresh,
             warehouse_path=str(path),
+            shard_size=shard_size,
+            dask_address=dask_address,
         )
     if json_output:
         print_json(result)
