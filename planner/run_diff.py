@@ -40,6 +40,8 @@ HEADLINE_DIFF_KEYS = (
     "latency_p95_after_ms",
 )
 
+DRIFT_EPSILON = 1e-9  # shares are floats: a drift equal to the threshold must not alert
+
 SignalKind = Literal["decision_flipped", "quality_below_floor", "drift"]
 
 
@@ -438,7 +440,7 @@ def attention_signals(
                     f"{was}.",
                 )
             )
-    if diff is not None and diff.drift > drift_threshold:
+    if diff is not None and diff.drift > drift_threshold + DRIFT_EPSILON:
         moved = [m for m in diff.mix_changes if abs(m.delta) >= 0.005][:3]
         detail = ", ".join(f"{m.task_type} {_pct(m.share_a)} → {_pct(m.share_b)}" for m in moved)
         signals.append(
