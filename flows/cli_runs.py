@@ -84,7 +84,8 @@ def _table(header: list[str], rows: list[list[str]], right: set[int] | None = No
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            (c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(cells, widths))
+            (c.rjust(w) if i in right else c.ljust(w))
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     return [line(header), *(line(r) for r in rows)]

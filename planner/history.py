@@ -151,6 +151,13 @@ def redact_url(url: str | URL) -> str:
         return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
 
 
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's own message (first line), without SQLAlchemy's SQL and parameter dump."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _utc(moment: datetime) -> datetime:
     """Stored as UTC; a naive datetime (SQLite hands those back) is taken to be UTC."""
     if moment.tzinfo is None:
@@ -204,8 +211,7 @@ class HistoryStore:
             with Session(self._engine, expire_on_commit=False) as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            reason = str(exc.orig if getattr(exc, "orig", None) is not None else exc)
-            raise HistoryError(self.url, f"cannot {action}: {reason.splitlines()[0]}") from exc
+            raise HistoryError(self.url, f"cannot {action}: {_reason(exc)}") from exc
 
     def _row(self, session: Session, run_id: str) -> RunRow:
         row = session.get(RunRow, run_id)
@@ -337,7 +343,7 @@ class HistoryStore:
             return self._records(session, [row])[0]
 
     def previous_completed(self, before_run_id: str) -> RunRecord | None:
-        """The newest completed run that started before ``before_run_id`` (None if there is none)."""
+        """The newest completed run that started before ``before_run_id`` (None: there is none)."""
         with self._session(f"find the run before {before_run_id!r}") as session:
             current = self._row(session, before_run_id)
             started = _utc(current.started_at)
@@ -411,6 +417,5 @@ def open_history(url: str, *, create: bool = True) -> HistoryStore:
         SQLModel.metadata.create_all(engine, tables=[RunRow.__table__, DecisionRow.__table__])  # type: ignore[attr-defined]
     except SQLAlchemyError as exc:
         engine.dispose()
-        reason = str(exc.orig if getattr(exc, "orig", None) is not None else exc)
-        raise HistoryError(shown, f"cannot open: {reason.splitlines()[0]}") from exc
+        raise HistoryError(shown, f"cannot open: {_reason(exc)}") from exc
     return HistoryStore(engine, shown)

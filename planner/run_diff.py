@@ -428,7 +428,9 @@ def attention_signals(
         if route.quality_mean < current.quality_floor:
             was = ""
             if diff is not None:
-                prior = next((c for c in diff.route_changes if c.task_type == route.task_type), None)
+                prior = next(
+                    (c for c in diff.route_changes if c.task_type == route.task_type), None
+                )
                 if prior is not None and prior.quality.a is not None:
                     was = f" (was {prior.quality.a:.2f} in run {diff.a_run_id})"
             signals.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def record_run(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> HistoryStore:
+def store(tmp_path: Path) -> Iterator[HistoryStore]:
     history = open_history(f"sqlite:///{tmp_path / 'nested' / 'history.sqlite'}")
     yield history
     history.close()
@@ -80,7 +81,9 @@ def test_round_trip_through_a_sqlite_file(tmp_path: Path, store: HistoryStore) -
     assert run.inputs == {"lines_read": 1200, "loaded": 1000, "rejected": 2}
     assert run.stage_seconds == {"ingest": 1.5, "replay": 90.25}
     assert run.artifacts == {"plan": "out/20261120-020000-aaaa/plan.html"}
-    assert run.signals == [{"kind": "drift", "task_type": None, "message": "The task mix drifted 20%."}]
+    assert run.signals == [
+        {"kind": "drift", "task_type": None, "message": "The task mix drifted 20%."}
+    ]
     assert run.config_hash == "cfg1" and run.trigger == "schedule" and run.error is None
     assert again.figures("20261120-020000-aaaa") == figs
     assert run.to_dict()["routes"][1]["route"] == "edge-small-int4"
@@ -124,7 +127,12 @@ def test_list_newest_first_and_previous_completed(store: HistoryStore) -> None:
 
 def test_times_are_stored_as_utc(store: HistoryStore) -> None:
     paris = timezone(timedelta(hours=1))
-    store.start_run("r1", started_at=datetime(2026, 11, 20, 3, 0, tzinfo=paris), config_hash="c", trigger="manual")
+    store.start_run(
+        "r1",
+        started_at=datetime(2026, 11, 20, 3, 0, tzinfo=paris),
+        config_hash="c",
+        trigger="manual",
+    )
     assert store.get_run("r1").started_at == datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 
 
@@ -133,11 +141,17 @@ def test_get_run_by_prefix_and_clear_errors(store: HistoryStore) -> None:
     record_run(store, "20261121-020000-bbbb", T0 + timedelta(days=1), figs=figures())
     record_run(store, "20261121-030000-cccc", T0 + timedelta(days=1, hours=1), figs=figures())
     assert store.get_run("20261120").run_id == "20261120-020000-aaaa"
-    with pytest.raises(HistoryError, match="prefix '20261121' is ambiguous: 20261121-030000-cccc, 20261121-020000-bbbb"):
+    with pytest.raises(
+        HistoryError,
+        match="prefix '20261121' is ambiguous: 20261121-030000-cccc, 20261121-020000-bbbb",
+    ):
         store.get_run("20261121")
     with pytest.raises(HistoryError) as err:
         store.get_run("nope")
-    assert "no run named 'nope' (known: 20261121-030000-cccc, 20261121-020000-bbbb, 20261120-020000-aaaa)" in str(err.value)
+    assert (
+        "no run named 'nope' (known: 20261121-030000-cccc, 20261121-020000-bbbb, 20261120-020000-aaaa)"
+        in str(err.value)
+    )
     # LIKE wildcards in a prefix are literal characters
     with pytest.raises(HistoryError, match="no run named '2026%'"):
         store.get_run("2026%")
@@ -157,7 +171,9 @@ def test_writes_are_transactional(store: HistoryStore) -> None:
     with pytest.raises(HistoryError, match="already recorded"):
         store.start_run("r1", started_at=T0, config_hash="c", trigger="manual")
     dupe = figures()
-    bad = RunFigures(dupe.headline, dupe.task_mix, dupe.routes + dupe.routes[:1], dupe.quality_floor)
+    bad = RunFigures(
+        dupe.headline, dupe.task_mix, dupe.routes + dupe.routes[:1], dupe.quality_floor
+    )
     with pytest.raises(HistoryError, match="cannot record the end of run 'r1'"):
         store.finish_run(
             "r1",

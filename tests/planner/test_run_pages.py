@@ -44,7 +44,9 @@ def test_index_lists_runs_newest_first_with_relative_links(tmp_path: Path) -> No
     out = tmp_path / "out"
     with open_history("sqlite://") as store:
         for i, (run_id, figs) in enumerate((("run-a", A), ("run-b", B), ("run-c", None))):
-            store.start_run(run_id, started_at=T0 + timedelta(days=i), config_hash="c", trigger="schedule")
+            store.start_run(
+                run_id, started_at=T0 + timedelta(days=i), config_hash="c", trigger="schedule"
+            )
             store.finish_run(
                 run_id,
                 status="completed" if figs else "failed",
@@ -83,8 +85,10 @@ def test_diff_page_puts_attention_first_and_escapes_log_text(tmp_path: Path) -> 
     assert [s.kind for s in signals] == ["decision_flipped", "quality_below_floor", "drift"]
     path = write_diff_page(tmp_path / "run-b" / "diff.html", diff, signals)
     page = path.read_text(encoding="utf-8")
-    assert page.index("Attention needed (3)") < page.index("1 decision flipped.") < page.index(
-        "Task mix"
+    assert (
+        page.index("Attention needed (3)")
+        < page.index("1 decision flipped.")
+        < page.index("Task mix")
     )
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;|x" in page
     assert 'href="../index.html"' in page and 'href="../run-a/plan.html"' in page
@@ -104,11 +108,16 @@ def test_summary_markdown_attention_first_and_inert_text() -> None:
     assert lines[4].startswith("- Decision flipped since run run-a: &lt;script&gt;")
     assert text.index("Attention needed") < text.index("Suitable: saves $45.50/month.")
     assert "- Monthly cost: $100 today → $54.50 after ($45.50 saved)" in text
-    assert "- Since run run-a: task-mix drift 30%, 1 decision(s) flipped, savings $60.00 → $45.50" in text
+    assert (
+        "- Since run run-a: task-mix drift 30%, 1 decision(s) flipped, savings $60.00 → $45.50"
+        in text
+    )
     table = [line for line in lines if line.startswith("| ")]
     assert table[0].startswith("| Task type |")
     assert table[2] == "| chatbot | 80% | production | production | 1.00 | 850 ms | $0.2000 |"
-    assert table[3].startswith("| &lt;script&gt;alert(1)&lt;/script&gt;\\|x | 20% | edge-base-int4 |")
+    assert table[3].startswith(
+        "| &lt;script&gt;alert(1)&lt;/script&gt;\\|x | 20% | edge-base-int4 |"
+    )
     assert "<script>" not in text
     quiet = summary_markdown("run-a", A, None, [])
     assert "Attention" not in quiet and quiet.splitlines()[2] == "Suitable: saves $60.00/month."
