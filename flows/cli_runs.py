@@ -161,7 +161,7 @@ def format_show(record: RunRecord) -> str:
         lines += ["", f"stages: {stages}"]
     if record.artifacts:
         width = max(len(k) for k in record.artifacts)
-        lines += ["", *(f"{k:<{width}}  {v}" for k, v in record.artifacts.items())]
+        lines += ["", "files:", *(f"  {k:<{width}}  {v}" for k, v in record.artifacts.items())]
     return "\n".join(lines)
 
 

@@ -171,6 +171,10 @@ def _ms(value: Any) -> str:
     return "–" if value is None else f"{value:,.0f} ms"
 
 
+def _count(value: Any) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
 def _quality(value: Any) -> str:
     return "–" if value is None else f"{value:.2f}"
 
@@ -201,7 +205,7 @@ def summary_markdown(
         f"{_pct(h.get('quality'))} (floor {_pct(figures.quality_floor)})",
         f"- p95 latency: {_ms(h.get('latency_p95_before_ms'))} → "
         f"{_ms(h.get('latency_p95_after_ms'))}",
-        f"- Requests analysed: {h.get('requests') if h.get('requests') is not None else '–'}",
+        f"- Requests analysed: {_count(h.get('requests'))}",
     ]
     if diff is not None:
         lines.append(

@@ -108,6 +108,7 @@ def test_summary_markdown_attention_first_and_inert_text() -> None:
     assert lines[4].startswith("- Decision flipped since run run-a: &lt;script&gt;")
     assert text.index("Attention needed") < text.index("Suitable: saves $45.50/month.")
     assert "- Monthly cost: $100 today → $54.50 after ($45.50 saved)" in text
+    assert "- Requests analysed: 1,000" in text
     assert (
         "- Since run run-a: task-mix drift 30%, 1 decision(s) flipped, savings $60.00 → $45.50"
         in text
