@@ -320,7 +320,7 @@ def _run(
         run_id=run_id,
         plan_html=run_dir / "plan.html",
         markdown=markdown,
-        routes=[r.__dict__ for r in figures.routes],
+        routes=[r.to_dict() for r in figures.routes],
         index_html=index,
     )
     webhook: dict[str, Any] | None = None
@@ -332,7 +332,7 @@ def _run(
                 "text": markdown,
                 "run_id": run_id,
                 "plan": artifacts.get("plan"),
-                "signals": [s.__dict__ for s in signals],
+                "signals": [s.to_dict() for s in signals],
             },
             timeout_s=settings.alerts.timeout_s,
         )
