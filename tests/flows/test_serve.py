@@ -68,10 +68,12 @@ def test_next_run_time_counts_in_the_time_zone() -> None:
 def test_a_server_that_does_not_answer_names_its_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with _no_configured_api(monkeypatch):
-        with pytest.raises(PrefectServerError) as info:
-            with local_prefect_server(home=tmp_path, timeout_s=0.2):
-                pytest.fail("the block must not run")
+    with (
+        _no_configured_api(monkeypatch),
+        pytest.raises(PrefectServerError) as info,
+        local_prefect_server(home=tmp_path, timeout_s=0.2),
+    ):
+        pytest.fail("the block must not run")
     assert str(tmp_path / "server.log") in str(info.value)
     assert "did not answer within 0.2 s" in str(info.value)
     assert not _prefect_servers()  # stopped, not left behind
@@ -174,10 +176,12 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = int(taken.getsockname()[1])
-        with pytest.raises(
-            PrefectServerError, match=f"exited with code 1.*{port} is already in use"
-        ) as info:
-            with local_prefect_server(port, home=tmp_path, timeout_s=120):
-                pytest.fail("the block must not run")
+        with (
+            pytest.raises(
+                PrefectServerError, match=f"exited with code 1.*{port} is already in use"
+            ) as info,
+            local_prefect_server(port, home=tmp_path, timeout_s=120),
+        ):
+            pytest.fail("the block must not run")
     assert str(tmp_path / "server.log") in str(info.value)
     assert not _prefect_servers()
