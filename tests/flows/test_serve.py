@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -142,7 +143,7 @@ def test_serve_nightly_on_a_local_server_then_ctrl_c(tmp_path: Path) -> None:
         ]
         assert listening and {addr.ip for addr in listening} == {"127.0.0.1"}
 
-        deployment: dict[str, object] = {}
+        deployment: dict[str, Any] = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             resp = httpx.get(f"{api}/deployments/name/migration-planner-nightly/nightly-test")
@@ -151,7 +152,7 @@ def test_serve_nightly_on_a_local_server_then_ctrl_c(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert deployment, f"deployment never appeared; output: {seen}"
-        (sched,) = deployment["schedules"]  # type: ignore[misc]
+        (sched,) = deployment["schedules"]
         assert sched["schedule"]["cron"] == "15 3 1 1 *"
         assert sched["schedule"]["timezone"] == "Europe/Berlin" and sched["active"] is True
         assert deployment["parameters"] == {"config_path": str(tmp_path / "planner.toml")}
