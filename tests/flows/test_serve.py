@@ -186,3 +186,32 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
             pytest.fail("the block must not run")
     assert str(tmp_path / "server.log") in str(info.value)
     assert not _prefect_servers()
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    """`serve` registered on an app the way flows/cli.py registers it."""
+    from typer.testing import CliRunner
+
+    from flows.cli_common import new_app
+    from flows.cli_serve import register
+
+    app = new_app("test")
+    register(app)
+    app.command("other")(lambda: None)  # two commands, so `serve` is a subcommand
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_help_and_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _cli("serve", "--help")
+    assert code == 0 and "127.0.0.1" in out and "prefect.yaml" in out and "--cron" in out
+    code, _, err = _cli("serve", "--cron", "every night")
+    assert (code, err) == (2, 'error: [schedule]: Invalid cron string: "every night"\n')
+    code, _, err = _cli("serve", "-c", str(tmp_path / "missing.toml"))
+    assert code == 2 and err == f"error: {tmp_path / 'missing.toml'}: config file not found\n"
+    # the defaults come from [schedule] in ./planner.toml
+    (tmp_path / "planner.toml").write_text('[schedule]\ntimezone = "Mars/Olympus"\n')
+    code, _, err = _cli("serve")
+    assert code == 2 and err.startswith('error: [schedule]: Invalid timezone: "Mars/Olympus"')
+    assert not _prefect_servers()
