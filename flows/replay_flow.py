@@ -39,6 +39,7 @@ from flows.shards import (
     LocalModelSpec,
     Shard,
     ShardRunner,
+    clear_stop,
     dask_task_runner,
     fingerprint_task,
     merge_runs,
@@ -48,6 +49,7 @@ from flows.shards import (
     replay_shard_task,
     split,
     stop_event,
+    stop_requested,
 )
 from planner.backends import ReplayRequest
 from planner.errors import CircuitOpenError, ConfigError
@@ -185,7 +187,7 @@ def _run_relay(
             requests,
             store=store,
             already_done=already_done,
-            should_stop=stop_event.is_set,
+            should_stop=stop_requested,
             report=report,
         )
     finally:
@@ -304,7 +306,7 @@ def _run_local(
     queue = deque(shards)
     inflight: dict[Any, Shard] = {}
     while queue or inflight:
-        while queue and len(inflight) < pool.capacity and not stop_event.is_set():
+        while queue and len(inflight) < pool.capacity and not stop_requested():
             shard = queue.popleft()
             if shard.candidate in runs.failed:
                 runs.left[shard.candidate] = runs.left.get(shard.candidate, 0) + 1
@@ -351,7 +353,7 @@ def replay_flow(
     ``shard_size`` and ``dask_address`` default to ``[run]`` in the settings; ``"local"`` as the
     address starts a LocalCluster in this process.
     """
-    stop_event.clear()
+    clear_stop()
     settings = load_settings(config_path)
     chosen = _selected(settings, candidates)
     size = shard_size or settings.run.shard_size
@@ -414,7 +416,7 @@ def replay_flow(
             pool: ShardRunner = DaskShards(runner, str(address)) if runner else InlineShards()
             if not pool.concurrent_with_relays:
                 wait_relays()
-            if local and not stop_event.is_set():
+            if local and not stop_requested():
                 specs, shards = _plan_local(
                     pool, local, requests, already_done, refresh, size, max_new, local_runs
                 )

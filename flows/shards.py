@@ -33,7 +33,17 @@ LOCAL_DASK = "local"  # --dask-address local: a LocalCluster started in this pro
 
 # Set by request_stop() (the CLI's first Ctrl-C). Shards in this process see it and stop after
 # the requests in flight; shards on Dask workers finish, and no new shard is dispatched.
+# (A flow's function is pickled by value to Dask workers: it must reach the event through these
+# functions, never name it, as a lock cannot be pickled.)
 stop_event = threading.Event()
+
+
+def stop_requested() -> bool:
+    return stop_event.is_set()
+
+
+def clear_stop() -> None:
+    stop_event.clear()
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,7 @@ def _replay_shard(spec: dict[str, Any], fingerprint: str, requests: list[dict[st
                 replay_row(k.result, k.key, k.fingerprint) for k in batch
             ),
             already_done=lambda keys: set(),  # the flow sent only what is not done
-            should_stop=stop_event.is_set,
+            should_stop=stop_requested,
             report=report,
         )
     return {"run": run.to_dict(), "rows": rows}
