@@ -10,6 +10,7 @@ deploys ``prefect.yaml`` with ``prefect deploy`` instead and needs none of this.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -88,6 +89,22 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
             continue
 
 
+def _drain_prefect_workers() -> None:
+    """Send the events and logs this process still holds before their server goes away
+    (else Prefect prints connection errors at exit), as Prefect's own test harness does."""
+    try:
+        asyncio.get_running_loop()
+        return  # (an async caller drains with Prefect's async API itself)
+    except RuntimeError:
+        pass
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):  # best effort: the server stops either way
+            worker.drain_all(timeout=5)
+
+
 def _wait_healthy(proc: subprocess.Popen[bytes], api_url: str, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2.0) as client:
@@ -160,6 +177,8 @@ def local_prefect_server(
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield api_url
     finally:
+        if proc.poll() is None:
+            _drain_prefect_workers()
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:

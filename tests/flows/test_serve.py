@@ -215,3 +215,48 @@ def test_cli_help_and_one_line_errors(tmp_path: Path, monkeypatch: pytest.Monkey
     code, _, err = _cli("serve")
     assert code == 2 and err.startswith('error: [schedule]: Invalid timezone: "Mars/Olympus"')
     assert not _prefect_servers()
+
+
+def test_prefect_yaml_deploys_onto_an_existing_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The team path: a server that already runs (here one we start), a process work pool, and
+    `prefect deploy --name nightly` reading prefect.yaml from the repository root."""
+    with _no_configured_api(monkeypatch), local_prefect_server(home=tmp_path) as api:
+        env = {**os.environ, "PREFECT_API_URL": api, "COLUMNS": "300"}
+        prefect = [sys.executable, "-m", "prefect"]
+        pool = subprocess.run(
+            [*prefect, "work-pool", "create", "default-process-pool", "--type", "process"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deploy = subprocess.run(
+            [*prefect, "deploy", "--name", "nightly", "--no-prompt"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        # (its exit code is 1 with fastapi >= 0.151: Prefect 3.8.8's worker check after the
+        # deployment is created sends null limit/offset, which that fastapi refuses)
+        assert "Deployment 'migration-planner-nightly/nightly' successfully created" in (
+            deploy.stdout
+        ), deploy.stdout + deploy.stderr
+        resp = httpx.get(f"{api}/deployments/name/migration-planner-nightly/nightly")
+        assert resp.status_code == 200
+        deployment = resp.json()
+    (sched,) = deployment["schedules"]
+    assert sched["schedule"] == {"cron": "0 2 * * *", "timezone": "UTC", "day_or": True}
+    assert sched["active"] is True
+    assert deployment["entrypoint"] == "flows/nightly.py:nightly_flow"
+    assert deployment["parameters"] == {"config_path": "planner.toml"}
+    assert deployment["work_pool_name"] == "default-process-pool"
+    assert deployment["global_concurrency_limit"]["limit"] == 1
+    assert deployment["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+    ]
+    assert not _prefect_servers()
