@@ -242,9 +242,10 @@ class DaskShards:
     def done(self, handles: Sequence[Any]) -> list[Any]:
         import distributed
 
-        finished, _ = distributed.wait(
-            [h.wrapped_future for h in handles], return_when="FIRST_COMPLETED"
-        )
+        with self.runner.client.as_current():  # the runner's client is not the default one
+            finished, _ = distributed.wait(
+                [h.wrapped_future for h in handles], return_when="FIRST_COMPLETED"
+            )
         return [h for h in handles if h.wrapped_future in finished]
 
     def outcome(self, handle: Any) -> Any:

@@ -151,6 +151,8 @@ def test_dask_shards_store_what_the_thread_runner_stores(
     held = cluster_models(cluster)
     assert any(models == ["tiny-local"] for models in held.values()), held
     assert flows.shards._loaded == {}
+    # ... and the workers reported their task runs to this Prefect server (settings travel along)
+    assert completed_shard_runs() >= 2 * local_shards
 
     again = replay_flow(
         config_path=str(config),
@@ -166,6 +168,19 @@ def test_dask_shards_store_what_the_thread_runner_stores(
     }
     assert all(r["sent"] == 0 and r["cached"] == total for r in again["candidates"])
     assert stored(dask_wh) == rows and chat_requests(relay) == 2 * total
+
+
+def completed_shard_runs() -> int:
+    """Completed local-shard task runs the Prefect server knows of."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    shards = TaskRunFilter(name=TaskRunFilterName(like_="replay-local-shard"))
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=shards, sort=TaskRunSort.ID_DESC, limit=200)
+    return sum(1 for run in runs if run.state_type == StateType.COMPLETED)
 
 
 def cluster_models(cluster: Any) -> dict[str, list[str]]:
