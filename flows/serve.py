@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -256,6 +257,8 @@ def serve_flow(
     first = next_run_time(cron, timezone)
     local = configured_api_url() is None
     in_main = threading.current_thread() is threading.main_thread()
+    # SIGTERM (systemd, docker stop) while the server starts: stop like Ctrl-C. Once serving,
+    # Prefect's runner takes SIGTERM over and exits with SystemExit(0); both end up below.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         if local:
@@ -267,13 +270,17 @@ def serve_flow(
             env = f"PREFECT_API_URL={api_url} " if local else ""
             echo(f"run now:     {env}prefect deployment run '{flow.name}/{name}'")
             echo("Ctrl-C stops serving" + (" and the local server." if local else "."))
-            serve(deployment, limit=1, print_starting_message=False)
+            with warnings.catch_warnings():
+                # (prefect 3.8's runner SIGTERM handler drops its own stop coroutine)
+                warnings.filterwarnings("ignore", "coroutine 'Runner.astop' was never awaited")
+                serve(deployment, limit=1, print_starting_message=False)
     except KeyboardInterrupt:
         pass
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    echo("stopped serving" + ("; local Prefect server stopped." if local else "."))
+        if sys.exc_info()[0] in (None, SystemExit):
+            echo("stopped serving" + ("; local Prefect server stopped." if local else "."))
 
 
 def serve_nightly(
