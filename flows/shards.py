@@ -273,7 +273,7 @@ def dask_task_runner(address: str) -> Any:
                 "n_workers": 1,
                 "threads_per_worker": 1,
                 "processes": True,
-                "dashboard_address": None,
+                "dashboard_address": ":0",  # a free port: never clash with another cluster
             }
         )
     return DaskTaskRunner(address=address)

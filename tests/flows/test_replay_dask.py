@@ -42,7 +42,7 @@ def cluster(prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     distributed = pytest.importorskip("distributed")
     monkeypatch.setenv("TEST_DASK_KEY", KEY)
     with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
     ) as local:
         yield local
 
@@ -154,11 +154,9 @@ def test_dask_shards_store_what_the_thread_runner_stores(
     # ... and the workers reported their task runs to this Prefect server (settings travel along)
     assert completed_shard_runs() >= 2 * local_shards
 
+    # "local": a LocalCluster of this run's own (the fingerprint task runs there)
     again = replay_flow(
-        config_path=str(config),
-        warehouse_path=str(dask_wh),
-        shard_size=SHARD,
-        dask_address=cluster.scheduler_address,
+        config_path=str(config), warehouse_path=str(dask_wh), shard_size=SHARD, dask_address="local"
     )
     assert again["shards"] == {
         "total": 0,
