@@ -7,9 +7,12 @@ normalization (warehouse/normalize.py) takes it from there.
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 
 from warehouse.credentials import REQUEST_SECRET_FIELDS
+from warehouse.normalize import stage_columns
 
 # (name, JSON path) pulled out of each line with one parse.
 _PATHS: tuple[tuple[str, str], ...] = (
@@ -211,3 +214,187 @@ def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> N
             CASE WHEN {jt("metadata")} = 'OBJECT' THEN {f("metadata")} END AS metadata
         FROM typed
     """)
+
+
+# The fast path. One json_transform parses each line once: a field whose JSON type the format
+# constrains comes out as JSON text (its first character tells its type), the request as a map
+# (its keys tell whether any parameters beyond the messages were logged), the rest typed. A line
+# passing every cheap check is loaded from these values; any other line (broken, wrong types,
+# unusual shapes) takes the general path above, which states exactly what is wrong with it.
+_STRUCTURE = json.dumps(
+    {
+        "id": "JSON",
+        "timestamp": "JSON",
+        "request": {
+            "messages": "JSON",
+            "model": "JSON",
+            "temperature": "JSON",
+            "max_tokens": "JSON",
+        },
+        "response": {
+            "model": "VARCHAR",
+            "choices": [{"message": {"content": "JSON"}, "finish_reason": "VARCHAR"}],
+            "usage": {"prompt_tokens": "JSON", "completion_tokens": "JSON"},
+        },
+        "status_code": "JSON",
+        "latency_ms": "JSON",
+        "ttft_ms": "JSON",
+        "cost_usd": "JSON",
+        "conversation_id": "JSON",
+        "user": "VARCHAR",
+        "metadata": "JSON",
+        "error": "JSON",
+    }
+)
+_MESSAGES = json.dumps([{"role": "VARCHAR", "content": "VARCHAR"}])
+_ROLES = "['system', 'developer', 'user', 'assistant', 'tool', 'function']"
+# Request keys stored in their own columns: a request with no other key has params '{}'.
+_OWN_KEYS = "['messages', 'model', 'temperature', 'max_tokens']"
+
+
+def _absent(x: str) -> str:
+    return f"({x} IS NULL OR {x} = 'null')"
+
+
+def _is_str(x: str) -> str:
+    return f"prefix({x}, '\"')"
+
+
+def _is_num(x: str) -> str:
+    return f"regexp_matches({x}, '^-?[0-9]')"
+
+
+def _is_int(x: str) -> str:
+    # surely a BIGINT; longer integers take the general path
+    return f"regexp_full_match({x}, '-?[0-9]{{1,18}}')"
+
+
+def _text(x: str) -> str:
+    """The value of the JSON string ``x``: unquoted, unescaped only when it holds an escape."""
+    return f"CASE WHEN contains({x}, '\\') THEN {x}->>'$' ELSE {x}[2:-2] END"
+
+
+def _secret_patch() -> str:
+    keys = ("messages", "model", "temperature", "max_tokens", *REQUEST_SECRET_FIELDS)
+    return "{" + ", ".join(f'"{k}": null' for k in keys) + "}"
+
+
+def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
+    """A SELECT over ``lines`` (one column, ``line``, in file order) giving ``_stage`` columns
+    but ``line_no`` (the caller numbers rows by their order), plus ``pending`` (the line needs
+    the general path) and ``raw`` (the line, kept for pending ones only). ``fast=False`` sends
+    every line the general way (the tests compare both)."""
+    ok_ts = "ts IS NOT NULL AND year(ts) BETWEEN 1990 AND 2200"
+    return f"""
+        WITH src AS (
+            SELECT line,
+                   CASE WHEN line IS NULL THEN true WHEN prefix(line, ' ') THEN trim(line) = ''
+                        ELSE line = '' END AS is_blank,
+                   line = chr(2) AS is_marker
+            FROM ({lines})
+        ), parsed AS (
+            SELECT *, CASE WHEN NOT is_blank AND NOT is_marker
+                           THEN try(json_transform(line, '{_STRUCTURE}')) END AS t
+            FROM src
+        ), leaves AS (
+            SELECT line, is_blank, is_marker, t IS NULL AS unparsed,
+                t.id::VARCHAR AS id, t.timestamp::VARCHAR AS tsj,
+                t.request IS NOT NULL AS has_request,
+                t.request.messages AS messages,
+                t.request.messages::VARCHAR AS mj,
+                t.request.model::VARCHAR AS model_j,
+                t.request.temperature::VARCHAR AS temp_j,
+                t.request.max_tokens::VARCHAR AS maxt_j,
+                t.response IS NULL OR t.response.model IS NOT NULL
+                    OR t.response.choices IS NOT NULL OR t.response.usage IS NOT NULL AS resp_ok,
+                t.response.model AS response_model,
+                t.response.choices[1].message.content::VARCHAR AS content_j,
+                t.response.choices[1].finish_reason AS finish_reason,
+                t.response.usage.prompt_tokens::VARCHAR AS prompt_j,
+                t.response.usage.completion_tokens::VARCHAR AS completion_j,
+                t.status_code::VARCHAR AS status_j, t.latency_ms::VARCHAR AS latency_j,
+                t.ttft_ms::VARCHAR AS ttft_j, t.cost_usd::VARCHAR AS cost_j,
+                t.conversation_id::VARCHAR AS conv_j, t.user AS user_id,
+                t.metadata::VARCHAR AS meta_j, t.metadata AS t_metadata, t.error::VARCHAR AS err_j
+            FROM parsed
+        ), msgs AS (
+            SELECT *,
+                json_transform(mj, '{_MESSAGES}') AS ml,
+                json_type(mj, '$[*].content') AS ctypes,
+                CASE WHEN {_is_str("tsj")}
+                     THEN try_cast({_text("tsj")} AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
+                     WHEN {_is_num("tsj")} AND try_cast(tsj AS DOUBLE) BETWEEN 0 AND 7258118400
+                     THEN to_timestamp(try_cast(tsj AS DOUBLE)) AT TIME ZONE 'UTC' END AS ts
+            FROM leaves
+        ), roled AS (
+            SELECT *, list_transform(ml, lambda m: m.role) AS roles FROM msgs
+        ), checked AS (
+            SELECT *,
+                (
+                    {"true" if fast else "false"} AND NOT unparsed AND has_request AND resp_ok
+                    AND ({_is_str("id")} OR {_is_int("id")})
+                    AND ({_is_int("id")} OR trim({_text("id")}) <> '')
+                    AND {ok_ts}
+                    AND prefix(mj, '[') AND len(ml) > 0 AND len(ctypes) = len(ml)
+                    AND list_has_all(['VARCHAR', 'ARRAY'], ctypes)
+                    AND list_count(roles) = len(ml) AND list_has_all({_ROLES}, roles)
+                    AND list_contains(roles, 'user')
+                    AND ({_absent("model_j")} OR {_is_str("model_j")})
+                    AND ({_absent("temp_j")} OR {_is_num("temp_j")})
+                    AND ({_absent("maxt_j")} OR {_is_int("maxt_j")})
+                    AND ({_absent("status_j")} OR {_is_int("status_j")})
+                    AND ({_absent("latency_j")} OR {_is_num("latency_j")})
+                    AND ({_absent("ttft_j")} OR {_is_num("ttft_j")})
+                    AND ({_absent("prompt_j")} OR {_is_int("prompt_j")})
+                    AND ({_absent("completion_j")} OR {_is_int("completion_j")})
+                    AND ({_absent("cost_j")} OR {_is_num("cost_j")})
+                    AND ({_absent("meta_j")} OR prefix(meta_j, '{{'))
+                    AND ({_absent("conv_j")} OR {_is_str("conv_j")} OR {_is_int("conv_j")})
+                    AND ({_absent("content_j")} OR {_is_str("content_j")})
+                ) IS NOT TRUE AND NOT is_blank AND NOT is_marker AS pending
+            FROM roled
+        ), sorted AS (
+            SELECT *, NOT pending AND NOT is_blank AND NOT is_marker AS fast FROM checked
+        ), d AS (
+            SELECT NULL::BIGINT AS line_no, is_blank, is_marker, pending, line,
+                NULL::VARCHAR AS reason,
+                CASE WHEN {_is_str("id")} THEN {_text("id")} ELSE id END AS request_id,
+                ts,
+                NULLIF(CASE WHEN {_is_str("conv_j")} THEN {_text("conv_j")}
+                            WHEN NOT {_absent("conv_j")} THEN conv_j END, '') AS conversation_id,
+                roles,
+                CASE WHEN NOT fast THEN NULL
+                     WHEN list_contains(ctypes, 'ARRAY')
+                     THEN list_transform(ml, lambda m, i: CASE WHEN ctypes[i] = 'ARRAY'
+                          THEN array_to_string(json_extract_string(m.content, '$[*].text'), chr(10))
+                          ELSE m.content END)
+                     ELSE list_transform(ml, lambda m: m.content) END AS texts,
+                CASE WHEN {_is_str("model_j")} THEN {_text("model_j")} END AS model,
+                response_model,
+                messages,
+                try_cast(temp_j AS DOUBLE) AS temperature,
+                try_cast(maxt_j AS INTEGER) AS max_tokens,
+                CASE WHEN NOT fast THEN NULL
+                     WHEN list_has_all({_OWN_KEYS}, json_keys(line, '$.request')) THEN '{{}}'::JSON
+                     ELSE json_merge_patch(json_extract(line, '$.request'), '{_secret_patch()}')
+                END AS params,
+                CASE WHEN {_is_str("content_j")} THEN {_text("content_j")} END AS response_text,
+                finish_reason,
+                try_cast(prompt_j AS INTEGER) AS usage_prompt,
+                try_cast(completion_j AS INTEGER) AS usage_completion,
+                try_cast(latency_j AS DOUBLE) AS latency_ms,
+                try_cast(ttft_j AS DOUBLE) AS ttft_ms,
+                try_cast(status_j AS INTEGER) AS status_code,
+                CASE WHEN NOT {_absent("err_j")}
+                     THEN coalesce(err_j->>'$.message', left(err_j, 500)) END AS error_message,
+                try_cast(cost_j AS DOUBLE) AS cost_log,
+                meta_j->>'$.task_type' AS label_task_type,
+                meta_j->>'$.feature' AS feature,
+                user_id,
+                CASE WHEN prefix(meta_j, '{{') THEN t_metadata END AS metadata
+            FROM sorted
+        )
+        SELECT * EXCLUDE (line_no) FROM (
+            SELECT {stage_columns("d")}, d.pending, CASE WHEN d.pending THEN d.line END AS raw
+            FROM d)
+    """

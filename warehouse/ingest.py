@@ -21,19 +21,16 @@ from typing import Literal
 import duckdb
 
 from warehouse.batch import extract_batch
-from warehouse.chatlog import extract_chat_log
+from warehouse.chatlog import extract_chat_log, stage_chat_log_sql
 from warehouse.connection import fetch_one
 from warehouse.errors import FormatError, InputPathError, WarehouseError
-from warehouse.normalize import LineCounts, finish_stage, stage_requests
+from warehouse.normalize import LineCounts, finish_stage, load_prices, stage_requests
 from warehouse.pricing import Prices, price_table
-from warehouse.rawfile import MAX_LINE_BYTES, ScannedFile, scan_file
+from warehouse.rawfile import MAX_LINE_BYTES, Chunk, ScannedFile, scan_file
 
 FORMATS: tuple[str, ...] = ("auto", "chat-log", "openai-batch")
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz")
 Progress = Callable[[str], None]
-# Lines normalized at a time: bounds memory on large files (cross-chunk duplicates are still
-# caught, by the anti-join against rows loaded from earlier chunks).
-CHUNK_LINES = 100_000
 
 
 @dataclass
@@ -233,26 +230,36 @@ def _already(con: duckdb.DuckDBPyConnection, content_hash: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def _read_raw(con: duckdb.DuckDBPyConnection, table: str, scanned: ScannedFile) -> None:
-    """Every line of the file as one VARCHAR (NULL for an empty line), numbered from 1."""
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT row_number() OVER () AS line_no, line
-        FROM read_csv(?, columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1),
+def lines_sql() -> str:
+    """A SELECT of one chunk file's lines (``$path``), in file order: one VARCHAR per line,
+    NULL for an empty one. (Chunk files hold no CR: DuckDB would end a line there.)"""
+    return f"""
+        SELECT line
+        FROM read_csv($path, columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1),
                       quote = '', escape = '', auto_detect = false, new_line = '\\n',
                       max_line_size = {MAX_LINE_BYTES}, strict_mode = false)
-    """,
-        [str(scanned.read_path)],
-    )
-    count = (fetch_one(con, f"SELECT count(*) FROM {table}") or (0,))[0]
-    if count != scanned.n_lines:
-        raise WarehouseError(
-            f"{scanned.path}: read {count} lines but the file has "
-            f"{scanned.n_lines}; refusing to guess line numbers"
+    """
+
+
+def _read_raw(con: duckdb.DuckDBPyConnection, table: str, scanned: ScannedFile) -> None:
+    """Every line of the file as one VARCHAR (NULL for an empty line), numbered from 1."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} (line_no BIGINT, line VARCHAR)")
+    for chunk in scanned.chunks:
+        con.execute(
+            f"INSERT INTO {table} SELECT row_number() OVER () + $first - 1, line "
+            f"FROM ({lines_sql()})",
+            {"path": str(chunk.path), "first": chunk.first_line},
         )
-    if scanned.has_cr:
-        con.execute(f"UPDATE {table} SET line = rtrim(line, chr(13)) WHERE suffix(line, chr(13))")
+    count = (fetch_one(con, f"SELECT count(*) FROM {table}") or (0,))[0]
+    _check_read(scanned, count, scanned.n_lines)
+
+
+def _check_read(scanned: ScannedFile, got: object, expected: int) -> None:
+    if got != expected:
+        raise WarehouseError(
+            f"{scanned.path}: read {got} lines but the file has "
+            f"{expected} there; refusing to guess line numbers"
+        )
 
 
 def _record_bad_lines(
@@ -291,9 +298,11 @@ def _record_batch(
 _STAGING = (
     "_raw",
     "_raw_out",
-    "_chunk",
+    "_slow_src",
     "_extracted",
     "_stage",
+    "_stage_slow",
+    "_fast",
     "_ranked",
     "_new",
     "_out",
@@ -309,6 +318,7 @@ def _staging(con: duckdb.DuckDBPyConnection, *scans: ScannedFile) -> Iterator[No
     try:
         yield
     finally:
+        con.execute("DROP VIEW IF EXISTS _staged")
         for table in _STAGING:
             con.execute(f"DROP TABLE IF EXISTS {table}")
         for scanned in scans:
@@ -338,27 +348,37 @@ def _skipped(path: Path, fmt: str, previous: str, output: Path | None = None) ->
     )
 
 
+def _retrying_utf8(attempt: Callable[[bool], FileReport]) -> FileReport:
+    """Run ``attempt`` with the fast scan, whose UTF-8 check is DuckDB's read; when DuckDB
+    refuses a byte, run it again on a scan that checks every line, so each undecodable line is
+    kept, as bytes, in rejected_lines (the failed attempt rolled back: nothing was written)."""
+    try:
+        return attempt(False)
+    except duckdb.InvalidInputException as exc:
+        if "unicode" not in str(exc).lower():
+            raise
+    return attempt(True)
+
+
 def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) -> FileReport:
-    scanned = scan_file(path)
+    return _retrying_utf8(
+        lambda check: _chat_log_once(con, path, prices, scan_file(path, check_utf8=check))
+    )
+
+
+def _chat_log_once(
+    con: duckdb.DuckDBPyConnection, path: Path, prices: Prices, scanned: ScannedFile
+) -> FileReport:
     with _staging(con, scanned):
         previous = _already(con, scanned.content_hash)
         if previous is not None:
             return _skipped(path, "chat-log", previous)
         batch_id = "b-" + scanned.content_hash[:16]
         with _transaction(con):
-            _read_raw(con, "_raw", scanned)
             counts = LineCounts()
-            for first in range(1, scanned.n_lines + 1, CHUNK_LINES):
-                con.execute(
-                    "CREATE OR REPLACE TEMP TABLE _chunk AS SELECT * FROM _raw "
-                    "WHERE line_no BETWEEN ? AND ?",
-                    [first, first + CHUNK_LINES - 1],
-                )
-                extract_chat_log(con, "_chunk")
-                stage_requests(con, prices)
-                counts.add(
-                    finish_stage(con, batch_id=batch_id, source_file=str(path), raw="_chunk")
-                )
+            for chunk in scanned.chunks:
+                counts.add(_chat_log_chunk(con, scanned, chunk, batch_id, prices))
+                chunk.release()
             _record_bad_lines(con, batch_id, path, scanned)
             rep = FileReport(
                 str(path),
@@ -376,10 +396,71 @@ def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices)
         return rep
 
 
+def _chat_log_chunk(
+    con: duckdb.DuckDBPyConnection,
+    scanned: ScannedFile,
+    chunk: Chunk,
+    batch_id: str,
+    prices: Prices,
+) -> LineCounts:
+    """One chunk file into the warehouse: the fast path for the lines it understands, the
+    general path (exact reasons) for the others."""
+    # Parallel and order-preserving: row i of _fast is line first + i (a row_number() here
+    # would run the whole parse on one thread).
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines_sql())}",
+        {"path": str(chunk.path)},
+    )
+    ((n, low, high),) = con.execute("SELECT count(*), min(rowid), max(rowid) FROM _fast").fetchall()
+    _check_read(scanned, n, chunk.n_lines)
+    if n and high - low + 1 != n:
+        raise WarehouseError(f"{scanned.path}: chunk rows not contiguous; refusing to guess")
+    # rowid counts from a base that depends on the transaction: number lines from the lowest
+    offset = chunk.first_line - int(low or 0)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _slow_src AS "
+        f"SELECT rowid + {offset} AS line_no, raw AS line FROM _fast WHERE pending"
+    )
+    extract_chat_log(con, "_slow_src")
+    stage_requests(con, "_stage_slow")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW _staged AS
+        SELECT rowid + {offset} AS line_no, * EXCLUDE (pending, raw) FROM _fast WHERE NOT pending
+        UNION ALL SELECT * FROM _stage_slow
+    """)
+    load_prices(con, prices, stage="_staged")
+    return finish_stage(
+        con,
+        batch_id=batch_id,
+        source_file=str(scanned.path),
+        stage="_staged",
+        raw="_slow_src",
+    )
+
+
 def _ingest_batch(
     con: duckdb.DuckDBPyConnection, path: Path, output: Path, prices: Prices
 ) -> FileReport:
-    scanned_in, scanned_out = scan_file(path), scan_file(output)
+    return _retrying_utf8(
+        lambda check: _batch_once(
+            con,
+            path,
+            output,
+            prices,
+            scan_file(path, check_utf8=check),
+            scan_file(output, check_utf8=check),
+        )
+    )
+
+
+def _batch_once(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    output: Path,
+    prices: Prices,
+    scanned_in: ScannedFile,
+    scanned_out: ScannedFile,
+) -> FileReport:
     pair_hash = hashlib.sha256(
         f"{scanned_in.content_hash}:{scanned_out.content_hash}".encode()
     ).hexdigest()
@@ -399,7 +480,8 @@ def _ingest_batch(
                 batch_id=batch_id,
                 output_file=str(output),
             )
-            stage_requests(con, prices)
+            stage_requests(con)
+            load_prices(con, prices)
             counts = finish_stage(con, batch_id=batch_id, source_file=str(path))
             _record_bad_lines(con, batch_id, path, scanned_in)
             _record_bad_lines(con, batch_id, output, scanned_out)
@@ -431,17 +513,23 @@ INGEST_MEMORY_LIMIT_MB = 1200
 
 @contextmanager
 def _bounded_memory(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Lower the connection's memory limit for the ingest, and give the caller its own back."""
-    ((previous,),) = con.execute("SELECT current_setting('memory_limit')").fetchall()
+    """Lower the connection's memory limit for the ingest (and keep rows in insertion order),
+    and give the caller its settings back."""
+    ((previous, ordered),) = con.execute(
+        "SELECT current_setting('memory_limit'), current_setting('preserve_insertion_order')"
+    ).fetchall()
     try:
         ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     except (ValueError, OSError, AttributeError):
         ram_mb = INGEST_MEMORY_LIMIT_MB * 2
     con.execute(f"SET memory_limit = '{min(INGEST_MEMORY_LIMIT_MB, int(ram_mb * 0.8))}MB'")
+    # Line numbers are row positions in file order (see _chat_log_chunk).
+    con.execute("SET preserve_insertion_order = true")
     try:
         yield
     finally:
         con.execute(f"SET memory_limit = '{previous}'")
+        con.execute(f"SET preserve_insertion_order = {'true' if ordered else 'false'}")
 
 
 def _check_balance(rep: FileReport) -> None:

@@ -19,12 +19,13 @@ _ROLES = "['system', 'developer', 'user', 'assistant', 'tool', 'function']"
 
 # A message is an object with a known role and string / content-part content (assistant and tool
 # messages may carry tool calls instead of content).
+# (coalesce: a message with no content at all is not ok, rather than unknown)
 _MSG_OK = (
-    "lambda m: json_type(m) = 'OBJECT' AND json_type(m, '$.role') = 'VARCHAR' "
+    "lambda m: coalesce(json_type(m) = 'OBJECT' AND json_type(m, '$.role') = 'VARCHAR' "
     f"AND list_contains({_ROLES}, m->>'$.role') "
     "AND (json_type(m, '$.content') IN ('VARCHAR', 'ARRAY') "
     "     OR (m->>'$.role' IN ('assistant', 'tool', 'function') "
-    "         AND coalesce(json_type(m, '$.content'), 'NULL') = 'NULL'))"
+    "         AND coalesce(json_type(m, '$.content'), 'NULL') = 'NULL')), false)"
 )
 _MSG_TEXT = (
     "lambda m: CASE json_type(m, '$.content') WHEN 'VARCHAR' THEN m->>'$.content' "
@@ -47,19 +48,13 @@ class LineCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
-    """``_extracted`` -> ``_stage``: message checks and every derived column."""
-    # Only the model that answered (else the one asked) is priced: see finish_stage.
-    models = [
-        m
-        for (m,) in con.execute(
-            "SELECT DISTINCT coalesce(response_model, model) FROM _extracted WHERE reason IS NULL"
-        ).fetchall()
-        if m
-    ]
-    load_price_table(con, sorted(models), prices)
+def stage_requests(con: duckdb.DuckDBPyConnection, target: str = "_stage") -> None:
+    """``_extracted`` -> ``_stage``: message checks (JSON, per message) and every derived column.
+
+    The general path: any reader's ``_extracted`` goes through it. The chat-log reader has a
+    faster one for the rows it fully understands, ending in the same ``stage_columns``."""
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _stage AS
+        CREATE OR REPLACE TEMP TABLE {target} AS
         WITH msgs AS MATERIALIZED (
             SELECT *,
                 CASE WHEN reason IS NULL THEN json_extract(messages, '$[*]') END AS msg_list
@@ -70,66 +65,112 @@ def stage_requests(con: duckdb.DuckDBPyConnection, prices: Prices) -> None:
                      THEN list_position(list_transform(msg_list, {_MSG_OK}), false) END AS bad_msg
             FROM msgs
         ), derived AS MATERIALIZED (
-            SELECT *,
+            SELECT * REPLACE (
+                CASE
+                    WHEN reason IS NOT NULL THEN reason
+                    WHEN bad_msg IS NOT NULL THEN {BAD_MESSAGE_REASON_SQL}
+                END AS reason),
                 CASE WHEN reason IS NULL AND bad_msg IS NULL
                      THEN list_transform(msg_list, lambda m: m->>'$.role') END AS roles,
                 CASE WHEN reason IS NULL AND bad_msg IS NULL
                      THEN list_transform(msg_list, {_MSG_TEXT}) END AS texts
             FROM checked
         )
-        SELECT
-            d.line_no, d.is_blank, d.is_marker,
-            CASE
-                WHEN d.reason IS NOT NULL THEN d.reason
-                WHEN d.bad_msg IS NOT NULL THEN 'field request.messages[' || (d.bad_msg - 1)::VARCHAR
-                    || ']: needs a role (system/user/assistant/tool) and string or content-part content'
-                WHEN NOT list_contains(d.roles, 'user') THEN 'field request.messages: no user message'
-            END AS reason,
-            d.request_id, d.ts,
-            coalesce(d.conversation_id, 'derived-' || md5(
-                coalesce(d.texts[list_position(d.roles, 'system')], '') || chr(31) ||
-                coalesce(d.texts[list_position(d.roles, 'user')], ''))) AS conversation_id,
-            d.conversation_id IS NULL AS conversation_derived,
-            greatest(len(list_filter(d.roles, lambda r: r = 'user')) - 1, 0) AS turn_index,
-            coalesce(d.model, d.response_model) AS model,
-            d.response_model,
-            d.texts[list_position(d.roles, 'system')] AS system_prompt,
-            d.messages,
-            d.texts[len(d.roles) - list_position(list_reverse(d.roles), 'user') + 1] AS last_user_message,
-            len(d.roles) AS n_messages,
-            d.temperature, d.max_tokens,
-            CASE WHEN d.params IS NOT NULL THEN {mask_sql("d.params::VARCHAR")}::JSON END AS params,
-            coalesce(d.usage_prompt,
-                     (ceil(len(array_to_string(d.texts, ' ')) / 4) + 4 * len(d.roles))::INTEGER)
-                AS prompt_tokens,
-            coalesce(d.usage_completion,
-                     CASE WHEN d.response_text IS NOT NULL
-                          THEN ceil(len(d.response_text) / 4)::INTEGER END) AS completion_tokens,
-            (d.usage_prompt IS NULL OR (d.usage_completion IS NULL AND d.response_text IS NOT NULL))
-                AS tokens_estimated,
-            d.response_text, d.finish_reason, d.latency_ms, d.ttft_ms,
-            coalesce(d.status_code, CASE WHEN d.error_message IS NULL THEN 200 END) AS status_code,
-            coalesce(d.error_message, CASE WHEN d.status_code >= 400
-                                           THEN 'HTTP ' || d.status_code::VARCHAR END) AS error_message,
-            d.cost_log, d.label_task_type, d.feature, d.user_id,
-            CASE WHEN d.metadata IS NOT NULL THEN {mask_sql("d.metadata::VARCHAR")}::JSON END AS metadata,
-            md5(coalesce(coalesce(d.model, d.response_model), '') || chr(31) || d.messages::VARCHAR)
-                AS prompt_hash,
-            coalesce(d.response_model, d.model) AS priced_model
-        FROM derived d
+        SELECT {stage_columns("d")} FROM derived d
     """)
 
 
+# Why message ``bad_msg`` (1-based) of a line cannot be loaded.
+BAD_MESSAGE_REASON_SQL = (
+    "'field request.messages[' || (bad_msg - 1)::VARCHAR || ']: needs a role "
+    "(system/user/assistant/tool) and string or content-part content'"
+)
+
+# Key-like names, bearer tokens and sk- keys: a cheap test, true for every text the masking
+# regexes would change, so only such texts pay for them.
+_MAY_HOLD_SECRET = "(?i)key|auth|token|secret|password|cookie|bearer|sk-"
+
+
+def masked_json_sql(expr: str) -> str:
+    """SQL: the JSON ``expr`` with credential values masked (NULL stays NULL)."""
+    return (
+        f"CASE WHEN regexp_matches({expr}, '{_MAY_HOLD_SECRET}') "
+        f"THEN {mask_sql(f'{expr}::VARCHAR')}::JSON ELSE {expr}::JSON END"
+    )
+
+
+def stage_columns(d: str) -> str:
+    """The columns of ``_stage``, from a relation ``d`` holding the extracted fields plus the
+    messages' ``roles`` and ``texts`` (lists; NULL when the line is rejected)."""
+    return f"""
+            {d}.line_no, {d}.is_blank, {d}.is_marker,
+            CASE
+                WHEN {d}.reason IS NOT NULL THEN {d}.reason
+                WHEN NOT list_contains({d}.roles, 'user') THEN 'field request.messages: no user message'
+            END AS reason,
+            {d}.request_id, {d}.ts,
+            coalesce({d}.conversation_id, 'derived-' || md5(
+                coalesce({d}.texts[list_position({d}.roles, 'system')], '') || chr(31) ||
+                coalesce({d}.texts[list_position({d}.roles, 'user')], ''))) AS conversation_id,
+            {d}.conversation_id IS NULL AS conversation_derived,
+            greatest(len(list_filter({d}.roles, lambda r: r = 'user')) - 1, 0) AS turn_index,
+            coalesce({d}.model, {d}.response_model) AS model,
+            {d}.response_model,
+            {d}.texts[list_position({d}.roles, 'system')] AS system_prompt,
+            {d}.messages,
+            {d}.texts[len({d}.roles) - list_position(list_reverse({d}.roles), 'user') + 1]
+                AS last_user_message,
+            len({d}.roles) AS n_messages,
+            {d}.temperature, {d}.max_tokens,
+            {masked_json_sql(f"{d}.params")} AS params,
+            coalesce({d}.usage_prompt,
+                     (ceil(len(array_to_string({d}.texts, ' ')) / 4) + 4 * len({d}.roles))::INTEGER)
+                AS prompt_tokens,
+            coalesce({d}.usage_completion,
+                     CASE WHEN {d}.response_text IS NOT NULL
+                          THEN ceil(len({d}.response_text) / 4)::INTEGER END) AS completion_tokens,
+            ({d}.usage_prompt IS NULL
+             OR ({d}.usage_completion IS NULL AND {d}.response_text IS NOT NULL)) AS tokens_estimated,
+            {d}.response_text, {d}.finish_reason, {d}.latency_ms, {d}.ttft_ms,
+            coalesce({d}.status_code, CASE WHEN {d}.error_message IS NULL THEN 200 END) AS status_code,
+            coalesce({d}.error_message, CASE WHEN {d}.status_code >= 400
+                                          THEN 'HTTP ' || {d}.status_code::VARCHAR END) AS error_message,
+            {d}.cost_log, {d}.label_task_type, {d}.feature, {d}.user_id,
+            {masked_json_sql(f"{d}.metadata")} AS metadata,
+            md5(coalesce(coalesce({d}.model, {d}.response_model), '') || chr(31) || {d}.messages::VARCHAR)
+                AS prompt_hash,
+            coalesce({d}.response_model, {d}.model) AS priced_model
+    """
+
+
+def load_prices(con: duckdb.DuckDBPyConnection, prices: Prices, stage: str = "_stage") -> None:
+    """``_prices`` for the models ``_stage`` prices (the model that answered, else the one asked)."""
+    models = sorted(
+        m
+        for (m,) in con.execute(
+            f"SELECT DISTINCT priced_model FROM {stage} WHERE reason IS NULL"
+        ).fetchall()
+        if m
+    )
+    load_price_table(con, models, prices)
+
+
 def finish_stage(
-    con: duckdb.DuckDBPyConnection, *, batch_id: str, source_file: str, raw: str = "_raw"
+    con: duckdb.DuckDBPyConnection,
+    *,
+    batch_id: str,
+    source_file: str,
+    stage: str = "_stage",
+    raw: str = "_raw",
 ) -> LineCounts:
-    """Write ``_stage`` into the warehouse: loaded rows, duplicates and rejects. Caller commits."""
+    """Write ``stage`` into the warehouse: loaded rows, duplicates and rejects (their lines from
+    ``raw``). Caller commits."""
     # Only ids travel here, never whole rows: the first line of an id not yet in the warehouse wins.
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ranked AS
         SELECT line_no, request_id,
                row_number() OVER (PARTITION BY request_id ORDER BY line_no) AS dup_rank
-        FROM _stage
+        FROM {stage}
         WHERE reason IS NULL AND NOT is_blank AND NOT is_marker
     """)
     con.execute("""
@@ -139,7 +180,7 @@ def finish_stage(
           AND NOT EXISTS (SELECT 1 FROM requests q WHERE q.request_id = r.request_id)
     """)
     con.execute(
-        """
+        f"""
         INSERT INTO requests
         SELECT n.request_id, n.ts, n.conversation_id, n.conversation_derived, n.turn_index,
                n.model, n.response_model, n.system_prompt, n.messages, n.last_user_message,
@@ -155,7 +196,7 @@ def finish_stage(
                     WHEN p.model IS NOT NULL THEN 'price-table' ELSE 'unknown-model' END,
                n.label_task_type, n.feature, n.user_id, n.metadata,
                ?, n.line_no, ?, n.prompt_hash
-        FROM _stage n SEMI JOIN _new USING (line_no)
+        FROM {stage} n SEMI JOIN _new USING (line_no)
         LEFT JOIN _prices p ON p.model = n.priced_model
     """,
         [source_file, batch_id],
@@ -172,7 +213,7 @@ def finish_stage(
         f"""
         INSERT INTO rejected_lines
         SELECT ?, ?, s.line_no, s.reason, encode({mask_sql("r.line")})
-        FROM _stage s JOIN {raw} r USING (line_no)
+        FROM {stage} s JOIN {raw} r USING (line_no)
         WHERE s.reason IS NOT NULL AND NOT s.is_blank AND NOT s.is_marker
     """,
         [batch_id, source_file],
@@ -181,9 +222,9 @@ def finish_stage(
     (ranked,) = _one(con, "SELECT count(*) FROM _ranked")
     rejected, blank = _one(
         con,
-        """
+        f"""
         SELECT count(*) FILTER (WHERE reason IS NOT NULL AND NOT is_blank AND NOT is_marker),
-               count(*) FILTER (WHERE is_blank) FROM _stage
+               count(*) FILTER (WHERE is_blank) FROM {stage}
     """,
     )
     return LineCounts(loaded=loaded, duplicates=ranked - loaded, rejected=rejected, blank=blank)

@@ -1,17 +1,21 @@
 """One streaming pass over a log file's bytes before DuckDB reads it.
 
 DuckDB reads the lines in bulk (fast), but it cannot keep a line that is not valid UTF-8 with its
-original bytes, and a raw control byte would break the one-column read. This pass hashes the
-content (re-ingesting the same file is a no-op), counts the lines (the count DuckDB's read must
-match), and — only when a bad line exists — writes a clean copy in which each bad line is replaced
-by a marker, keeping the bad line's bytes for ``rejected_lines``.
+original bytes, a raw control byte would break the one-column read, and it has no line numbers of
+its own. This pass hashes the content (re-ingesting the same file is a no-op), counts the lines
+(the counts DuckDB's read must match), and splits the decompressed bytes into chunk files of whole
+lines, each with the number of its first line: chunks bound the memory of a large ingest.
+
+The fast pass leaves UTF-8 to DuckDB, which refuses a chunk that is not valid UTF-8; the ingest then
+scans again with ``check_utf8``, and this slow pass checks every line, replacing each bad line by a
+marker in the chunk files and keeping its bytes for ``rejected_lines``.
 """
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import hashlib
+import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +26,10 @@ from warehouse.errors import InputPathError
 
 CHUNK = 16 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
-# A bad line is replaced by this (a line holding one STX byte) in the clean copy.
+# Bytes of whole lines per chunk file DuckDB reads at a time (a plain file no larger is read
+# where it is, without a copy).
+CHUNK_FILE_BYTES = 128 * 1024 * 1024
+# A bad line is replaced by this (a line holding one STX byte) in the chunk files.
 MARKER = "\x02"
 _FORBIDDEN = (b"\x00", b"\x01", b"\x02")
 
@@ -35,13 +42,26 @@ class BadLine:
 
 
 @dataclass
+class Chunk:
+    path: Path
+    first_line: int  # number of its first line in the original file (from 1)
+    n_lines: int
+    copy: bool = True  # a chunk file of ours (False: the original file, read in place)
+
+    def release(self) -> None:
+        """Done with it: a copy is deleted at once (never the original)."""
+        if self.copy:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass
 class ScannedFile:
     path: Path
     content_hash: str
     n_lines: int
     n_bytes: int
-    read_path: Path  # what DuckDB should read: the file itself, or a clean copy
-    has_cr: bool = False  # some line ends in \r\n: strip the \r after reading
+    chunks: list[Chunk] = field(default_factory=list)
+    utf8_checked: bool = False  # every line was checked here (else DuckDB's read checks)
     bad_lines: list[BadLine] = field(default_factory=list)
     _tmpdir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -49,6 +69,53 @@ class ScannedFile:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
+
+
+class _ChunkWriter:
+    """Writes bytes into chunk files of about ``limit`` bytes, each ending at a line end."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder, self.limit = folder, limit
+        self.chunks: list[Chunk] = []
+        self._out: object = None
+        self._path = folder
+        self._bytes = self._lines = 0
+        self._lines_before = 0
+        self._last = b""
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._out is None:
+                self._path = self.folder / f"chunk-{len(self.chunks):05d}.jsonl"
+                self._out = self._path.open("wb")
+            end = size
+            room = self.limit - self._bytes
+            if size - pos > room:
+                newline = data.find(b"\n", pos + max(room, 1) - 1)
+                if newline != -1:
+                    end = newline + 1
+            self._out.write(view[pos:end])  # type: ignore[attr-defined]
+            self._bytes += end - pos
+            self._lines += data.count(b"\n", pos, end)
+            self._last = data[end - 1 : end]
+            pos = end
+            if self._bytes >= self.limit and self._last == b"\n":
+                self._close()
+
+    def _close(self) -> None:
+        if self._out is None:
+            return
+        self._out.close()  # type: ignore[attr-defined]
+        lines = self._lines + (1 if self._bytes and self._last != b"\n" else 0)
+        self.chunks.append(Chunk(self._path, self._lines_before + 1, lines))
+        self._lines_before += lines
+        self._out, self._bytes, self._lines = None, 0, 0
+
+    def finish(self) -> list[Chunk]:
+        self._close()
+        return self.chunks
 
 
 def _open(path: Path) -> Iterator[bytes]:
@@ -61,40 +128,98 @@ def _open(path: Path) -> Iterator[bytes]:
         raise InputPathError(path, f"cannot read file: {exc}") from exc
 
 
-def scan_file(path: Path) -> ScannedFile:
-    """Hash, count lines, and find lines DuckDB could not read as they are."""
+def scan_file(path: Path, *, check_utf8: bool = False) -> ScannedFile:
+    """Hash, count lines, split into chunk files; find lines DuckDB could not read as they are."""
+    tmpdir = tempfile.TemporaryDirectory(prefix="planner-ingest-")
+    try:
+        scanned = _fast_pass(path, Path(tmpdir.name), check_utf8)
+        if scanned is None:
+            tmpdir.cleanup()
+            tmpdir = tempfile.TemporaryDirectory(prefix="planner-ingest-")
+            scanned = _slow_pass(path, Path(tmpdir.name))
+    except BaseException:
+        tmpdir.cleanup()
+        raise
+    scanned._tmpdir = tmpdir
+    return scanned
+
+
+def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None:
+    """The whole file as chunk files, or None when a line needs the slow pass."""
+    import codecs
+
     digest = hashlib.sha256()
+    hashing = _Hasher(digest)
     decoder = codecs.getincrementaldecoder("utf-8")()
+    in_place = not path.name.endswith(".gz") and path.stat().st_size <= CHUNK_FILE_BYTES
+    writer = None if in_place else _ChunkWriter(folder, CHUNK_FILE_BYTES)
     n_newlines = n_bytes = 0
-    clean, has_cr = True, False
     last = b""
-    for chunk in _open(path):
-        digest.update(chunk)
-        n_bytes += len(chunk)
-        newlines = chunk.count(b"\n")
-        n_newlines += newlines
-        last = chunk[-1:]
-        has_cr = has_cr or b"\r" in chunk
-        # A line longer than MAX_LINE_BYTES spans whole chunks without a newline: only then can
-        # one exist, and the slow path measures it exactly.
-        if newlines == 0 and len(chunk) == CHUNK:
-            clean = False
-        if clean:
-            if any(b in chunk for b in _FORBIDDEN):
-                clean = False
-            elif not chunk.isascii():
+    try:
+        for block in _open(path):
+            hashing.add(block)
+            # A line longer than MAX_LINE_BYTES spans whole blocks without a newline: only then
+            # can one exist, and the slow pass measures it exactly.
+            newlines = block.count(b"\n")
+            if newlines == 0 and len(block) == CHUNK:
+                return None
+            # DuckDB's line reader also ends a line at a lone CR: CRs take the slow pass
+            if any(b in block for b in _FORBIDDEN) or b"\r" in block:
+                return None
+            if check_utf8 and not block.isascii():
                 try:
-                    decoder.decode(chunk)
+                    decoder.decode(block)
                 except UnicodeDecodeError:
-                    clean = False
-    if clean:
+                    return None
+            if writer is not None:
+                writer.write(block)
+            n_bytes += len(block)
+            n_newlines += newlines
+            last = block[-1:]
+    finally:
+        hashing.close()
+    if check_utf8:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            clean = False
+            return None
     n_lines = n_newlines + (1 if n_bytes and last != b"\n" else 0)
-    scanned = ScannedFile(path, digest.hexdigest(), n_lines, n_bytes, path, has_cr)
-    return scanned if clean else _clean_copy(scanned)
+    if writer is not None:
+        chunks = writer.finish()
+    else:
+        chunks = [Chunk(path, 1, n_lines, copy=False)] if n_lines else []
+    return ScannedFile(
+        path,
+        digest.hexdigest(),
+        n_lines,
+        n_bytes,
+        chunks=chunks,
+        utf8_checked=check_utf8,
+    )
+
+
+class _Hasher:
+    """sha256 on a second thread (hashlib releases the GIL on large blocks): the scan's other
+    work runs meanwhile."""
+
+    def __init__(self, digest: hashlib._Hash) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._thread = threading.Thread(target=self._run, args=(digest,), daemon=True)
+        self._thread.start()
+
+    def _run(self, digest: hashlib._Hash) -> None:
+        while (block := self._queue.get()) is not None:
+            digest.update(block)
+
+    def add(self, block: bytes) -> None:
+        self._queue.put(block)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
 
 
 def _bad_reason(line: bytes) -> str | None:
@@ -110,33 +235,51 @@ def _bad_reason(line: bytes) -> str | None:
     return None
 
 
-def _clean_copy(scanned: ScannedFile) -> ScannedFile:
-    """Slow path, only for files with bad lines: copy line by line, replacing bad ones."""
-    tmpdir = tempfile.TemporaryDirectory(prefix="planner-ingest-")
-    out_path = Path(tmpdir.name) / "clean.jsonl"
+def _slow_pass(path: Path, folder: Path) -> ScannedFile:
+    """Only for files with bad lines: line by line, each bad line replaced by the marker."""
+    digest = hashlib.sha256()
+    writer = _ChunkWriter(folder, CHUNK_FILE_BYTES)
     bad: list[BadLine] = []
-    line_no = 0
-    with out_path.open("wb") as out:
-        pending = b""
-        for chunk in _open(scanned.path):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                line_no += 1
-                out.write(_checked(line, line_no, bad) + b"\n")
-        if pending:
+    line_no = n_bytes = 0
+    pending = b""
+    for block in _open(path):
+        digest.update(block)
+        n_bytes += len(block)
+        pending += block
+        *lines, pending = pending.split(b"\n")
+        out = []
+        for line in lines:
             line_no += 1
-            out.write(_checked(pending, line_no, bad) + b"\n")
-    scanned.read_path = out_path
-    scanned.bad_lines = bad
-    scanned._tmpdir = tmpdir
-    return scanned
+            out.append(_checked(line, line_no, bad))
+        if out:
+            writer.write(b"\n".join(out) + b"\n")
+    if pending:
+        line_no += 1
+        writer.write(_checked(pending, line_no, bad) + b"\n")
+    return ScannedFile(
+        path,
+        digest.hexdigest(),
+        line_no,
+        n_bytes,
+        chunks=writer.finish(),
+        utf8_checked=True,
+        bad_lines=bad,
+    )
 
 
 def _checked(line: bytes, line_no: int, bad: list[BadLine]) -> bytes:
+    """The line as DuckDB should read it: CRLF's CR dropped, a CR inside (JSON whitespace, when
+    the line is valid JSON) made a space, a bad line replaced by the marker."""
     body = line[:-1] if line.endswith(b"\r") else line
     reason = _bad_reason(body)
+    if reason is None and b"\r" in body:
+        try:
+            json.loads(body)
+        except ValueError:
+            reason = "not valid JSON (raw carriage return)"
+        else:
+            body = body.replace(b"\r", b" ")
     if reason is None:
-        return line
+        return body
     bad.append(BadLine(line_no, reason, mask_raw_line(body[:MAX_LINE_BYTES])))
     return MARKER.encode()

@@ -1,0 +1,169 @@
+"""The fast chat-log path against the general one, chunked reads, and the user's file left alone."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from warehouse import ingest_paths, open_warehouse
+from warehouse.synthetic import generate_records
+
+TABLES = {
+    "requests": "SELECT * EXCLUDE (batch_id) FROM requests ORDER BY source_line",
+    "rejected_lines": "SELECT source_line, reason, raw FROM rejected_lines ORDER BY 1",
+    "duplicate_lines": "SELECT source_line, request_id FROM duplicate_lines ORDER BY 1",
+}
+
+
+def _varied(n: int) -> list[bytes]:
+    """Valid lines of many shapes (content parts, tool-call messages, extra params, escapes,
+    numeric ids, epoch timestamps, errors) and broken ones."""
+    lines: list[Any] = list(generate_records(n, seed=3))
+    extra: list[Any] = [
+        {
+            "id": 17,
+            "timestamp": 1763540102.5,
+            "request": {
+                "model": "gpt-4.1",
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": 'say "hi"\n'}]},
+                    {"role": "assistant", "content": None, "tool_calls": [{"id": "t1"}]},
+                    {"role": "tool", "content": "42"},
+                    {"role": "user", "content": "caf\u00e9 \\ done"},
+                ],
+                "top_p": 0.5,
+                "api_key": "sk-live-abcdefghijklmnop",
+            },
+            "conversation_id": 7,
+            "metadata": {"task_type": "qa", "headers": {"Authorization": "Bearer abcdefghijk"}},
+        },
+        {
+            "id": "r-err",
+            "timestamp": "2026-11-19T08:15:02+01:00",
+            "request": {"messages": [{"role": "user", "content": "x"}]},
+            "status_code": 500,
+            "error": {"message": "boom"},
+        },
+        {"id": "r-resp", "timestamp": "2026-11-19T08:15:02Z", "response": "nope"},
+        {"id": "", "timestamp": "2026-11-19T08:15:02Z", "request": {"messages": []}},
+        {"id": "r-big", "timestamp": "2026-11-19", "request": {"messages": [{"role": "user"}]}},
+        {"id": "r-big2", "timestamp": "2026-11-19", "request": {"messages": [{"role": 1}]}},
+        {
+            "id": "r-int",
+            "timestamp": "2026-11-19T00:00:00Z",
+            "request": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5},
+        },
+        {
+            "id": "r-u",
+            "timestamp": "2026-11-19T00:00:00Z",
+            "request": {"messages": [{"role": "user", "content": "x"}]},
+            "response": {"usage": {"prompt_tokens": 18446744073709551615}},
+        },
+    ]
+    out = [json.dumps(x, ensure_ascii=False).encode() for x in lines + extra]
+    out += [b"", b"   ", b"{oops", b"[]", out[0]]  # blank, broken, not an object, duplicate
+    return out
+
+
+def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    con = open_warehouse(path)
+    try:
+        return {name: con.execute(sql).fetchall() for name, sql in TABLES.items()}
+    finally:
+        con.close()
+
+
+def test_fast_path_loads_exactly_what_the_general_path_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "mixed.jsonl"
+    log.write_bytes(b"\n".join(_varied(300)) + b"\n")
+    fast_db, slow_db = tmp_path / "fast.duckdb", tmp_path / "slow.duckdb"
+    con = open_warehouse(fast_db)
+    fast = ingest_paths(con, [log]).totals
+    con.close()
+    import warehouse.chatlog
+    import warehouse.ingest
+
+    monkeypatch.setattr(
+        warehouse.ingest,
+        "stage_chat_log_sql",
+        functools.partial(warehouse.chatlog.stage_chat_log_sql, fast=False),
+    )
+    con = open_warehouse(slow_db)
+    slow = ingest_paths(con, [log]).totals
+    con.close()
+    assert fast == slow
+    assert (fast.lines_read, fast.duplicates, fast.blank) == (313, 1, 2)
+    assert fast.rejected == 7 and fast.loaded == 303
+    a, b = _dump(fast_db), _dump(slow_db)
+    for name in TABLES:
+        assert a[name] == b[name], name
+    assert len(a["requests"]) == 303
+    reasons = {line: reason for line, reason, _ in a["rejected_lines"]}
+    assert reasons[305].startswith("field request.messages[0]: needs a role")  # no content
+
+
+def test_chunks_number_lines_across_files_and_leave_the_log_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from warehouse import rawfile
+
+    monkeypatch.setattr(rawfile, "CHUNK_FILE_BYTES", 20_000)  # a few dozen lines per chunk
+    lines = _varied(200)
+    log = tmp_path / "big.jsonl"
+    data = b"\r\n".join(lines)  # CRLF, and no newline at the end
+    log.write_bytes(data)
+    scanned = rawfile.scan_file(log)
+    try:
+        assert len(scanned.chunks) > 5 and scanned.utf8_checked  # CRs: the slow pass
+        assert [c.first_line for c in scanned.chunks][:2] == [1, scanned.chunks[0].n_lines + 1]
+        assert sum(c.n_lines for c in scanned.chunks) == scanned.n_lines == len(lines)
+    finally:
+        scanned.cleanup()
+    con = open_warehouse(tmp_path / "w.duckdb")
+    report = ingest_paths(con, [log])
+    assert report.totals.lines_read == len(lines) and report.totals.rejected == 7
+    # every loaded row sits on the line that holds its id
+    got = con.execute("SELECT request_id, source_line FROM requests").fetchall()
+    for request_id, line_no in got:
+        assert json.loads(lines[line_no - 1])["id"] == (
+            int(request_id) if request_id.isdigit() else request_id
+        )
+    rejected = dict(con.execute("SELECT source_line, reason FROM rejected_lines").fetchall())
+    assert rejected[len(lines) - 1] == "not a JSON object (got array)"
+    assert rejected[len(lines) - 2] == "not valid JSON"
+    assert log.read_bytes() == data  # read where it is or copied, never changed or removed
+
+
+def test_a_small_plain_log_is_read_in_place_and_kept(tmp_path: Path) -> None:
+    log = tmp_path / "small.jsonl"
+    log.write_bytes(b"\n".join(_varied(20)) + b"\n")
+    before = log.read_bytes()
+    con = open_warehouse(tmp_path / "w.duckdb")
+    assert ingest_paths(con, [log]).totals.loaded == 23
+    assert log.read_bytes() == before
+
+
+def test_carriage_returns_never_split_a_line(tmp_path: Path) -> None:
+    """DuckDB's reader ends a line at any CR: CRLF, a CR as JSON whitespace, a raw CR in a
+    string — each line stays one line, valid ones load."""
+    good = json.dumps(json.loads(_varied(1)[0]))
+    log = tmp_path / "cr.jsonl"
+    log.write_bytes(
+        good.encode()
+        + b"\r\n"
+        + good.replace('"id": ', '"id":\r').replace("req-0000000", "r-2").encode()
+        + b"\n"
+        + b'{"id": "r-3", "note": "a\rb"}\r\n'
+    )
+    con = open_warehouse(tmp_path / "w.duckdb")
+    t = ingest_paths(con, [log]).totals
+    assert (t.lines_read, t.loaded, t.rejected) == (3, 2, 1)
+    assert con.execute("SELECT source_line, reason FROM rejected_lines").fetchall() == [
+        (3, "not valid JSON (raw carriage return)")
+    ]
