@@ -375,7 +375,7 @@ def replay_flow(
     results: dict[str, dict[str, Any]] = {}
     fingerprints: dict[str, str] = {}
     local_runs = _LocalRuns()
-    lanes = 0
+    lanes_done: list[str] = []
     con = open_warehouse(warehouse)
     try:
         requests = replay_requests(sampled_requests(con, sample["sample_id"]), max_new)
@@ -401,7 +401,6 @@ def replay_flow(
                 answered=set(),
             )
             futures.append((c, cached, future))
-        lanes = len(futures)
 
         def wait_relays() -> None:
             for c, cached, future in futures:
@@ -410,6 +409,7 @@ def replay_flow(
                 if isinstance(outcome, dict):
                     outcome["planned"] += cached
                     outcome["cached"] += cached
+                    lanes_done.append(c.name)
                 results[c.name] = outcome if isinstance(outcome, dict) else _failed(c, outcome)
 
         with runner if runner is not None else nullcontext():
@@ -436,15 +436,14 @@ def replay_flow(
         for c in chosen
         if c.name in results
     ]
-    relay_done = sum(1 for c, _, _ in futures if results.get(c.name, {}).get("stopped") != "failed")
     return {
         "sample": sample,
         "max_cost_usd": settings.replay.max_cost_usd,
         "spent_usd": budget.spent_usd,
         "candidates": report,
         "shards": {
-            "total": local_runs.shards + lanes,
-            "done": local_runs.done + relay_done,
+            "total": local_runs.shards + len(futures),  # a relay's lane counts as one shard
+            "done": local_runs.done + len(lanes_done),
             "cached_requests": sum(r.get("cached", 0) for r in report),
             "replayed_requests": sum(r.get("sent", 0) for r in report),
         },
