@@ -29,7 +29,7 @@ if mode == "bare":
 else:
     from warehouse import ingest_paths, open_warehouse
     con = open_warehouse(db)
-    rows = ingest_paths(con, [path]).totals.loaded
+    rows = ingest_paths(con, [path], fmt="parquet" if mode == "parquet" else "auto").totals.loaded
 con.close()
 def peak_rss_mb():
     # VmHWM starts fresh at exec; ru_maxrss keeps the parent's peak across fork+exec on Linux.
@@ -41,8 +41,9 @@ def peak_rss_mb():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": rows,
-                  "peak_rss_mb": peak_rss_mb()}))
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak_rss_mb()}))
 """
 
 
@@ -53,6 +54,17 @@ def write_lines(path: Path, n: int, seed: int = 0) -> None:
         for i in range(n):
             line = base[i % len(base)]
             out.write(line.replace('"id": "req-', f'"id": "b{i // len(base)}-', 1) + "\n")
+
+
+def _to_parquet(path: Path, target: Path) -> None:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(
+        "COPY (SELECT * FROM read_json(?, format = 'newline_delimited')) TO ? (FORMAT parquet)",
+        [str(path), str(target)],
+    )
+    con.close()
 
 
 def _child(mode: str, path: Path, db: Path) -> dict[str, float]:
@@ -79,22 +91,31 @@ def run(n_lines: int | None = None) -> dict[str, object]:
         print(f"generated {n_lines:,} lines ({size_mb:,.0f} MB) in {took:.0f} s")
         bare = _child("bare", path, Path(tmp) / "bare.duckdb")
         ours = _child("ours", path, Path(tmp) / "planner.duckdb")
+        parquet = Path(tmp) / "logs.parquet"
+        _to_parquet(path, parquet)  # not timed: the same records, as Parquet
+        from_parquet = _child("parquet", parquet, Path(tmp) / "parquet.duckdb")
     ratio = ours["seconds"] / bare["seconds"]
-    print(f"{'':28} {'seconds':>9} {'rows/s':>11} {'peak RSS MB':>12}")
-    for name, r in (("bare duckdb read_json", bare), ("migration-planner ingest", ours)):
+    print(f"{'':28} {'seconds':>9} {'CPU s':>7} {'rows/s':>11} {'peak RSS MB':>12}")
+    for name, r in (
+        ("bare duckdb read_json", bare),
+        ("migration-planner ingest", ours),
+        ("ingest of the same, Parquet", from_parquet),
+    ):
         print(
-            f"{name:28} {r['seconds']:9.2f} {r['rows'] / r['seconds']:11,.0f}"
-            f" {r['peak_rss_mb']:12,.0f}"
+            f"{name:28} {r['seconds']:9.2f} {r['cpu_seconds']:7.2f}"
+            f" {r['rows'] / r['seconds']:11,.0f} {r['peak_rss_mb']:12,.0f}"
         )
     print(
         f"ingest / bare read: {ratio:.2f}x (goal <= 2.0x); peak RSS {ours['peak_rss_mb']:,.0f} MB "
-        f"(goal < 2048 MB)"
+        f"(goal < 2048 MB); Parquet ingest / JSONL ingest: "
+        f"{from_parquet['seconds'] / ours['seconds']:.2f}x"
     )
     return {
         "lines": n_lines,
         "file_mb": round(size_mb),
         "bare": bare,
         "ingest": ours,
+        "ingest_parquet": from_parquet,
         "ratio": round(ratio, 2),
     }
 

@@ -52,13 +52,17 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 def ingest(
     paths: list[Path] = typer.Argument(
-        ..., help="Log files (.jsonl, .jsonl.gz) or folders of them.", show_default=False
+        ...,
+        help="Log files (.jsonl, .jsonl.gz, .parquet) or folders of them (hive-partitioned "
+        "Parquet folders such as logs/date=2026-11-01/part-0.parquet work).",
+        show_default=False,
     ),
     fmt: str = typer.Option(
         "auto",
         "--format",
         "-f",
-        help=f"Log format: {', '.join(FORMATS)} (auto detects from the first line).",
+        help=f"Log format: {', '.join(FORMATS)} (auto detects: .parquet files are Parquet, "
+        "others from their first line).",
     ),
     batch_output: Path | None = typer.Option(
         None,

@@ -25,11 +25,13 @@ from warehouse.chatlog import extract_chat_log, stage_chat_log_sql
 from warehouse.connection import fetch_one
 from warehouse.errors import FormatError, InputPathError, WarehouseError
 from warehouse.normalize import LineCounts, finish_stage, load_prices, stage_requests
+from warehouse.parquet import content_hash as parquet_hash
+from warehouse.parquet import is_parquet, parquet_lines_sql
 from warehouse.pricing import Prices, price_table
 from warehouse.rawfile import MAX_LINE_BYTES, Chunk, ScannedFile, scan_file
 
-FORMATS: tuple[str, ...] = ("auto", "chat-log", "openai-batch")
-LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz")
+FORMATS: tuple[str, ...] = ("auto", "chat-log", "openai-batch", "parquet")
+LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz", ".parquet")
 Progress = Callable[[str], None]
 
 
@@ -163,6 +165,8 @@ def ingest_paths(
             started = time.perf_counter()
             if kind == "chat-log":
                 rep = _ingest_chat_log(con, path, table)
+            elif kind == "parquet":
+                rep = _ingest_parquet(con, path, table)
             else:
                 assert out is not None
                 rep = _ingest_batch(con, path, out, table)
@@ -184,11 +188,24 @@ def _progress_line(rep: FileReport) -> str:
 
 def _plan(files: list[Path], fmt: str, output: Path | None) -> list[tuple[str, Path, Path | None]]:
     """Decide each file's reader; batch inputs are paired with their output file."""
-    if fmt == "chat-log":
+    if fmt in ("chat-log", "parquet"):
         if output is not None:
             raise FormatError(output, "--batch-output goes with the openai-batch format")
-        return [("chat-log", f, None) for f in files]
-    kinds = {f: ("batch-input" if fmt == "openai-batch" else detect_format(f)) for f in files}
+        if fmt == "parquet":
+            for f in files:
+                if not is_parquet(f):
+                    raise FormatError(f, "not a Parquet file (--format parquet)")
+        return [(fmt, f, None) for f in files]
+    kinds = {
+        f: (
+            "batch-input"
+            if fmt == "openai-batch"
+            else "parquet"
+            if f.name.endswith(".parquet") or is_parquet(f)
+            else detect_format(f)
+        )
+        for f in files
+    }
     if output is not None:
         kinds = {f: k for f, k in kinds.items() if f.resolve() != output.resolve()}
     inputs = [f for f, k in kinds.items() if k == "batch-input"]
@@ -216,8 +233,8 @@ def _plan(files: list[Path], fmt: str, output: Path | None) -> list[tuple[str, P
         )
     plan: list[tuple[str, Path, Path | None]] = []
     for f, kind in kinds.items():
-        if kind == "chat-log":
-            plan.append(("chat-log", f, None))
+        if kind in ("chat-log", "parquet"):
+            plan.append((kind, f, None))
         elif kind == "batch-input":
             plan.append(("openai-batch", f, outputs[0]))
     return plan
@@ -251,13 +268,13 @@ def _read_raw(con: duckdb.DuckDBPyConnection, table: str, scanned: ScannedFile) 
             {"path": str(chunk.path), "first": chunk.first_line},
         )
     count = (fetch_one(con, f"SELECT count(*) FROM {table}") or (0,))[0]
-    _check_read(scanned, count, scanned.n_lines)
+    _check_read(scanned.path, count, scanned.n_lines)
 
 
-def _check_read(scanned: ScannedFile, got: object, expected: int) -> None:
+def _check_read(source: Path, got: object, expected: int) -> None:
     if got != expected:
         raise WarehouseError(
-            f"{scanned.path}: read {got} lines but the file has "
+            f"{source}: read {got} lines but the file has "
             f"{expected} there; refusing to guess line numbers"
         )
 
@@ -403,20 +420,40 @@ def _chat_log_chunk(
     batch_id: str,
     prices: Prices,
 ) -> LineCounts:
-    """One chunk file into the warehouse: the fast path for the lines it understands, the
-    general path (exact reasons) for the others."""
-    # Parallel and order-preserving: row i of _fast is line first + i (a row_number() here
-    # would run the whole parse on one thread).
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines_sql())}",
+    return _stage_lines(
+        con,
+        scanned.path,
+        lines_sql(),
         {"path": str(chunk.path)},
+        first_line=chunk.first_line,
+        n_lines=chunk.n_lines,
+        batch_id=batch_id,
+        prices=prices,
     )
+
+
+def _stage_lines(
+    con: duckdb.DuckDBPyConnection,
+    source: Path,
+    lines: str,
+    params: dict[str, object],
+    *,
+    first_line: int,
+    n_lines: int,
+    batch_id: str,
+    prices: Prices,
+) -> LineCounts:
+    """Chat-log lines (the SELECT ``lines``, in file order) into the warehouse: the fast path for
+    the lines it understands, the general path (exact reasons) for the others."""
+    # Parallel and order-preserving: row i of _fast is line first_line + i (a row_number()
+    # here would run the whole parse on one thread).
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
     ((n, low, high),) = con.execute("SELECT count(*), min(rowid), max(rowid) FROM _fast").fetchall()
-    _check_read(scanned, n, chunk.n_lines)
+    _check_read(source, n, n_lines)
     if n and high - low + 1 != n:
-        raise WarehouseError(f"{scanned.path}: chunk rows not contiguous; refusing to guess")
+        raise WarehouseError(f"{source}: chunk rows not contiguous; refusing to guess")
     # rowid counts from a base that depends on the transaction: number lines from the lowest
-    offset = chunk.first_line - int(low or 0)
+    offset = first_line - int(low or 0)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _slow_src AS "
         f"SELECT rowid + {offset} AS line_no, raw AS line FROM _fast WHERE pending"
@@ -432,10 +469,46 @@ def _chat_log_chunk(
     return finish_stage(
         con,
         batch_id=batch_id,
-        source_file=str(scanned.path),
+        source_file=str(source),
         stage="_staged",
         raw="_slow_src",
     )
+
+
+def _ingest_parquet(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) -> FileReport:
+    """One Parquet file of chat-log records: row i (from 1, file order) is "line" i."""
+    digest = parquet_hash(path)
+    with _staging(con):
+        previous = _already(con, digest)
+        if previous is not None:
+            return _skipped(path, "parquet", previous)
+        batch_id = "b-" + digest[:16]
+        with _transaction(con):
+            lines, n_rows = parquet_lines_sql(con, path)
+            counts = _stage_lines(
+                con,
+                path,
+                lines,
+                {"path": str(path)},
+                first_line=1,
+                n_lines=n_rows,
+                batch_id=batch_id,
+                prices=prices,
+            )
+            rep = FileReport(
+                str(path),
+                "parquet",
+                "ingested",
+                batch_id,
+                lines_read=n_rows,
+                loaded=counts.loaded,
+                duplicates=counts.duplicates,
+                rejected=counts.rejected,
+                blank=counts.blank,
+            )
+            _check_balance(rep)
+            _record_batch(con, rep, digest, "parquet")
+        return rep
 
 
 def _ingest_batch(
