@@ -42,7 +42,7 @@ quality_floor = {floor}
 p95_latency_ms = 4000
 
 [replay]
-per_type = 3
+per_type = 6
 uncertain = 0
 max_new_tokens = 16
 
