@@ -247,14 +247,21 @@ def _already(con: duckdb.DuckDBPyConnection, content_hash: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def lines_sql() -> str:
+# DuckDB's CSV reader works in buffers 16x its max_line_size, one thread per buffer: a small
+# limit keeps a file's read parallel. A longer line makes DuckDB refuse the read, and the ingest
+# runs again with the full limit (see _retrying).
+SHORT_LINE_BYTES = 2 * 1024 * 1024
+
+
+def lines_sql(long_lines: bool = False) -> str:
     """A SELECT of one chunk file's lines (``$path``), in file order: one VARCHAR per line,
     NULL for an empty one. (Chunk files hold no CR: DuckDB would end a line there.)"""
+    max_line = MAX_LINE_BYTES if long_lines else SHORT_LINE_BYTES
     return f"""
         SELECT line
         FROM read_csv($path, columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1),
                       quote = '', escape = '', auto_detect = false, new_line = '\\n',
-                      max_line_size = {MAX_LINE_BYTES}, strict_mode = false)
+                      max_line_size = {max_line}, strict_mode = false)
     """
 
 
@@ -264,7 +271,7 @@ def _read_raw(con: duckdb.DuckDBPyConnection, table: str, scanned: ScannedFile) 
     for chunk in scanned.chunks:
         con.execute(
             f"INSERT INTO {table} SELECT row_number() OVER () + $first - 1, line "
-            f"FROM ({lines_sql()})",
+            f"FROM ({lines_sql(scanned.utf8_checked)})",
             {"path": str(chunk.path), "first": chunk.first_line},
         )
     count = (fetch_one(con, f"SELECT count(*) FROM {table}") or (0,))[0]
@@ -365,20 +372,22 @@ def _skipped(path: Path, fmt: str, previous: str, output: Path | None = None) ->
     )
 
 
-def _retrying_utf8(attempt: Callable[[bool], FileReport]) -> FileReport:
-    """Run ``attempt`` with the fast scan, whose UTF-8 check is DuckDB's read; when DuckDB
-    refuses a byte, run it again on a scan that checks every line, so each undecodable line is
-    kept, as bytes, in rejected_lines (the failed attempt rolled back: nothing was written)."""
+def _retrying(attempt: Callable[[bool], FileReport]) -> FileReport:
+    """Run ``attempt`` fast: the scan leaves UTF-8 to DuckDB's read, which also assumes short
+    lines. When DuckDB refuses a byte or a long line, run it again carefully (``True``): a scan
+    that checks every line, so each undecodable line is kept, as bytes, in rejected_lines, and
+    the full line limit (the failed attempt rolled back: nothing was written)."""
     try:
         return attempt(False)
     except duckdb.InvalidInputException as exc:
-        if "unicode" not in str(exc).lower():
+        text = str(exc).lower()
+        if "unicode" not in text and "maximum line size" not in text:
             raise
     return attempt(True)
 
 
 def _ingest_chat_log(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) -> FileReport:
-    return _retrying_utf8(
+    return _retrying(
         lambda check: _chat_log_once(con, path, prices, scan_file(path, check_utf8=check))
     )
 
@@ -423,7 +432,7 @@ def _chat_log_chunk(
     return _stage_lines(
         con,
         scanned.path,
-        lines_sql(),
+        lines_sql(scanned.utf8_checked),
         {"path": str(chunk.path)},
         first_line=chunk.first_line,
         n_lines=chunk.n_lines,
@@ -514,7 +523,7 @@ def _ingest_parquet(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) 
 def _ingest_batch(
     con: duckdb.DuckDBPyConnection, path: Path, output: Path, prices: Prices
 ) -> FileReport:
-    return _retrying_utf8(
+    return _retrying(
         lambda check: _batch_once(
             con,
             path,

@@ -61,7 +61,7 @@ class ScannedFile:
     n_lines: int
     n_bytes: int
     chunks: list[Chunk] = field(default_factory=list)
-    utf8_checked: bool = False  # every line was checked here (else DuckDB's read checks)
+    utf8_checked: bool = False  # the careful scan: every line checked, long lines expected
     bad_lines: list[BadLine] = field(default_factory=list)
     _tmpdir: tempfile.TemporaryDirectory[str] | None = None
 

@@ -167,3 +167,17 @@ def test_carriage_returns_never_split_a_line(tmp_path: Path) -> None:
     assert con.execute("SELECT source_line, reason FROM rejected_lines").fetchall() == [
         (3, "not valid JSON (raw carriage return)")
     ]
+
+
+def test_a_line_longer_than_the_fast_read_allows_still_loads(tmp_path: Path) -> None:
+    from warehouse.ingest import SHORT_LINE_BYTES
+
+    big = json.loads(_varied(1)[0])
+    big["request"]["messages"][-1]["content"] = "x" * (SHORT_LINE_BYTES + 10)
+    log = tmp_path / "long.jsonl"
+    log.write_bytes(b"\n".join([json.dumps(big).encode(), *_varied(3)[1:3]]) + b"\n")
+    con = open_warehouse(tmp_path / "w.duckdb")
+    t = ingest_paths(con, [log]).totals
+    assert (t.lines_read, t.loaded) == (3, 3)
+    ((n,),) = con.execute("SELECT max(len(last_user_message)) FROM requests").fetchall()
+    assert n == SHORT_LINE_BYTES + 10
