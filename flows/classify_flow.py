@@ -334,10 +334,12 @@ def predict_warehouse(
     batch_size: int = 20_000,
     threads: int | None = None,
     run_id: str | None = None,
+    only_missing: bool = False,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Predict every request through ONNX into ``predictions`` (one run, one transaction) and
-    compare the run with the previous one."""
+    compare the run with the previous one. ``only_missing``: just the requests this classifier
+    has not predicted yet (a partial run: its mix is of those requests, and it has no drift)."""
     started = time.perf_counter()
     if count_requests(con) == 0:
         raise EmptyWarehouseError("requests")
@@ -349,7 +351,8 @@ def predict_warehouse(
     pending_ids: list[str] = []
     with PredictionWriter(con, run, clf.version, at) as writer, ThreadPoolExecutor(1) as pool:
         # Texts of the next batch are built (Python) while onnxruntime runs this one (no GIL).
-        for batch in iter_request_messages(con, batch_size):
+        missing = clf.version if only_missing else None
+        for batch in iter_request_messages(con, batch_size, missing_version=missing):
             texts = [request_text_json(m) for _, m in batch]
             if pending is not None:
                 _write(writer, pending_ids, pending.result())
@@ -360,7 +363,7 @@ def predict_warehouse(
             _write(writer, pending_ids, pending.result())
     seconds = time.perf_counter() - started
     current = run_distribution(con, run)
-    before = previous_run(con, run)
+    before = None if only_missing else previous_run(con, run)
     drift = (
         compare_runs(RunDistribution(**run_distribution(con, before)), RunDistribution(**current))
         if before
@@ -370,6 +373,7 @@ def predict_warehouse(
         "run": run,
         "classifier_version": clf.version,
         "rows": writer.rows,
+        "partial": only_missing,
         "confidence_threshold": cut,
         "uncertain": current["uncertain"],
         "task_mix": dict(sorted(current["mix"].items(), key=lambda kv: -kv[1])),
@@ -577,13 +581,19 @@ def train_task(
 
 
 @task(name="predict-task-types")
-def predict_task(warehouse_path: str, model_dir: str, threshold: float | None) -> dict[str, Any]:
+def predict_task(
+    warehouse_path: str, model_dir: str, threshold: float | None, only_missing: bool = False
+) -> dict[str, Any]:
     from prefect.logging import get_run_logger
 
     con = open_warehouse(warehouse_path)
     try:
         return predict_warehouse(
-            con, model_dir, threshold=threshold, progress=get_run_logger().info
+            con,
+            model_dir,
+            threshold=threshold,
+            only_missing=only_missing,
+            progress=get_run_logger().info,
         )
     finally:
         con.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -68,7 +68,7 @@ def run(
             logs=list(logs) if logs else None,
             return_state=True,
         )
-    result = state.result()
+    result = cast(dict[str, Any], state.result())  # the flow's data: the run's summary
     if json_output:
         print_json({**result, "state": state.name, "message": state.message})
     else:

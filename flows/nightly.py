@@ -38,7 +38,7 @@ from flows.warehouse_flow import ingest_task
 from planner.errors import ConfigError
 from planner.settings import PlannerSettings, load_settings
 from warehouse.connection import fetch_one, open_warehouse
-from warehouse.predictions import count_requests, prediction_runs
+from warehouse.predictions import count_requests
 
 T = TypeVar("T")
 ATTENTION_STATE = "Needs attention"
@@ -89,21 +89,18 @@ def _classifier_version(model_dir: Path) -> str | None:
 
 
 def predictions_current(warehouse: str, version: str | None) -> bool:
-    """The latest prediction run covers every request with this classifier version."""
+    """Every request has a prediction by this classifier version."""
+    if version is None:
+        return False
     con = open_warehouse(warehouse, read_only=True)
     try:
-        runs = prediction_runs(con)
-        if not runs or version is None:
-            return False
-        last = runs[-1]
-        covered = fetch_one(
+        row = fetch_one(
             con,
-            "SELECT count(*) FROM requests WHERE request_id NOT IN "
-            "(SELECT request_id FROM predictions WHERE prediction_run = ?)",
-            [last["run"]],
+            "SELECT count(*) FROM requests AS r WHERE NOT EXISTS (SELECT 1 FROM predictions AS p "
+            "WHERE p.request_id = r.request_id AND p.classifier_version = ?)",
+            [version],
         )
-        missing = int(covered[0]) if covered else 1  # type: ignore[call-overload]
-        return bool(last["classifier_version"] == version and missing == 0)
+        return row is not None and int(row[0]) == 0  # type: ignore[call-overload]
     finally:
         con.close()
 
@@ -143,8 +140,9 @@ def classify_stage(
     if predictions_current(warehouse, version):
         out["predicted"] = False
     else:
+        # a new classifier predicts everything; the same one only what it has not seen
         out["predicted"] = True
-        out["predict"] = predict_task.fn(warehouse, str(model_dir), None)
+        out["predict"] = predict_task.fn(warehouse, str(model_dir), None, only_missing=not due)
     return out
 
 

@@ -29,15 +29,28 @@ def count_requests(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def iter_request_messages(
-    con: duckdb.DuckDBPyConnection, batch_size: int = 20_000
+    con: duckdb.DuckDBPyConnection,
+    batch_size: int = 20_000,
+    *,
+    missing_version: str | None = None,
 ) -> Iterator[list[tuple[str, str]]]:
     """Every request as (request_id, messages JSON), in request_id order, ``batch_size`` at a
-    time. Reads through its own cursor, so the caller may write on ``con`` meanwhile."""
+    time. Reads through its own cursor, so the caller may write on ``con`` meanwhile. With
+    ``missing_version``, only the requests that classifier version has not predicted yet (a
+    nightly run predicts what is new, not the whole warehouse again)."""
     if count_requests(con) == 0:
         raise EmptyWarehouseError("requests")
+    sql = "SELECT request_id, messages::VARCHAR FROM requests AS r"
+    params: list[str] = []
+    if missing_version is not None:
+        sql += (
+            " WHERE NOT EXISTS (SELECT 1 FROM predictions AS p"
+            " WHERE p.request_id = r.request_id AND p.classifier_version = ?)"
+        )
+        params.append(missing_version)
     cursor = con.cursor()
     try:
-        cursor.execute("SELECT request_id, messages::VARCHAR FROM requests ORDER BY request_id")
+        cursor.execute(sql + " ORDER BY request_id", params)
         while True:
             rows = cursor.fetchmany(batch_size)
             if not rows:

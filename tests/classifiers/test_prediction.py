@@ -128,3 +128,25 @@ def test_evaluate_file_counts_unusable_lines_by_reason(trained_dir: Path, tmp_pa
         "metadata.task_type outside the taxonomy": {"lines": 1, "first_lines": [3]},
         "no request.messages": {"lines": 1, "first_lines": [5]},
     }
+
+
+def test_only_missing_predicts_just_what_this_classifier_has_not_seen(
+    trained_dir: Path, make_warehouse: Callable[..., duckdb.DuckDBPyConnection]
+) -> None:
+    con = make_warehouse(300, seed=8)
+    full = predict_warehouse(con, trained_dir)
+    nothing_new = predict_warehouse(con, trained_dir, only_missing=True)
+    assert nothing_new["rows"] == 0 and nothing_new["partial"] is True
+    # Two requests arrive (copies under new ids): only they are predicted, with no drift figure.
+    con.execute(
+        "INSERT INTO requests SELECT * REPLACE ('new-' || request_id AS request_id) FROM requests "
+        "ORDER BY request_id LIMIT 2"
+    )
+    partial = predict_warehouse(con, trained_dir, only_missing=True)
+    assert partial["rows"] == 2 and partial["drift"] is None
+    ids = con.execute(
+        "SELECT request_id FROM predictions WHERE prediction_run = ? ORDER BY 1", [partial["run"]]
+    ).fetchall()
+    assert [r[0][:4] for r in ids] == ["new-", "new-"]
+    n = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
+    assert n == full["rows"] + 2
