@@ -2,13 +2,15 @@
 
 The candidates are the committed demo models (edge-small-int4, edge-base-int4) and a relay played
 by the project's model server (edge-base fp32) in a process of its own on 127.0.0.1. Each run is a
-fresh `migration-planner run` process, as cron or `serve` would start it, so its time includes
-Prefect's start-up; its peak memory is the process's VmHWM (the relay server is not counted).
+fresh process against a Prefect server that is already up, as under `serve` (which starts one),
+so its time includes the process's imports but not a server's start; its peak memory is the
+process's VmHWM (neither the relay nor the Prefect server is counted).
 
 Prints each stage's time and peak memory for both runs, the share of the second run's replays
 served from cache, and the goal: the second run takes at most 20% of the first.
 
-Run: ``make bench BENCH_ARGS=nightly`` (``NIGHTLY_BENCH_REQUESTS`` changes the size).
+Run: ``make bench BENCH_ARGS=nightly`` (``NIGHTLY_BENCH_REQUESTS`` changes the size,
+``NIGHTLY_BENCH_DIR`` keeps the work folder).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from flows.serve import local_prefect_server
 from warehouse.synthetic import write_chat_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,8 +165,10 @@ def _show(label: str, run: dict[str, Any]) -> None:
 def run() -> dict[str, Any]:
     n = int(os.environ.get("NIGHTLY_BENCH_REQUESTS", "100000"))
     new = max(n // 100, 1)
+    keep = os.environ.get("NIGHTLY_BENCH_DIR")  # keep the work folder there (for profiling)
     with tempfile.TemporaryDirectory(prefix="nightly-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(keep) if keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         logs = work / "logs"
         logs.mkdir()
         write_chat_log(logs / "day-1.jsonl", n, seed=0)
@@ -178,15 +183,17 @@ def run() -> dict[str, Any]:
         env.pop("PREFECT_API_URL", None)
         relay, url = _start_relay(env)
         try:
-            config = _config(work, url, str(logs / "*.jsonl"))
-            print(f"{n:,} requests; candidates edge-small-int4, edge-base-int4, relay", flush=True)
-            first = _run(config, env)
-            _show("first run ", first)
-            # 1% new requests: a new day's file (a different seed: new ids and texts)
-            write_chat_log(logs / "day-2.jsonl", new, seed=1)
-            _fix_ids(logs / "day-2.jsonl", "new-")
-            second = _run(config, env)
-            _show("second run", second)
+            with local_prefect_server(home=work / "prefect") as api:
+                env["PREFECT_API_URL"] = api
+                config = _config(work, url, str(logs / "*.jsonl"))
+                print(f"{n:,} requests; candidates edge-small-int4, edge-base-int4, relay")
+                first = _run(config, env)
+                _show("first run ", first)
+                # 1% new requests: a new day's file (another seed, ids of its own)
+                write_chat_log(logs / "day-2.jsonl", new, seed=1)
+                _fix_ids(logs / "day-2.jsonl", "new-")
+                second = _run(config, env)
+                _show("second run", second)
         finally:
             relay.terminate()
             relay.wait(timeout=10)

@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from planner.artifacts import Gateway, Triggers, write_artifacts
 from planner.backends import ReplayRequest, ReplayResult
@@ -215,6 +216,15 @@ def observations_from(
 
 
 # ---------------------------------------------------------------- tasks
+
+_T = TypeVar("_T")
+
+
+def _plain(value: _T) -> _T:
+    """A task argument Prefect must not walk: the traffic holds a row per request, and Prefect
+    visits every element of a collection looking for futures before each task (seconds on 100k
+    requests). These are plain values, never futures."""
+    return cast(_T, quote(value))
 
 
 @task(name="score", cache_policy=NO_CACHE)
@@ -503,7 +513,9 @@ def plan_flow(
     )
     if not any(e.kind != "production" for e in evidence):
         raise PlanError("no replays to plan from: run `migration-planner replay` first")
-    decision, sticky, sweep, views = decide_task(inputs, evidence, objectives, candidates)
+    decision, sticky, sweep, views = decide_task(
+        _plain(inputs), _plain(evidence), objectives, candidates
+    )
     tier = power or {}
     power_w = device_power_w if device_power_w is not None else tier.get("power_w")
     device = None
@@ -517,8 +529,8 @@ def plan_flow(
         previous_quality(settings.output.dir, run_dir) if settings.output.dir.is_dir() else {}
     )
     projection, points, risks = project_task(
-        inputs,
-        evidence,
+        _plain(inputs),
+        _plain(evidence),
         decision,
         sticky,
         sweep,
@@ -576,9 +588,9 @@ def plan_flow(
         notes=tuple(notes),
     )
     paths = artifacts_task(
-        str(run_dir), report, settings.classifier.confidence_threshold, classifier_path
+        str(run_dir), _plain(report), settings.classifier.confidence_threshold, classifier_path
     )
-    html = render_task(str(run_dir), report)
+    html = render_task(str(run_dir), _plain(report))
     return {
         "run_id": run_id,
         "run_dir": str(run_dir),
