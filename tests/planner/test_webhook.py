@@ -86,11 +86,17 @@ def test_honours_retry_after_on_429_within_cap(hook: tuple[Hook, str]) -> None:
 
 
 def test_failure_is_reported_without_the_secret(
-    hook: tuple[Hook, str], caplog: pytest.LogCaptureFixture
+    hook: tuple[Hook, str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state, base = hook
     state.script["down"] = [(500, {})] * 5
+    # Prefect's logging set-up (earlier tests in the session) may stop httpx's records from
+    # reaching the root logger; this test needs to see them
+    httpx_logger = logging.getLogger("httpx")
+    monkeypatch.setattr(httpx_logger, "propagate", True)
+    monkeypatch.setattr(httpx_logger, "disabled", False)
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")
     url = f"{base}/hooks/down/{SECRET}?token=q-s3cr3t"
     result = post_webhook(url, {"text": "hi"}, attempts=3, backoff_s=0.01)
     assert not result.ok and result.attempts == 3 and result.status_code == 500
