@@ -299,6 +299,6 @@ def serve_nightly(
         name=name,
         cron=cron,
         timezone=timezone,
-        parameters={"config_path": config},
+        parameters={"config_path": config, "trigger": "schedule"},
         echo=echo,
     )

@@ -155,7 +155,10 @@ def test_serve_nightly_on_a_local_server_then_ctrl_c(tmp_path: Path) -> None:
         (sched,) = deployment["schedules"]
         assert sched["schedule"]["cron"] == "15 3 1 1 *"
         assert sched["schedule"]["timezone"] == "Europe/Berlin" and sched["active"] is True
-        assert deployment["parameters"] == {"config_path": str(tmp_path / "planner.toml")}
+        assert deployment["parameters"] == {
+            "config_path": str(tmp_path / "planner.toml"),
+            "trigger": "schedule",
+        }
         assert deployment["entrypoint"] == "flows.nightly.nightly_flow"
         assert deployment["tags"] == ["migration-planner"]
 
@@ -253,7 +256,7 @@ def test_prefect_yaml_deploys_onto_an_existing_server(
     assert sched["schedule"] == {"cron": "0 2 * * *", "timezone": "UTC", "day_or": True}
     assert sched["active"] is True
     assert deployment["entrypoint"] == "flows/nightly.py:nightly_flow"
-    assert deployment["parameters"] == {"config_path": "planner.toml"}
+    assert deployment["parameters"] == {"config_path": "planner.toml", "trigger": "schedule"}
     assert deployment["work_pool_name"] == "default-process-pool"
     assert deployment["global_concurrency_limit"]["limit"] == 1
     assert deployment["pull_steps"] == [
