@@ -17,8 +17,8 @@ import typer
 
 from flows.cli_common import ConfigOption, JsonOption, new_app, print_json, settings_from
 from planner.history import HistoryError, HistoryStore, RunRecord, open_history
-from planner.projection import money
-from planner.run_diff import Change, RunDiff, Signal, attention_signals, diff_runs
+from planner.run_diff import RunDiff, Signal, attention_signals, diff_runs
+from planner.run_pages import arrow, ms, pct, score, usd
 
 app = new_app("Past runs: list them, show one, and say what changed between two.")
 
@@ -57,20 +57,8 @@ def resolve_run(store: HistoryStore, ref: str) -> RunRecord:
     return store.get_run(ref)
 
 
-def _pct(value: Any, digits: int = 0) -> str:
-    return "–" if value is None else f"{value * 100:.{digits}f}%"
-
-
-def _usd(value: Any) -> str:
-    return "–" if value is None else money(value)
-
-
-def _ms(value: Any) -> str:
-    return "–" if value is None else f"{value:,.0f} ms"
-
-
-def _q(value: Any) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def _quality(value: Any) -> str:
+    return score(value, 3)
 
 
 def _when(record: RunRecord) -> str:
@@ -100,20 +88,16 @@ def format_list(runs: list[RunRecord]) -> str:
             _when(r),
             r.status,
             r.trigger,
-            _usd(r.headline.get("savings_usd")),
-            _pct(r.headline.get("migrated_share")),
-            _pct(r.headline.get("quality")),
-            _ms(r.headline.get("latency_p95_after_ms")),
+            usd(r.headline.get("savings_usd")),
+            pct(r.headline.get("migrated_share")),
+            pct(r.headline.get("quality")),
+            ms(r.headline.get("latency_p95_after_ms")),
             str(len(r.signals)),
         ]
         for r in runs
     ]
     header = ["RUN", "STARTED UTC", "STATUS", "TRIGGER", "SAVED/MO", "MIGRATED", "QUALITY"]
     return "\n".join(_table([*header, "P95 AFTER", "ATTENTION"], rows, {4, 5, 6, 7, 8}))
-
-
-def _arrow(change: Change, fmt: Any) -> str:
-    return f"{fmt(change.a)} → {fmt(change.b)}"
 
 
 def format_show(record: RunRecord) -> str:
@@ -132,12 +116,12 @@ def format_show(record: RunRecord) -> str:
         lines += [
             "",
             str(h.get("verdict") or ""),
-            f"cost per month  {_usd(h.get('cost_before_usd'))} today → "
-            f"{_usd(h.get('cost_after_usd'))} after, {_usd(h.get('savings_usd'))} saved",
-            f"migrated        {_pct(h.get('migrated_share'))} of traffic, quality "
-            f"{_pct(h.get('quality'))} of production (floor {_pct(record.quality_floor)})",
-            f"p95 latency     {_ms(h.get('latency_p95_before_ms'))} → "
-            f"{_ms(h.get('latency_p95_after_ms'))}",
+            f"cost per month  {usd(h.get('cost_before_usd'))} today → "
+            f"{usd(h.get('cost_after_usd'))} after, {usd(h.get('savings_usd'))} saved",
+            f"migrated        {pct(h.get('migrated_share'))} of traffic, quality "
+            f"{pct(h.get('quality'))} of production (floor {pct(record.quality_floor)})",
+            f"p95 latency     {ms(h.get('latency_p95_before_ms'))} → "
+            f"{ms(h.get('latency_p95_after_ms'))}",
         ]
     if record.inputs:
         lines.append("inputs          " + ", ".join(f"{k} {v}" for k, v in record.inputs.items()))
@@ -145,12 +129,12 @@ def format_show(record: RunRecord) -> str:
         rows = [
             [
                 r.task_type,
-                _pct(r.share, 1),
+                pct(r.share, 1),
                 r.route,
                 r.kind,
-                _q(r.quality_mean),
-                _ms(r.latency_p95_ms),
-                _usd(r.cost_per_1k_usd),
+                _quality(r.quality_mean),
+                ms(r.latency_p95_ms),
+                usd(r.cost_per_1k_usd),
             ]
             for r in sorted(record.routes, key=lambda r: (-(r.share or 0.0), r.task_type))
         ]
@@ -174,8 +158,8 @@ def format_diff(diff: RunDiff, signals: list[Signal]) -> str:
             [
                 c.task_type,
                 f"{c.route_a} → {c.route_b}",
-                f"quality {_arrow(c.quality, _q)}",
-                f"p95 {_arrow(c.latency_p95_ms, _ms)}",
+                f"quality {arrow(c.quality, _quality)}",
+                f"p95 {arrow(c.latency_p95_ms, ms)}",
             ]
             for c in diff.flipped
         ]
@@ -188,17 +172,17 @@ def format_diff(diff: RunDiff, signals: list[Signal]) -> str:
     cost, head = diff.cost, diff.headline
     lines += [
         "",
-        f"cost per month  today {_arrow(cost['cost_before_usd'], _usd)}, after "
-        f"{_arrow(cost['cost_after_usd'], _usd)}, saved {_arrow(cost['savings_usd'], _usd)}",
-        f"migrated        {_arrow(head['migrated_share'], _pct)}; quality "
-        f"{_arrow(head['quality'], _pct)}; p95 after {_arrow(head['latency_p95_after_ms'], _ms)}",
-        f"task mix drift  {_pct(diff.drift, 1)}",
+        f"cost per month  today {arrow(cost['cost_before_usd'], usd)}, after "
+        f"{arrow(cost['cost_after_usd'], usd)}, saved {arrow(cost['savings_usd'], usd)}",
+        f"migrated        {arrow(head['migrated_share'], pct)}; quality "
+        f"{arrow(head['quality'], pct)}; p95 after {arrow(head['latency_p95_after_ms'], ms)}",
+        f"task mix drift  {pct(diff.drift, 1)}",
     ]
     lines += [f"note: {n}" for n in diff.notes]
     moved = [m for m in diff.mix_changes if abs(m.delta) >= MIX_SHOWN_MIN]
     if moved:
         rows = [
-            [m.task_type, _pct(m.share_a, 1), _pct(m.share_b, 1), f"{m.delta * 100:+.1f} pp"]
+            [m.task_type, pct(m.share_a, 1), pct(m.share_b, 1), f"{m.delta * 100:+.1f} pp"]
             for m in moved
         ]
         lines += ["", *_table(["TASK TYPE", "SHARE A", "SHARE B", "CHANGE"], rows, {1, 2, 3})]
@@ -208,8 +192,8 @@ def format_diff(diff: RunDiff, signals: list[Signal]) -> str:
             c.status,
             c.route_a or "–",
             c.route_b or "–",
-            _arrow(c.quality, _q),
-            _arrow(c.latency_p95_ms, _ms),
+            arrow(c.quality, _quality),
+            arrow(c.latency_p95_ms, ms),
         ]
         for c in diff.route_changes
     ]

@@ -3,9 +3,10 @@ render, recorded in the run history, compared with the previous run, and publish
 
 Every stage is cheap when it has nothing new to do, because the work it would repeat is already
 in the warehouse: a log file ingested before is skipped by its content hash; the classifier is
-retrained only when it is older than ``[run] retrain_days`` and predictions are redone only when
-the requests or the classifier changed; the sample is drawn by a stable hash, so yesterday's
-sampled requests mostly stay and their replays are reused; scores are cached per replay.
+retrained only when it is older than ``[run] retrain_days`` and predictions are made only for
+requests the current classifier has not seen; the sample is drawn by a stable hash, so
+yesterday's sampled requests mostly stay and their replays are reused; scores are cached per
+replay.
 
 Faults: one run at a time per warehouse (:mod:`flows.lock`); the run folder is written beside
 ``out/`` and renamed into place only when complete (:mod:`flows.runs`); a run killed anywhere
@@ -20,8 +21,7 @@ import hashlib
 import json
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,17 +31,35 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
+from classifiers.errors import ModelLoadError
+from classifiers.model_dir import read_card
 from flows.classify_flow import default_model_dir, predict_task, train_task
 from flows.lock import run_lock
+from flows.plan_flow import plan_flow
+from flows.replay_flow import replay_flow
+from flows.run_artifacts import publish_run_artifacts
 from flows.runs import new_run_id, run_folder
 from flows.warehouse_flow import ingest_task
 from planner.errors import ConfigError
+from planner.history import HistoryStore, open_history
+from planner.run_diff import (
+    RunDiff,
+    RunFigures,
+    Signal,
+    attention_signals,
+    diff_runs,
+    figures_from_metrics,
+)
+from planner.run_pages import summary_markdown, write_diff_page, write_index
 from planner.settings import PlannerSettings, load_settings
+from planner.webhook import post_webhook, webhook_url_from_env
 from warehouse.connection import fetch_one, open_warehouse
 from warehouse.predictions import count_requests
 
 T = TypeVar("T")
 ATTENTION_STATE = "Needs attention"
+INDEX_RUNS = 1000  # runs listed in out/index.html
+PLAN_FILES = ("plan", "routing", "litellm", "rollback", "metrics")
 
 
 def config_hash(settings: PlannerSettings) -> str:
@@ -67,31 +85,20 @@ def resolve_logs(patterns: list[str], where: str) -> list[str]:
 
 def classifier_due(model_dir: Path, retrain_days: float, now: datetime) -> tuple[bool, str]:
     """Train when there is no classifier yet, or it is older than ``retrain_days``."""
-    card = model_dir / "model_card.json"
-    if not (model_dir / "classifier.onnx").is_file() or not card.is_file():
+    if not (model_dir / "classifier.onnx").is_file():
         return True, "no classifier yet"
     try:
-        created = datetime.fromisoformat(json.loads(card.read_text("utf-8"))["created_at"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return True, f"{card} is unreadable"
+        created = datetime.fromisoformat(read_card(model_dir)["created_at"])
+    except (ModelLoadError, KeyError, TypeError, ValueError) as exc:
+        return True, f"its model card is unusable ({exc})"
     age_days = (now - created).total_seconds() / 86400
     if age_days >= retrain_days:
         return True, f"classifier is {age_days:.1f} days old (retrain_days {retrain_days:g})"
     return False, f"classifier is {age_days:.1f} days old"
 
 
-def _classifier_version(model_dir: Path) -> str | None:
-    try:
-        value = json.loads((model_dir / "model_card.json").read_text("utf-8")).get("version")
-        return str(value) if value else None
-    except (OSError, ValueError):
-        return None
-
-
-def predictions_current(warehouse: str, version: str | None) -> bool:
+def predictions_current(warehouse: str, version: str) -> bool:
     """Every request has a prediction by this classifier version."""
-    if version is None:
-        return False
     con = open_warehouse(warehouse, read_only=True)
     try:
         row = fetch_one(
@@ -111,17 +118,12 @@ class StageClock:
 
     seconds: dict[str, float] = field(default_factory=dict)
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def run(self, name: str, fn: Callable[[], T]) -> T:
         started = time.perf_counter()
         try:
-            yield
+            return fn()
         finally:
             self.seconds[name] = round(time.perf_counter() - started, 3)
-
-    def run(self, name: str, fn: Callable[[], T]) -> T:
-        with self.stage(name):
-            return fn()
 
 
 @task(name="classify-when-due", cache_policy=NO_CACHE)
@@ -136,7 +138,7 @@ def classify_stage(
     if due:
         logger.info(f"training the classifier: {why}")
         out["train"] = train_task.fn(warehouse, str(model_dir), labels, config_path, None)
-    version = _classifier_version(model_dir)
+    version = str(read_card(model_dir)["version"])
     if predictions_current(warehouse, version):
         out["predicted"] = False
     else:
@@ -146,11 +148,7 @@ def classify_stage(
     return out
 
 
-def _new_requests(ingested: dict[str, Any] | None) -> int:
-    return int(ingested["loaded"]) if ingested else 0
-
-
-def _attention_line(signals: list[Any]) -> str:
+def _attention_line(signals: list[Signal]) -> str:
     return "Needs attention: " + " ".join(s.message for s in signals)
 
 
@@ -172,6 +170,26 @@ def nightly_flow(
         return _run(settings, config_path, paths, run_id, trigger)
 
 
+@dataclass
+class _Run:
+    """What one run gathers as it goes: counts, stage times, then the plan and its comparison."""
+
+    run_id: str
+    out_dir: Path
+    clock: StageClock = field(default_factory=StageClock)
+    inputs: dict[str, int] = field(default_factory=dict)
+    classified: dict[str, Any] = field(default_factory=dict)
+    planned: dict[str, Any] = field(default_factory=dict)
+    figures: RunFigures | None = None
+    diff: RunDiff | None = None
+    signals: list[Signal] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / self.run_id
+
+
 def _run(
     settings: PlannerSettings,
     config_path: str | None,
@@ -179,25 +197,13 @@ def _run(
     run_id: str,
     trigger: str,
 ) -> State[Any]:
-    from flows.plan_flow import plan_flow
-    from flows.replay_flow import replay_flow
-    from flows.run_artifacts import publish_run_artifacts
-    from planner.history import open_history
-    from planner.run_diff import attention_signals, diff_runs, figures_from_metrics
-    from planner.run_pages import summary_markdown, write_diff_page, write_index
-    from planner.webhook import post_webhook, webhook_url_from_env
-
-    logger = get_run_logger()
-    warehouse = str(settings.warehouse.path)
-    out_dir = Path(settings.output.dir)
-    Path(warehouse).parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.warehouse.path).parent.mkdir(parents=True, exist_ok=True)
+    run = _Run(run_id, Path(settings.output.dir))
     history = open_history(settings.history_url())
-    clock = StageClock()
-    inputs: dict[str, int] = {}
     try:
         interrupted = history.mark_interrupted()
         if interrupted:
-            logger.warning(f"earlier runs were interrupted: {', '.join(interrupted)}")
+            get_run_logger().warning(f"earlier runs were interrupted: {', '.join(interrupted)}")
         history.start_run(
             run_id,
             started_at=datetime.now(UTC),
@@ -205,159 +211,152 @@ def _run(
             trigger=trigger,
         )
         try:
-            ingested = None
-            if paths:
-                ingested = clock.run(
-                    "ingest",
-                    lambda: ingest_task(
-                        warehouse, paths, prices=settings.price_overrides() or None
-                    ),
-                )
-                inputs.update(
-                    {
-                        k: int(ingested[k])
-                        for k in ("lines_read", "loaded", "duplicates", "rejected", "blank")
-                    }
-                )
-            else:
-                logger.info("no logs configured: planning on the warehouse as it is")
-            classified = clock.run(
-                "classify",
-                lambda: classify_stage(
-                    warehouse,
-                    config_path,
-                    settings.run.retrain_days,
-                    settings.classifier.labels,
-                ),
-            )
-            con = open_warehouse(warehouse, read_only=True)
-            try:
-                inputs["requests"] = count_requests(con)
-            finally:
-                con.close()
-            inputs["new_requests"] = _new_requests(ingested)
-            replayed = clock.run(
-                "replay",
-                lambda: replay_flow(
-                    config_path=config_path,
-                    warehouse_path=warehouse,
-                    shard_size=settings.run.shard_size,
-                    dask_address=settings.run.dask_address,
-                ),
-            )
-            shards = replayed.get("shards", {})
-            inputs["replayed"] = int(shards.get("replayed_requests", 0))
-            inputs["replays_cached"] = int(shards.get("cached_requests", 0))
-
-            previous = history.previous_completed(run_id)
-            previous_figures = history.figures(previous.run_id) if previous else None
-            classifier_path = Path(classified["model_dir"]) / "classifier.onnx"
-            with run_folder(out_dir, run_id) as scratch:
-                planned = clock.run(
-                    "plan",
-                    lambda: plan_flow(
-                        config_path=config_path,
-                        out_dir=str(scratch),
-                        warehouse_path=warehouse,
-                        classifier_path=str(classifier_path),
-                        run_id=run_id,
-                    ),
-                )
-                metrics = json.loads((scratch / "metrics.json").read_text("utf-8"))
-                figures = figures_from_metrics(metrics)
-                diff = (
-                    diff_runs(previous.run_id, previous_figures, run_id, figures)
-                    if previous is not None and previous_figures is not None
-                    else None
-                )
-                signals = attention_signals(figures, diff, settings.alerts.drift_threshold)
-                if diff is not None:
-                    write_diff_page(scratch / "diff.html", diff, signals)
-            run_dir = out_dir / run_id
-            artifacts = {
-                "run_dir": str(run_dir),
-                **{
-                    name: str(run_dir / Path(path).name)
-                    for name, path in planned.items()
-                    if name in ("plan", "routing", "litellm", "rollback", "metrics")
-                },
-            }
-            if diff is not None:
-                artifacts["diff"] = str(run_dir / "diff.html")
+            _stages(run, settings, config_path, paths, history)
         except BaseException as exc:
-            history.finish_run(
-                run_id,
-                status="failed",
-                finished_at=datetime.now(UTC),
-                inputs=inputs,
-                figures=None,
-                artifacts={},
-                stage_seconds=clock.seconds,
-                signals=[],
-                error=_error_line(exc),
-            )
-            write_index(out_dir, history.list_runs(limit=1000))
+            _record(history, run, "failed", _error_line(exc))
             raise
-        history.finish_run(
-            run_id,
-            status="completed",
-            finished_at=datetime.now(UTC),
-            inputs=inputs,
-            figures=figures,
-            artifacts=artifacts,
-            stage_seconds=clock.seconds,
-            signals=signals,
-            error=None,
-        )
-        index = write_index(out_dir, history.list_runs(limit=1000))
+        index = _record(history, run, "completed", None)
     finally:
         history.close()
+    return _publish(run, settings, index)
 
-    markdown = summary_markdown(run_id, figures, diff, signals)
+
+def _stages(
+    run: _Run,
+    settings: PlannerSettings,
+    config_path: str | None,
+    paths: list[str],
+    history: HistoryStore,
+) -> None:
+    """Ingest → classify → replay → plan into the run's folder, with the diff and the signals."""
+    warehouse = str(settings.warehouse.path)
+    clock, inputs = run.clock, run.inputs
+    if paths:
+        ingested = clock.run(
+            "ingest",
+            lambda: ingest_task(warehouse, paths, prices=settings.price_overrides() or None),
+        )
+        for key in ("lines_read", "loaded", "duplicates", "rejected", "blank"):
+            inputs[key] = int(ingested[key])
+    else:
+        get_run_logger().info("no logs configured: planning on the warehouse as it is")
+    run.classified = clock.run(
+        "classify",
+        lambda: classify_stage(
+            warehouse, config_path, settings.run.retrain_days, settings.classifier.labels
+        ),
+    )
+    con = open_warehouse(warehouse, read_only=True)
+    try:
+        inputs["requests"] = count_requests(con)
+    finally:
+        con.close()
+    inputs["new_requests"] = inputs.get("loaded", 0)
+    replayed = clock.run(
+        "replay",
+        lambda: replay_flow(
+            config_path=config_path,
+            warehouse_path=warehouse,
+            shard_size=settings.run.shard_size,
+            dask_address=settings.run.dask_address,
+        ),
+    )
+    shards = replayed.get("shards", {})
+    inputs["replayed"] = int(shards.get("replayed_requests", 0))
+    inputs["replays_cached"] = int(shards.get("cached_requests", 0))
+
+    previous = history.previous_completed(run.run_id)
+    previous_figures = history.figures(previous.run_id) if previous else None
+    classifier_path = Path(run.classified["model_dir"]) / "classifier.onnx"
+    with run_folder(run.out_dir, run.run_id) as scratch:
+        run.planned = clock.run(
+            "plan",
+            lambda: plan_flow(
+                config_path=config_path,
+                out_dir=str(scratch),
+                warehouse_path=warehouse,
+                classifier_path=str(classifier_path),
+                run_id=run.run_id,
+            ),
+        )
+        metrics = json.loads((scratch / "metrics.json").read_text("utf-8"))
+        run.figures = figures_from_metrics(metrics)
+        if previous is not None and previous_figures is not None:
+            run.diff = diff_runs(previous.run_id, previous_figures, run.run_id, run.figures)
+        run.signals = attention_signals(run.figures, run.diff, settings.alerts.drift_threshold)
+        if run.diff is not None:
+            write_diff_page(scratch / "diff.html", run.diff, run.signals)
+    run.artifacts = {"run_dir": str(run.run_dir)}
+    for name in PLAN_FILES:
+        run.artifacts[name] = str(run.run_dir / Path(run.planned[name]).name)
+    if run.diff is not None:
+        run.artifacts["diff"] = str(run.run_dir / "diff.html")
+
+
+def _record(history: HistoryStore, run: _Run, status: str, error: str | None) -> Path:
+    """The run's history record, then out/index.html from the whole history."""
+    history.finish_run(
+        run.run_id,
+        status=status,
+        finished_at=datetime.now(UTC),
+        inputs=run.inputs,
+        figures=run.figures if error is None else None,
+        artifacts=run.artifacts if error is None else {},
+        stage_seconds=run.clock.seconds,
+        signals=run.signals if error is None else [],
+        error=error,
+    )
+    return write_index(run.out_dir, history.list_runs(limit=INDEX_RUNS))
+
+
+def _publish(run: _Run, settings: PlannerSettings, index: Path) -> State[Any]:
+    """Prefect artifacts, the webhook when something needs attention, and the final state."""
+    assert run.figures is not None  # set by the plan stage
+    markdown = summary_markdown(run.run_id, run.figures, run.diff, run.signals)
     publish_run_artifacts(
-        run_id=run_id,
-        plan_html=run_dir / "plan.html",
+        run_id=run.run_id,
+        plan_html=run.run_dir / "plan.html",
         markdown=markdown,
-        routes=[r.to_dict() for r in figures.routes],
+        routes=[r.to_dict() for r in run.figures.routes],
         index_html=index,
     )
     webhook: dict[str, Any] | None = None
     url = webhook_url_from_env(settings.alerts.webhook_env)
-    if signals and url:
+    if run.signals and url:
         sent = post_webhook(
             url,
             {
                 "text": markdown,
-                "run_id": run_id,
-                "plan": artifacts.get("plan"),
-                "signals": [s.to_dict() for s in signals],
+                "run_id": run.run_id,
+                "plan": run.artifacts["plan"],
+                "signals": [s.to_dict() for s in run.signals],
             },
             timeout_s=settings.alerts.timeout_s,
         )
         webhook = {"ok": sent.ok, "reason": sent.reason}
         if not sent.ok:
-            logger.warning(f"webhook not delivered: {sent.reason}")
+            get_run_logger().warning(f"webhook not delivered: {sent.reason}")
     result = {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "status": "completed",
-        "run_dir": str(run_dir),
-        "plan_html": artifacts.get("plan"),
+        "run_dir": str(run.run_dir),
+        "plan_html": run.artifacts["plan"],
         "index_html": str(index),
-        "diff_html": artifacts.get("diff"),
-        "previous_run": previous.run_id if previous else None,
-        "attention": [s.message for s in signals],
+        "diff_html": run.artifacts.get("diff"),
+        "previous_run": run.diff.a_run_id if run.diff else None,
+        "attention": [s.message for s in run.signals],
         "webhook": webhook,
-        "inputs": inputs,
-        "stage_seconds": clock.seconds,
-        "classifier": {k: classified[k] for k in ("trained", "why", "predicted")},
-        "verdict": planned.get("verdict"),
-        "savings_usd_per_month": planned.get("savings_usd_per_month"),
-        "migrated_share": planned.get("migrated_share"),
-        "routes": planned.get("routes"),
+        "inputs": run.inputs,
+        "stage_seconds": run.clock.seconds,
+        "classifier": {k: run.classified[k] for k in ("trained", "why", "predicted")},
+        "verdict": run.planned.get("verdict"),
+        "savings_usd_per_month": run.planned.get("savings_usd_per_month"),
+        "migrated_share": run.planned.get("migrated_share"),
+        "routes": run.planned.get("routes"),
     }
-    if signals:
-        return Completed(name=ATTENTION_STATE, message=_attention_line(signals), data=result)
-    return Completed(message=f"plan: {artifacts.get('plan')}", data=result)
+    if run.signals:
+        return Completed(name=ATTENTION_STATE, message=_attention_line(run.signals), data=result)
+    return Completed(message=f"plan: {run.artifacts['plan']}", data=result)
 
 
 def _error_line(exc: BaseException) -> str:

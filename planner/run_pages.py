@@ -159,27 +159,30 @@ def md(text: Any) -> str:
     return str(text).translate(_MD_ESCAPES)
 
 
-def _pct(value: Any) -> str:
-    return "–" if value is None else f"{value * 100:.0f}%"
+# Figures as text, "–" when unknown: shared by these pages and `runs` in the CLI.
 
 
-def _money(value: Any) -> str:
+def pct(value: Any, digits: int = 0) -> str:
+    return "–" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def usd(value: Any) -> str:
     return "–" if value is None else money(value)
 
 
-def _ms(value: Any) -> str:
+def ms(value: Any) -> str:
     return "–" if value is None else f"{value:,.0f} ms"
 
 
-def _count(value: Any) -> str:
+def count(value: Any) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
 
-def _quality(value: Any) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def score(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _arrow(change: Change, fmt: Any) -> str:
+def arrow(change: Change, fmt: Any) -> str:
     return f"{fmt(change.a)} → {fmt(change.b)}"
 
 
@@ -199,19 +202,19 @@ def summary_markdown(
     if h.get("verdict"):
         lines += [md(h["verdict"]), ""]
     lines += [
-        f"- Monthly cost: {_money(h.get('cost_before_usd'))} today → "
-        f"{_money(h.get('cost_after_usd'))} after ({_money(h.get('savings_usd'))} saved)",
-        f"- Traffic migrated: {_pct(h.get('migrated_share'))}; quality kept "
-        f"{_pct(h.get('quality'))} (floor {_pct(figures.quality_floor)})",
-        f"- p95 latency: {_ms(h.get('latency_p95_before_ms'))} → "
-        f"{_ms(h.get('latency_p95_after_ms'))}",
-        f"- Requests analysed: {_count(h.get('requests'))}",
+        f"- Monthly cost: {usd(h.get('cost_before_usd'))} today → "
+        f"{usd(h.get('cost_after_usd'))} after ({usd(h.get('savings_usd'))} saved)",
+        f"- Traffic migrated: {pct(h.get('migrated_share'))}; quality kept "
+        f"{pct(h.get('quality'))} (floor {pct(figures.quality_floor)})",
+        f"- p95 latency: {ms(h.get('latency_p95_before_ms'))} → "
+        f"{ms(h.get('latency_p95_after_ms'))}",
+        f"- Requests analysed: {count(h.get('requests'))}",
     ]
     if diff is not None:
         lines.append(
-            f"- Since run {md(diff.a_run_id)}: task-mix drift {_pct(diff.drift)}, "
+            f"- Since run {md(diff.a_run_id)}: task-mix drift {pct(diff.drift)}, "
             f"{len(diff.flipped)} decision(s) flipped, savings "
-            f"{_arrow(diff.cost['savings_usd'], _money)}"
+            f"{arrow(diff.cost['savings_usd'], usd)}"
         )
     lines += [
         "",
@@ -220,7 +223,7 @@ def summary_markdown(
     ]
     for r in sorted(figures.routes, key=lambda r: (-(r.share or 0.0), r.task_type)):
         lines.append(
-            f"| {md(r.task_type)} | {_pct(r.share)} | {md(r.route)} | {md(r.kind)} | "
-            f"{_quality(r.quality_mean)} | {_ms(r.latency_p95_ms)} | {_money(r.cost_per_1k_usd)} |"
+            f"| {md(r.task_type)} | {pct(r.share)} | {md(r.route)} | {md(r.kind)} | "
+            f"{score(r.quality_mean)} | {ms(r.latency_p95_ms)} | {usd(r.cost_per_1k_usd)} |"
         )
     return "\n".join(lines) + "\n"

@@ -9,7 +9,6 @@ every failure comes back as a :class:`WebhookResult` with ``ok=False`` and a rea
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
 import threading
@@ -21,6 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from planner.relay import parse_retry_after
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -112,22 +113,6 @@ _REDACTOR = _RedactSecretUrls()
 logging.getLogger("httpx").addFilter(_REDACTOR)
 
 
-def _retry_after_s(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
 def _describe(exc: Exception, url: str) -> str:
     """A transport error as text, with anything of the URL beyond scheme://host removed."""
     text = _REDACTOR.scrub(str(exc)) if str(exc) else ""
@@ -188,7 +173,7 @@ def post_webhook(
                     reason = f"HTTP {status} from {target}"
                     if status not in _RETRY_STATUS:
                         break
-                    after = _retry_after_s(response)
+                    after = parse_retry_after(response.headers)
                     if after is not None:
                         wait = min(after, max_wait_s)
                 if tried < attempts:
