@@ -18,17 +18,18 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.pipeline import Pipeline
 
 from classifiers.errors import TaxonomyError, TrainingError
 from classifiers.evaluation import Evaluation, evaluate
 from classifiers.features import Lexicon, default_lexicon, request_text, split_messages, text_of
 from classifiers.model import ModelParams, build_pipeline
 from classifiers.taxonomy import Taxonomy
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 @dataclass
@@ -151,6 +152,8 @@ def train_classifier(
         added = sorted(pair for pair in extra if pair[0] not in held_out)
         train_x += [p[0] for p in added]
         train_y += [p[1] for p in added]
+    from sklearn.exceptions import ConvergenceWarning  # loaded with the model (build_pipeline)
+
     pipeline = build_pipeline(params, len(train_x), lexicon)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)

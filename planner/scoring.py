@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rouge_score import rouge_scorer
 
 from planner.errors import BackendError
 
@@ -84,18 +83,8 @@ def _fold(text: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
-    """Lower-cased word tokens of any script (rouge-score's default drops non-ASCII letters)."""
+    """Lower-cased word tokens of any script (ASCII-only tokenizers drop accented words)."""
     return _WORD.findall(_fold(text))
-
-
-class _UnicodeTokenizer:
-    """rouge-score tokenizer interface over :func:`tokens`."""
-
-    def tokenize(self, text: str) -> list[str]:
-        return tokens(text)
-
-
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_UnicodeTokenizer())
 
 
 def token_f1(reference: str, candidate: str) -> float:
@@ -114,10 +103,31 @@ def token_f1(reference: str, candidate: str) -> float:
 
 
 def rouge_l(reference: str, candidate: str) -> float:
-    """ROUGE-L F-measure (longest common subsequence of tokens); 1.0 when both are empty."""
-    if not tokens(reference) and not tokens(candidate):
+    """ROUGE-L F-measure (longest common subsequence of tokens); 1.0 when both are empty.
+
+    The same figure as the rouge-score package's rougeL with these tokens; computed here
+    because that package loads nltk and scipy (about a second) for what is one small table."""
+    ref, cand = tokens(reference), tokens(candidate)
+    if not ref and not cand:
         return 1.0
-    return float(_ROUGE.score(reference, candidate)["rougeL"].fmeasure)
+    lcs = lcs_length(ref, cand)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(cand), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence, one row of the table at a time."""
+    if len(b) > len(a):
+        a, b = b, a
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
 
 
 def similarity(reference: str, candidate: str) -> float:
