@@ -24,10 +24,10 @@ from prefect.utilities.annotations import quote
 from planner.artifacts import Gateway, Triggers, write_artifacts
 from planner.backends import ReplayRequest, ReplayResult
 from planner.decision import (
+    Conversations,
     Decision,
     Objectives,
     Stickiness,
-    Turn,
     View,
     compare_views,
     decide,
@@ -55,7 +55,7 @@ from planner.settings import PlannerSettings, load_settings
 from warehouse.connection import open_warehouse
 from warehouse.pricing import match_price, price_table
 from warehouse.scores import (
-    conversation_turns,
+    conversation_shape,
     evidence_rows,
     judge_cache_get,
     judge_cache_put,
@@ -303,7 +303,10 @@ def device_task(
         speeds = measured_decode_speed(con)
     finally:
         con.close()
-    host = measure_host()
+    # the bandwidth measurement (0.2 s) is kept beside the warehouse for a week
+    host = measure_host(
+        cache_file=Path(warehouse_path).with_name(Path(warehouse_path).name + ".host.json")
+    )
     device = device_by_id(load_devices(host), settings.objectives.device)
     fits: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
@@ -337,7 +340,7 @@ class PlanInputs:
 
     observations: tuple[Observation, ...]
     traffic: Traffic
-    turns: tuple[Turn, ...]
+    conversations: Conversations
     samples: tuple[SampleOutput, ...]
     dropped_candidates: tuple[str, ...]
 
@@ -355,7 +358,10 @@ def evidence_task(
     try:
         observations, dropped = observations_from(evidence_rows(con), candidates)
         traffic_rows = traffic_by_type(con)
-        turns = tuple(Turn(c, t, k) for c, t, k in conversation_turns(con))
+        shape = conversation_shape(con)
+        conversations = Conversations(
+            shape["requests"], tuple(shape["depth"]), tuple(shape["later"])
+        )
         samples = tuple(
             SampleOutput(
                 task_type=s["task_type"],
@@ -380,7 +386,9 @@ def evidence_task(
         ),
     )
     evidence = build_evidence(observations, candidates, floor=floor, fits=fits, seed=seed)
-    inputs = PlanInputs(tuple(observations), traffic, turns, samples, tuple(sorted(dropped)))
+    inputs = PlanInputs(
+        tuple(observations), traffic, conversations, samples, tuple(sorted(dropped))
+    )
     return inputs, evidence
 
 
@@ -394,7 +402,9 @@ def decide_task(
     """The routes, what stickiness moves, the floor sweep, and the other routing rules."""
     types = [t.task_type for t in inputs.traffic.types]
     decision = decide(evidence, objectives, types)
-    sticky = stickiness_impact(inputs.turns, decision) if inputs.turns else None
+    sticky = (
+        stickiness_impact(inputs.conversations, decision) if inputs.conversations.requests else None
+    )
     sweep = sweep_floors(evidence, objectives, DEFAULT_FLOORS, types)
     fit_map = {e.candidate: e.fit for e in evidence if e.fit is not None}
     views = compare_views(
@@ -540,12 +550,7 @@ def plan_flow(
         previous,
         judge is not None,
     )
-    depth: dict[int, int] = {}
-    per_conv: dict[str, int] = {}
-    for turn in inputs.turns:
-        per_conv[turn.conversation_id] = per_conv.get(turn.conversation_id, 0) + 1
-    for n in per_conv.values():
-        depth[n] = depth.get(n, 0) + 1
+    depth = dict(inputs.conversations.depth)
     notes: list[str] = []
     if judge is None and any(
         s.startswith("similarity (no judge)") for e in evidence for s in e.scorers

@@ -253,6 +253,39 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class Conversations:
+    """Logged requests grouped into conversations, in counts: all that stickiness needs, and
+    small whatever the traffic (the warehouse counts it in SQL: ``conversation_shape``)."""
+
+    requests: int
+    depth: tuple[tuple[int, int], ...]  # (turns in a conversation, conversations that long)
+    later: tuple[tuple[str, str, int], ...]  # (first turn's type, later turn's type, turns)
+
+    @property
+    def conversations(self) -> int:
+        return sum(n for _, n in self.depth)
+
+
+def summarize_turns(turns: Iterable[Turn]) -> Conversations:
+    """The counts of ``turns``; a conversation's first turn is its lowest ``turn_index`` (the
+    earlier one on a tie)."""
+    by_conv: dict[str, list[Turn]] = defaultdict(list)
+    for turn in turns:
+        by_conv[turn.conversation_id].append(turn)
+    depth: Counter[int] = Counter(len(conv) for conv in by_conv.values())
+    later: Counter[tuple[str, str]] = Counter()
+    for conv in by_conv.values():
+        conv.sort(key=lambda t: t.turn_index)
+        for turn in conv[1:]:
+            later[(conv[0].task_type, turn.task_type)] += 1
+    return Conversations(
+        requests=sum(depth[n] * n for n in depth),
+        depth=tuple(sorted(depth.items())),
+        later=tuple((a, b, n) for (a, b), n in sorted(later.items())),
+    )
+
+
+@dataclass(frozen=True)
 class Stickiness:
     """What keeping a conversation on its first turn's route moves."""
 
@@ -278,39 +311,32 @@ class Stickiness:
         return data
 
 
-def stickiness_impact(turns: Iterable[Turn], decision: Decision) -> Stickiness:
+def stickiness_impact(conversations: Conversations, decision: Decision) -> Stickiness:
     """Count the later turns that stickiness routes differently from their own task type."""
     routes = decision.route_map()
     kinds = {r.route: r.kind for r in decision.routes}
-    by_conv: dict[str, list[Turn]] = defaultdict(list)
-    for turn in turns:
-        by_conv[turn.conversation_id].append(turn)
-    requests = sum(len(v) for v in by_conv.values())
+    requests = conversations.requests
+    multi = sum(n for size, n in conversations.depth if size >= 2)
+    in_multi = sum(size * n for size, n in conversations.depth if size >= 2)
     moves: Counter[tuple[str, str, str]] = Counter()
-    multi = later = lower = higher = in_multi = 0
-    for conv in by_conv.values():
-        conv.sort(key=lambda t: t.turn_index)
-        if len(conv) < 2:
+    later = lower = higher = 0
+    for first_type, task_type, n in conversations.later:
+        later += n
+        sticky = routes.get(first_type, PRODUCTION)
+        own = routes.get(task_type, PRODUCTION)
+        if own == sticky:
             continue
-        multi += 1
-        in_multi += len(conv)
-        sticky = routes.get(conv[0].task_type, PRODUCTION)
-        for turn in conv[1:]:
-            later += 1
-            own = routes.get(turn.task_type, PRODUCTION)
-            if own == sticky:
-                continue
-            moves[(turn.task_type, own, sticky)] += 1
-            own_rank = TIER_RANK.get(kinds.get(own, "production"), 2)
-            sticky_rank = TIER_RANK.get(kinds.get(sticky, "production"), 2)
-            if sticky_rank < own_rank:
-                lower += 1
-            elif sticky_rank > own_rank:
-                higher += 1
+        moves[(task_type, own, sticky)] += n
+        own_rank = TIER_RANK.get(kinds.get(own, "production"), 2)
+        sticky_rank = TIER_RANK.get(kinds.get(sticky, "production"), 2)
+        if sticky_rank < own_rank:
+            lower += n
+        elif sticky_rank > own_rank:
+            higher += n
     rerouted = sum(moves.values())
     return Stickiness(
         requests=requests,
-        conversations=len(by_conv),
+        conversations=conversations.conversations,
         multi_turn_conversations=multi,
         multi_turn_share=in_multi / requests if requests else 0.0,
         later_turns=later,

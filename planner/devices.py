@@ -28,7 +28,7 @@ import os
 import platform
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -221,13 +221,15 @@ def _machine_key() -> str:
 
 
 def measure_host(cache_file: Path | None = None, max_age_s: float = 7 * 86400) -> HostMeasurement:
-    """This host's RAM and memory bandwidth; measured once per process (about 0.2 s), and kept
-    in ``cache_file`` (if given) for ``max_age_s`` on the same machine."""
+    """This host's RAM and memory bandwidth. The bandwidth is measured once per process (about
+    0.2 s) and kept in ``cache_file`` (if given) for ``max_age_s`` on the same machine; the
+    available RAM is read afresh on every call."""
     key = _machine_key()
     with _host_lock:
         host = _host_cache.get(key)
-        if host is None and cache_file is not None:
-            host = _read_host_cache(cache_file, key, max_age_s)
+        stored = _read_host_cache(cache_file, key, max_age_s) if cache_file is not None else None
+        if host is None:
+            host = stored
         if host is None:
             mem = psutil.virtual_memory()
             host = HostMeasurement(
@@ -238,11 +240,23 @@ def measure_host(cache_file: Path | None = None, max_age_s: float = 7 * 86400) -
                 machine=f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
                 measured_at=time.time(),
             )
+        else:
+            host = replace(host, available_ram_gb=psutil.virtual_memory().available / GB)
         _host_cache[key] = host
-        if cache_file is not None and _read_host_cache(cache_file, key, max_age_s) != host:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_text(json.dumps({"key": key, **asdict(host)}, indent=2))
+        if cache_file is not None and (stored is None or stored.measured_at != host.measured_at):
+            _write_host_cache(cache_file, key, host)
         return host
+
+
+def _write_host_cache(cache_file: Path, key: str, host: HostMeasurement) -> None:
+    """Best effort: a folder that cannot be written only costs the next run a measurement."""
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, **asdict(host)}, indent=2))
+        tmp.replace(cache_file)
+    except OSError:
+        pass
 
 
 def _read_host_cache(cache_file: Path, key: str, max_age_s: float) -> HostMeasurement | None:

@@ -19,10 +19,10 @@ from typing import Any
 import jinja2
 
 from planner.decision import (
+    Conversations,
     Decision,
     Objectives,
     Stickiness,
-    Turn,
     View,
     compare_views,
     decide,
@@ -453,7 +453,7 @@ def assemble_report(
     traffic: Traffic,
     objectives: Objectives,
     fits: Mapping[str, DeviceFit | Mapping[str, Any]] | None = None,
-    turns: Sequence[Turn] = (),
+    conversations: Conversations | None = None,
     device: Device | None = None,
     migration_cost_usd: float = 0.0,
     classifier: Mapping[str, Any] | None = None,
@@ -472,7 +472,7 @@ def assemble_report(
     )
     types = [t.task_type for t in traffic.types]
     decision = decide(evidence, objectives, types)
-    sticky = stickiness_impact(turns, decision) if turns else None
+    sticky = stickiness_impact(conversations, decision) if conversations else None
     projection = project(
         decision,
         traffic,
@@ -502,12 +502,7 @@ def assemble_report(
         previous_quality=previous_quality,
         judge_used=judge is not None,
     )
-    depth: dict[int, int] = {}
-    by_conv: dict[str, int] = {}
-    for turn in turns:
-        by_conv[turn.conversation_id] = by_conv.get(turn.conversation_id, 0) + 1
-    for n in by_conv.values():
-        depth[n] = depth.get(n, 0) + 1
+    depth = dict(conversations.depth) if conversations else {}
     notes = []
     if judge is None and any("no judge" in s for e in evidence for s in e.scorers):
         notes.append(

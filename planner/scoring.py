@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 from planner.errors import BackendError
 
 QUALITY = "quality"  # the primary metric every replay gets; the others explain it

@@ -262,19 +262,46 @@ def traffic_by_type(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     }
 
 
-def conversation_turns(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str]]:
-    """(conversation_id, turn_index, task_type) of every logged request."""
-    rows = con.execute(
+def conversation_shape(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Every logged request, grouped into conversations and counted (what stickiness needs):
+    ``requests``; ``depth``, [turns in a conversation, conversations that long]; ``later``,
+    [first turn's task type, a later turn's task type, turns]. A conversation's first turn is
+    its lowest turn index (then the earliest, then the lowest request id). Counted here, not
+    in Python: a few dozen rows leave the warehouse, not one per request."""
+    turns = (
         "WITH "
         + _LATEST_PREDICTION
-        + """
-        SELECT r.conversation_id, coalesce(r.turn_index, 0),
-               coalesce(p.task_type, r.label_task_type, 'unknown')
-        FROM requests AS r LEFT JOIN latest_prediction AS p USING (request_id)
-        ORDER BY 1, 2, r.ts, r.request_id
+        + """, turns AS MATERIALIZED (
+            SELECT r.conversation_id,
+                   coalesce(p.task_type, r.label_task_type, 'unknown') AS task_type,
+                   row_number() OVER (
+                       PARTITION BY r.conversation_id
+                       ORDER BY coalesce(r.turn_index, 0), r.ts, r.request_id
+                   ) AS pos
+            FROM requests AS r LEFT JOIN latest_prediction AS p USING (request_id)
+        )"""
+    )
+    depth = con.execute(
+        """
+        SELECT size, count(*) FROM (
+            SELECT count(*) AS size FROM requests GROUP BY conversation_id
+        ) GROUP BY size ORDER BY size
         """
     ).fetchall()
-    return [(str(c), int(t), str(k)) for c, t, k in rows]
+    later = con.execute(
+        turns
+        + """
+        SELECT f.task_type, t.task_type, count(*)
+        FROM turns AS t JOIN turns AS f ON f.conversation_id IS NOT DISTINCT FROM t.conversation_id
+        WHERE f.pos = 1 AND t.pos > 1
+        GROUP BY 1, 2 ORDER BY 1, 2
+        """
+    ).fetchall()
+    return {
+        "requests": sum(int(size) * int(n) for size, n in depth),
+        "depth": [(int(size), int(n)) for size, n in depth],
+        "later": [(str(a), str(b), int(n)) for a, b, n in later],
+    }
 
 
 def sample_outputs(

@@ -17,6 +17,7 @@ from planner.decision import (
     pick_tiers,
     static_tier,
     stickiness_impact,
+    summarize_turns,
     sweep_floors,
 )
 from planner.errors import PlanError
@@ -211,7 +212,7 @@ def test_stickiness_counts_later_turns_routed_elsewhere() -> None:
         Turn("c3", 1, "summarization"),
         Turn("c4", 0, "classification"),
     ]
-    s = stickiness_impact(turns, decision)
+    s = stickiness_impact(summarize_turns(turns), decision)
     assert (s.requests, s.conversations, s.multi_turn_conversations, s.later_turns) == (8, 4, 3, 4)
     assert s.multi_turn_share == pytest.approx(7 / 8)
     # c1 turn 1 (summarization -> relay, stays on small: lower tier);

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from planner import devices
 from planner.devices import (
     ACTIVATION_SHARE,
     MB,
@@ -186,9 +187,16 @@ def test_measure_host_is_real_and_cached(tmp_path: Path) -> None:
     assert 0 < host.available_ram_gb <= host.total_ram_gb
     assert 0.1 < host.bandwidth_gbs < 2000
     assert host.cpu_count >= 1
-    assert measure_host(cache) is host  # once per process
+    again = measure_host(cache)  # once per process; the available RAM read afresh
+    assert (again.bandwidth_gbs, again.measured_at) == (host.bandwidth_gbs, host.measured_at)
     stored = json.loads(cache.read_text())
     assert stored["bandwidth_gbs"] == host.bandwidth_gbs
+    devices._host_cache.clear()  # as in a new process: the file answers, nothing is measured
+    assert measure_host(cache).measured_at == host.measured_at
+    stored["measured_at"] -= 8 * 86400  # a week old: measured again
+    cache.write_text(json.dumps(stored))
+    devices._host_cache.clear()
+    assert measure_host(cache).measured_at > host.measured_at
 
 
 def test_cli_devices_measures_this_host_and_scales(tiny_int4_dir: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.decision import Objectives, Turn
+from planner.decision import Objectives, Turn, summarize_turns
 from planner.evidence import Candidate, Observation
 from planner.projection import Device, Traffic, TypeTraffic
 from planner.redact import redact
@@ -142,7 +142,7 @@ def build_report() -> PlanReport:
         traffic=traffic,
         objectives=Objectives(0.95, 2000),
         fits=fits,
-        turns=turns,
+        conversations=summarize_turns(turns),
         device=Device("phone-8gb", power_w=5.0, battery_wh=15.0),
         migration_cost_usd=2000.0,
         classifier={
