@@ -60,6 +60,7 @@ from warehouse.scores import (
     judge_cache_get,
     judge_cache_put,
     measured_decode_speed,
+    messages_from_json,
     sample_outputs,
     scoring_inputs,
     store_scores,
@@ -270,7 +271,7 @@ def score_task(
                 r["task_type"],
                 r["reference"],
                 r["output_text"],
-                tuple(r["messages"]),
+                tuple(messages_from_json(r["messages_json"])),
             )
             for r in todo
         ]

@@ -2,15 +2,13 @@
 
 The report holds plain data from every stage (evidence, decision, projection, risks, samples) and
 is also what ``metrics.json`` is made of, so every figure the page shows is in that file. Charts
-are drawn by matplotlib into inline SVG; CSS is inline; the page fetches nothing and opens from
+are inline SVG (planner/charts.py); CSS is inline; the page fetches nothing and opens from
 file://. Every quoted prompt and answer is redacted here and escaped by the template engine.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import jinja2
 
+from planner import charts
 from planner.decision import (
     Conversations,
     Decision,
@@ -194,44 +193,7 @@ def workload(report: PlanReport) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- charts (matplotlib -> inline SVG)
-
-
-def _label(text: str) -> str:
-    """Plain text for matplotlib: a '$' would start mathtext."""
-    return text.replace("$", r"\$")
-
-
-def _svg(fig: Any, prefix: str) -> str:
-    """The figure as an inline <svg> element; its ids get ``prefix`` so charts never collide."""
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
-    plt.close(fig)
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg") :]
-    svg = re.sub(r'\s(width|height)="[\d.]+pt"', "", svg, count=2)  # scale with the page
-    svg = re.sub(r'\bid="', f'id="{prefix}-', svg)
-    svg = svg.replace("url(#", f"url(#{prefix}-").replace('href="#', f'href="#{prefix}-')
-    return svg
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(
-        {
-            "svg.fonttype": "none",
-            "svg.hashsalt": "plan",
-            "font.size": 9,
-            "font.family": "sans-serif",
-        }
-    )
-    return plt
+# ---------------------------------------------------------------- charts (inline SVG)
 
 
 def frontier_chart(points: Sequence[FrontierPoint], cost_before: float) -> str | None:
@@ -239,76 +201,57 @@ def frontier_chart(points: Sequence[FrontierPoint], cost_before: float) -> str |
     usable = [p for p in points if p.quality is not None]
     if not usable:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    xs = [p.monthly_cost_usd for p in usable]
-    ys = [p.quality for p in usable]
-    ax.plot(xs, ys, "-o", color="#4a6fa5", markersize=4, linewidth=1.2, label="plan at each floor")
+    # floors that give the same plan share one point and one label ("floor 0.50–0.80")
     groups: dict[tuple[float, float], list[float]] = {}
     for p in usable:
         groups.setdefault(
             (round(p.monthly_cost_usd, 9), round(float(p.quality or 0), 9)), []
         ).append(p.floor)
-    for (x, y), floors in groups.items():
-        label = f"{min(floors):.2f}" if len(floors) == 1 else f"{min(floors):.2f}–{max(floors):.2f}"
-        ax.annotate(
-            f"floor {label}",
-            (x, y),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=7,
-            color="#555",
-        )
-    chosen = [p for p in usable if p.chosen]
-    if chosen:
-        ax.plot(
-            [chosen[0].monthly_cost_usd],
-            [chosen[0].quality],
-            "*",
-            color="#d1495b",
-            markersize=14,
-            label=f"chosen (floor {chosen[0].floor:.2f})",
-        )
-    ax.plot([cost_before], [1.0], "s", color="#333", markersize=6, label="production today")
-    ax.set_xlabel(_label("monthly cost (USD)"))
-    ax.set_ylabel("expected quality vs production")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    return _svg(fig, "frontier")
+    labels = []
+    for floors in groups.values():
+        span = f"{min(floors):.2f}" if len(floors) == 1 else f"{min(floors):.2f}–{max(floors):.2f}"
+        labels.append(f"floor {span}")
+    chosen = next((p for p in usable if p.chosen), None)
+    return charts.line_chart(
+        [charts.Point(x, y) for x, y in groups],
+        labels,
+        chosen=(
+            (
+                charts.Point(chosen.monthly_cost_usd, float(chosen.quality or 0)),
+                f"chosen (floor {chosen.floor:.2f})",
+            )
+            if chosen is not None
+            else None
+        ),
+        reference=(charts.Point(cost_before, 1.0), "production today"),
+        x_label="monthly cost (USD)",
+        y_label="expected quality vs production",
+        x_fmt=charts.usd,
+        line_label="plan at each floor",
+    )
 
 
 def mix_chart(types: Sequence[Mapping[str, Any]]) -> str | None:
     """Requests per task type (horizontal bars)."""
-    if not types:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(types) + 0.8))
-    names = [_label(str(t["task_type"])) for t in types][::-1]
-    values = [t["requests"] for t in types][::-1]
-    ax.barh(names, values, color="#4a6fa5")
-    ax.set_xlabel("requests in the logged period")
-    ax.grid(axis="x", alpha=0.3)
-    return _svg(fig, "mix")
+    return charts.bar_chart(
+        [str(t["task_type"]) for t in types],
+        [charts.Series("requests", "#4a6fa5", [float(t["requests"]) for t in types])],
+        x_label="requests in the logged period",
+    )
 
 
 def cost_chart(projection: Projection) -> str | None:
     """Monthly cost before and after, per task type."""
     rows = [t for t in projection.types if t.cost_before_usd > 0 or t.cost_after_usd > 0]
-    if not rows:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(rows) + 0.9))
-    names = [_label(t.task_type) for t in rows][::-1]
-    before = [t.cost_before_usd for t in rows][::-1]
-    after = [t.cost_after_usd for t in rows][::-1]
-    pos = list(range(len(rows)))
-    ax.barh([p + 0.2 for p in pos], before, height=0.4, color="#999", label="today")
-    ax.barh([p - 0.2 for p in pos], after, height=0.4, color="#2e8b57", label="after the plan")
-    ax.set_yticks(pos, names)
-    ax.set_xlabel(_label("USD per month"))
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(axis="x", alpha=0.3)
-    return _svg(fig, "cost")
+    return charts.bar_chart(
+        [t.task_type for t in rows],
+        [
+            charts.Series("today", "#999", [t.cost_before_usd for t in rows]),
+            charts.Series("after the plan", "#2e8b57", [t.cost_after_usd for t in rows]),
+        ],
+        x_label="USD per month",
+        fmt=charts.usd,
+    )
 
 
 # ---------------------------------------------------------------- template filters

@@ -85,7 +85,8 @@ def _fp_params(fingerprints: Mapping[str, str] | None) -> list[list[str]]:
     return [[k for k, _ in items], [v for _, v in items]]
 
 
-def _messages(raw: Any) -> list[dict[str, Any]]:
+def messages_from_json(raw: Any) -> list[dict[str, Any]]:
+    """A request's stored messages as a list (an empty one for anything else)."""
     value = json.loads(raw) if isinstance(raw, str) else raw
     return value if isinstance(value, list) else []
 
@@ -97,8 +98,9 @@ def scoring_inputs(
 ) -> list[dict[str, Any]]:
     """Successful replays of the sample next to production's answer, with their current score.
 
-    Keys: replay_id, request_id, candidate, task_type, messages (list), reference, output_text,
-    quality_scorer (None when not scored yet). Failed replays are not scored (they count as 0).
+    Keys: replay_id, request_id, candidate, task_type, messages_json (the request's messages as
+    logged: the caller parses only those it scores), reference, output_text, quality_scorer (None
+    when not scored yet). Failed replays are not scored (they count as 0).
     """
     sid = _sample(con, sample_id)
     rows = con.execute(
@@ -121,7 +123,7 @@ def scoring_inputs(
             "request_id": req,
             "candidate": cand,
             "task_type": task,
-            "messages": _messages(msgs),
+            "messages_json": msgs,
             "reference": ref or "",
             "output_text": out or "",
             "quality_scorer": scorer,
