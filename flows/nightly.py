@@ -164,7 +164,7 @@ def nightly_flow(
     message) when a decision flipped, a migrated route fell below its floor, or the task mix
     drifted past ``[alerts] drift_threshold``."""
     settings = load_settings(config_path)
-    where = str(config_path or "planner.toml")
+    where = settings.source
     warehouse = str(settings.warehouse.path)
     paths = resolve_logs(list(logs) if logs else list(settings.run.logs), where)
     run_id = new_run_id()

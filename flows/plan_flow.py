@@ -109,7 +109,7 @@ def plan_candidates(settings: PlannerSettings) -> dict[str, Candidate]:
     for c in settings.candidates:
         if c.name == PRODUCTION:
             raise ConfigError(
-                "planner.toml", f"candidate name {PRODUCTION!r} is reserved for the baseline"
+                settings.source, f"candidate name {PRODUCTION!r} is reserved for the baseline"
             )
         out[c.name] = Candidate(
             name=c.name,
@@ -242,7 +242,7 @@ def score_task(
 
             cand = settings.candidate(judge)
             if cand.kind != "relay":
-                raise ConfigError("planner.toml", f"judge {judge!r} must be a relay candidate")
+                raise ConfigError(settings.source, f"judge {judge!r} must be a relay candidate")
             backend = relay_backend(cand)
             setup = JudgeSetup(
                 relay_judge(backend),

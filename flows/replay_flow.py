@@ -75,7 +75,7 @@ def request_stop() -> None:
 def relay_backend(c: CandidateSettings, budget: CostBudget | None = None) -> RelayBackend:
     """A relay candidate's backend from its settings (the key read from its env var, now)."""
     if c.kind != "relay" or not c.base_url or not c.model:
-        raise ConfigError("planner.toml", f"candidate {c.name!r} is not a relay")
+        raise ConfigError(f"candidate {c.name!r}", "not a relay (needs base_url and model)")
     return RelayBackend(
         c.name,
         c.base_url,
@@ -112,7 +112,7 @@ def _selected(settings: PlannerSettings, names: list[str] | None) -> list[Candid
     """The candidates to replay; two relays with the same endpoint and model would share one
     cache (replays are keyed by what answers, not by name), so that is refused."""
     if not settings.candidates:
-        raise ConfigError("planner.toml", "no [[candidates]] configured; nothing to replay")
+        raise ConfigError(settings.source, "no [[candidates]] configured; nothing to replay")
     chosen = [settings.candidate(n) for n in names] if names else list(settings.candidates)
     seen: dict[str, str] = {}
     for c in chosen:
@@ -120,7 +120,7 @@ def _selected(settings: PlannerSettings, names: list[str] | None) -> list[Candid
             fingerprint = RelayBackend(c.name, c.base_url, c.model).fingerprint()
             if fingerprint in seen:
                 raise ConfigError(
-                    "planner.toml",
+                    settings.source,
                     f"candidates {seen[fingerprint]!r} and {c.name!r} are the same endpoint and "
                     "model; keep one of them",
                 )

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -252,6 +253,12 @@ class PlannerSettings(BaseSettings):
     prices: dict[str, PriceSettings] = Field(
         default_factory=dict, description="Overrides of the shipped price table, by model name."
     )
+    _source: str = PrivateAttr(default=str(DEFAULT_CONFIG))
+
+    @property
+    def source(self) -> str:
+        """The file these settings were read from: errors about them name it."""
+        return self._source
 
     @model_validator(mode="after")
     def _unique_candidates(self) -> PlannerSettings:
@@ -266,7 +273,7 @@ class PlannerSettings(BaseSettings):
             if cand.name == name:
                 return cand
         known = ", ".join(c.name for c in self.candidates) or "none configured"
-        raise ConfigError("planner.toml", f"no candidate named {name!r} (known: {known})")
+        raise ConfigError(self.source, f"no candidate named {name!r} (known: {known})")
 
     def history_url(self) -> str:
         """The run history's SQLAlchemy URL: the configured one, else SQLite beside the runs."""
@@ -340,4 +347,5 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> PlannerSe
         msg = first["msg"].removeprefix("Value error, ")
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise ConfigError(str(file), f"field {where}: {msg}{more}") from exc
+    settings._source = str(file)
     return settings

@@ -157,3 +157,17 @@ def test_replay_flow_and_command(
     assert unknown.exit_code != 0
     assert "no candidate named 'nope'" in unknown.stderr + str(unknown.exception)
     assert isinstance(app, typer.Typer)
+
+
+def test_config_errors_name_the_file_given(tmp_path: Path) -> None:
+    from flows.replay_flow import _selected
+    from planner.errors import ConfigError
+    from planner.settings import load_settings
+
+    config = tmp_path / "team-a.toml"
+    config.write_text('[warehouse]\npath = "w.duckdb"\n')
+    settings = load_settings(config)
+    with pytest.raises(ConfigError, match=r"team-a\.toml: no \[\[candidates\]\]"):
+        _selected(settings, None)
+    with pytest.raises(ConfigError, match=r"team-a\.toml: no candidate named 'x'"):
+        settings.candidate("x")
