@@ -21,6 +21,7 @@ from typing import Any
 from prefect import flow, task
 
 from flows.runs import new_run_id, run_folder
+from flows.subflow import subflow_settings
 from flows.warehouse_flow import ingest_task, profile_task, rejects_task
 from planner.profile_page import write_profile
 from warehouse.synthetic import write_chat_log, write_openai_batch
@@ -162,21 +163,22 @@ def demo_flow(
 
     classifier_dir = work / "classifier"
     shutil.rmtree(classifier_dir, ignore_errors=True)
-    classified = classify_flow(warehouse, model_dir=str(classifier_dir))
+    with subflow_settings():
+        classified = classify_flow(warehouse, model_dir=str(classifier_dir))
 
     models = demo_models()
     relay_model = next(
         (m for m in models if m.parent.name == "edge-base" and m.name == "fp32"), None
     )
     local = [m for m in models if m != relay_model]
-    with demo_relay(relay_model) as (relay_url, relay_name):
+    with demo_relay(relay_model) as (relay_url, relay_name), subflow_settings():
         config = write_demo_config(work, local, relay_url, relay_name)
         replayed = replay_flow(config_path=str(config), warehouse_path=warehouse)
 
     profile = profile_task(warehouse)
     run_id = new_run_id()
     out = Path(out_dir)
-    with run_folder(out, run_id) as scratch:
+    with run_folder(out, run_id) as scratch, subflow_settings():
         planned = plan_flow(
             config_path=str(config),
             out_dir=str(scratch),
