@@ -13,6 +13,7 @@ import duckdb
 
 from warehouse.credentials import REQUEST_SECRET_FIELDS
 from warehouse.normalize import stage_columns
+from warehouse.rawfile import MAX_LINE_BYTES
 
 # (name, JSON path) pulled out of each line with one parse.
 _PATHS: tuple[tuple[str, str], ...] = (
@@ -216,40 +217,62 @@ def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> N
     """)
 
 
-# The fast path. One json_transform parses each line once: a field whose JSON type the format
-# constrains comes out as JSON text (its first character tells its type), the request as a map
-# (its keys tell whether any parameters beyond the messages were logged), the rest typed. A line
+# The fast path. Each line is parsed once, into its top-level fields: most as JSON text (a value's
+# first character tells its JSON type), the response as the few values kept. The request's fields
+# come from its (small, minified) text, the messages' roles and contents from theirs. A line
 # passing every cheap check is loaded from these values; any other line (broken, wrong types,
-# unusual shapes) takes the general path above, which states exactly what is wrong with it.
-_STRUCTURE = json.dumps(
-    {
-        "id": "JSON",
-        "timestamp": "JSON",
-        "request": {
-            "messages": "JSON",
-            "model": "JSON",
-            "temperature": "JSON",
-            "max_tokens": "JSON",
-        },
-        "response": {
-            "model": "VARCHAR",
-            "choices": [{"message": {"content": "JSON"}, "finish_reason": "VARCHAR"}],
-            "usage": {"prompt_tokens": "JSON", "completion_tokens": "JSON"},
-        },
-        "status_code": "JSON",
-        "latency_ms": "JSON",
-        "ttft_ms": "JSON",
-        "cost_usd": "JSON",
-        "conversation_id": "JSON",
-        "user": "VARCHAR",
-        "metadata": "JSON",
-        "error": "JSON",
-    }
+# unusual shapes) is 'pending' and takes the general path above, which states exactly what is
+# wrong with it.
+_RESPONSE: dict[str, object] = {
+    "model": "VARCHAR",
+    "choices": [{"message": {"content": "JSON"}, "finish_reason": "VARCHAR"}],
+    "usage": {"prompt_tokens": "JSON", "completion_tokens": "JSON"},
+}
+TOP_FIELDS: dict[str, object] = {
+    "id": "JSON",
+    "timestamp": "JSON",
+    "request": "JSON",
+    "response": _RESPONSE,
+    "status_code": "JSON",
+    "latency_ms": "JSON",
+    "ttft_ms": "JSON",
+    "cost_usd": "JSON",
+    "conversation_id": "JSON",
+    "user": "VARCHAR",
+    "metadata": "JSON",
+    "error": "JSON",
+}
+_STRUCTURE = json.dumps(TOP_FIELDS)
+# The fields relation both readers give, from the parsed top-level fields ({r}: their prefix).
+# A response that is not an object comes out as a struct of NULLs: a non-empty response must
+# show one of its fields (an empty object takes the general path).
+_FIELD_COLUMNS = (
+    ("id", "{r}id::VARCHAR"),
+    ("tsj", '{r}"timestamp"::VARCHAR'),
+    ("rq", "{r}request::VARCHAR"),
+    (
+        "resp_ok",
+        "{r}response IS NULL OR {r}response.model IS NOT NULL "
+        "OR {r}response.choices IS NOT NULL OR {r}response.usage IS NOT NULL",
+    ),
+    ("response_model", "{r}response.model"),
+    ("content_j", "{r}response.choices[1].message.content::VARCHAR"),
+    ("finish_reason", "{r}response.choices[1].finish_reason"),
+    ("prompt_j", "{r}response.usage.prompt_tokens::VARCHAR"),
+    ("completion_j", "{r}response.usage.completion_tokens::VARCHAR"),
+    ("status_j", "{r}status_code::VARCHAR"),
+    ("latency_j", "{r}latency_ms::VARCHAR"),
+    ("ttft_j", "{r}ttft_ms::VARCHAR"),
+    ("cost_j", "{r}cost_usd::VARCHAR"),
+    ("conv_j", "{r}conversation_id::VARCHAR"),
+    ("user_id", '{r}"user"'),
+    ("meta_j", "{r}metadata"),  # JSON, as it is stored
+    ("err_j", "{r}error::VARCHAR"),
 )
-_MESSAGES = json.dumps([{"role": "VARCHAR", "content": "VARCHAR"}])
 _ROLES = "['system', 'developer', 'user', 'assistant', 'tool', 'function']"
 # Request keys stored in their own columns: a request with no other key has params '{}'.
-_OWN_KEYS = "['messages', 'model', 'temperature', 'max_tokens']"
+_OWN_KEYS = ("messages", "model", "temperature", "max_tokens")
+_MESSAGES = json.dumps([{"role": "VARCHAR", "content": "VARCHAR"}])
 
 
 def _absent(x: str) -> str:
@@ -275,8 +298,75 @@ def _text(x: str) -> str:
 
 
 def _secret_patch() -> str:
-    keys = ("messages", "model", "temperature", "max_tokens", *REQUEST_SECRET_FIELDS)
+    keys = (*_OWN_KEYS, *REQUEST_SECRET_FIELDS)
     return "{" + ", ".join(f'"{k}": null' for k in keys) + "}"
+
+
+def _only_own_keys(request: str, values: tuple[str, ...]) -> str:
+    """SQL: true when the minified object text ``request`` holds no key but _OWN_KEYS, whose
+    values' minified texts (NULL: key absent) are ``values``. Its length tells: any other key
+    would add at least ``,"k":0``."""
+    parts = " + ".join(
+        f"coalesce(strlen({v}) + {len(json.dumps(k)) + 1}, 0)"
+        for k, v in zip(_OWN_KEYS, values, strict=True)
+    )
+    present = " + ".join(f"({v} IS NOT NULL)::INTEGER" for v in values)
+    return f"strlen({request}) = 2 + {parts} + greatest({present} - 1, 0)"
+
+
+def _duckdb_type(structure: object) -> str:
+    """The DuckDB type of a json_transform structure."""
+    if isinstance(structure, dict):
+        fields = ", ".join(f'"{k}" {_duckdb_type(v)}' for k, v in structure.items())
+        return f"STRUCT({fields})"
+    if isinstance(structure, list):
+        return f"{_duckdb_type(structure[0])}[]"
+    return str(structure)
+
+
+def read_json_sql(long_lines: bool = False) -> str:
+    """``read_json`` of the file ``$path``: one row per non-blank line, in file order, its
+    top-level fields (a line that is not a JSON object gives a row of NULLs). A blank line gives
+    no row at all: the caller compares the count with the file's lines."""
+    columns = "{" + ", ".join(f"'{k}': '{_duckdb_type(v)}'" for k, v in TOP_FIELDS.items()) + "}"
+    size = 2 * MAX_LINE_BYTES if long_lines else 16 * 1024 * 1024
+    return (
+        f"read_json($path, format = 'newline_delimited', columns = {columns}, "
+        f"ignore_errors = true, auto_detect = false, maximum_object_size = {size})"
+    )
+
+
+def _fields(prefix: str) -> str:
+    return ", ".join(f"{expr.format(r=prefix)} AS {col}" for col, expr in _FIELD_COLUMNS)
+
+
+def _json_fields_sql(long_lines: bool) -> str:
+    return f"""
+        SELECT false AS is_blank, false AS is_marker, NULL::VARCHAR AS line, {_fields("")}
+        FROM {read_json_sql(long_lines)}
+    """
+
+
+def _line_fields_sql(lines: str) -> str:
+    return f"""
+        SELECT is_blank, is_marker, line, {_fields("t.")}
+        FROM (
+            SELECT *, CASE WHEN NOT is_blank AND NOT is_marker
+                           THEN try(json_transform(line, '{_STRUCTURE}')) END AS t
+            FROM (
+                SELECT line,
+                       CASE WHEN line IS NULL THEN true WHEN prefix(line, ' ') THEN trim(line) = ''
+                            ELSE line = '' END AS is_blank,
+                       line = chr(2) AS is_marker
+                FROM ({lines})))
+    """
+
+
+def stage_chat_log_json_sql(*, long_lines: bool = False, fast: bool = True) -> str:
+    """``stage_chat_log_sql`` for the file ``$path`` read with ``read_json``: one row per
+    non-blank line (see read_json_sql), ``raw`` always NULL (the caller reads pending lines'
+    text itself)."""
+    return _stage_fields_sql(_json_fields_sql(long_lines), fast=fast)
 
 
 def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
@@ -284,43 +374,25 @@ def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
     but ``line_no`` (the caller numbers rows by their order), plus ``pending`` (the line needs
     the general path) and ``raw`` (the line, kept for pending ones only). ``fast=False`` sends
     every line the general way (the tests compare both)."""
+    return _stage_fields_sql(_line_fields_sql(lines), fast=fast)
+
+
+def _stage_fields_sql(fields: str, *, fast: bool) -> str:
     ok_ts = "ts IS NOT NULL AND year(ts) BETWEEN 1990 AND 2200"
     return f"""
-        WITH src AS (
-            SELECT line,
-                   CASE WHEN line IS NULL THEN true WHEN prefix(line, ' ') THEN trim(line) = ''
-                        ELSE line = '' END AS is_blank,
-                   line = chr(2) AS is_marker
-            FROM ({lines})
-        ), parsed AS (
-            SELECT *, CASE WHEN NOT is_blank AND NOT is_marker
-                           THEN try(json_transform(line, '{_STRUCTURE}')) END AS t
-            FROM src
+        WITH f AS ({fields}), x AS (
+            SELECT *,
+                json_extract(rq, ['$.messages', '$.model', '$.temperature', '$.max_tokens']) AS rx
+            FROM f
         ), leaves AS (
-            SELECT line, is_blank, is_marker, t IS NULL AS unparsed,
-                t.id::VARCHAR AS id, t.timestamp::VARCHAR AS tsj,
-                t.request IS NOT NULL AS has_request,
-                t.request.messages AS messages,
-                t.request.messages::VARCHAR AS mj,
-                t.request.model::VARCHAR AS model_j,
-                t.request.temperature::VARCHAR AS temp_j,
-                t.request.max_tokens::VARCHAR AS maxt_j,
-                t.response IS NULL OR t.response.model IS NOT NULL
-                    OR t.response.choices IS NOT NULL OR t.response.usage IS NOT NULL AS resp_ok,
-                t.response.model AS response_model,
-                t.response.choices[1].message.content::VARCHAR AS content_j,
-                t.response.choices[1].finish_reason AS finish_reason,
-                t.response.usage.prompt_tokens::VARCHAR AS prompt_j,
-                t.response.usage.completion_tokens::VARCHAR AS completion_j,
-                t.status_code::VARCHAR AS status_j, t.latency_ms::VARCHAR AS latency_j,
-                t.ttft_ms::VARCHAR AS ttft_j, t.cost_usd::VARCHAR AS cost_j,
-                t.conversation_id::VARCHAR AS conv_j, t.user AS user_id,
-                t.metadata::VARCHAR AS meta_j, t.metadata AS t_metadata, t.error::VARCHAR AS err_j
-            FROM parsed
+            SELECT * EXCLUDE (rx),
+                rx[1] AS messages, rx[2]::VARCHAR AS model_j, rx[3]::VARCHAR AS temp_j,
+                rx[4]::VARCHAR AS maxt_j
+            FROM x
         ), msgs AS (
             SELECT *,
-                json_transform(mj, '{_MESSAGES}') AS ml,
-                json_type(mj, '$[*].content') AS ctypes,
+                json_transform(messages, '{_MESSAGES}') AS ml,
+                json_type(messages, '$[*].content') AS ctypes,
                 CASE WHEN {_is_str("tsj")}
                      THEN try_cast({_text("tsj")} AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
                      WHEN {_is_num("tsj")} AND try_cast(tsj AS DOUBLE) BETWEEN 0 AND 7258118400
@@ -331,11 +403,12 @@ def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
         ), checked AS (
             SELECT *,
                 (
-                    {"true" if fast else "false"} AND NOT unparsed AND has_request AND resp_ok
+                    {"true" if fast else "false"} AND prefix(rq, '{{')
+                    AND resp_ok
                     AND ({_is_str("id")} OR {_is_int("id")})
                     AND ({_is_int("id")} OR trim({_text("id")}) <> '')
                     AND {ok_ts}
-                    AND prefix(mj, '[') AND len(ml) > 0 AND len(ctypes) = len(ml)
+                    AND prefix(messages, '[') AND len(ml) > 0 AND len(ctypes) = len(ml)
                     AND list_has_all(['VARCHAR', 'ARRAY'], ctypes)
                     AND list_count(roles) = len(ml) AND list_has_all({_ROLES}, roles)
                     AND list_contains(roles, 'user')
@@ -353,8 +426,6 @@ def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
                     AND ({_absent("content_j")} OR {_is_str("content_j")})
                 ) IS NOT TRUE AND NOT is_blank AND NOT is_marker AS pending
             FROM roled
-        ), sorted AS (
-            SELECT *, NOT pending AND NOT is_blank AND NOT is_marker AS fast FROM checked
         ), d AS (
             SELECT NULL::BIGINT AS line_no, is_blank, is_marker, pending, line,
                 NULL::VARCHAR AS reason,
@@ -363,7 +434,7 @@ def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
                 NULLIF(CASE WHEN {_is_str("conv_j")} THEN {_text("conv_j")}
                             WHEN NOT {_absent("conv_j")} THEN conv_j END, '') AS conversation_id,
                 roles,
-                CASE WHEN NOT fast THEN NULL
+                CASE WHEN pending OR is_blank OR is_marker THEN NULL
                      WHEN list_contains(ctypes, 'ARRAY')
                      THEN list_transform(ml, lambda m, i: CASE WHEN ctypes[i] = 'ARRAY'
                           THEN array_to_string(json_extract_string(m.content, '$[*].text'), chr(10))
@@ -374,9 +445,10 @@ def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
                 messages,
                 try_cast(temp_j AS DOUBLE) AS temperature,
                 try_cast(maxt_j AS INTEGER) AS max_tokens,
-                CASE WHEN NOT fast THEN NULL
-                     WHEN list_has_all({_OWN_KEYS}, json_keys(line, '$.request')) THEN '{{}}'::JSON
-                     ELSE json_merge_patch(json_extract(line, '$.request'), '{_secret_patch()}')
+                CASE WHEN pending OR is_blank OR is_marker THEN NULL
+                     WHEN {_only_own_keys("rq", ("messages", "model_j", "temp_j", "maxt_j"))}
+                     THEN '{{}}'::JSON
+                     ELSE json_merge_patch(rq, '{_secret_patch()}')
                 END AS params,
                 CASE WHEN {_is_str("content_j")} THEN {_text("content_j")} END AS response_text,
                 finish_reason,
@@ -391,8 +463,8 @@ def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
                 meta_j->>'$.task_type' AS label_task_type,
                 meta_j->>'$.feature' AS feature,
                 user_id,
-                CASE WHEN prefix(meta_j, '{{') THEN t_metadata END AS metadata
-            FROM sorted
+                CASE WHEN prefix(meta_j, '{{') THEN meta_j END AS metadata
+            FROM checked
         )
         SELECT * EXCLUDE (line_no) FROM (
             SELECT {stage_columns("d")}, d.pending, CASE WHEN d.pending THEN d.line END AS raw

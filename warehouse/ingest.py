@@ -21,7 +21,7 @@ from typing import Literal
 import duckdb
 
 from warehouse.batch import extract_batch
-from warehouse.chatlog import extract_chat_log, stage_chat_log_sql
+from warehouse.chatlog import extract_chat_log, stage_chat_log_json_sql, stage_chat_log_sql
 from warehouse.connection import fetch_one
 from warehouse.errors import FormatError, InputPathError, WarehouseError
 from warehouse.normalize import LineCounts, finish_stage, load_prices, stage_requests
@@ -429,44 +429,80 @@ def _chat_log_chunk(
     batch_id: str,
     prices: Prices,
 ) -> LineCounts:
+    """One chunk file: read with ``read_json`` (fast, parallel), or, when the chunk holds blank
+    lines (``read_json`` gives them no row, so rows are not lines), as raw lines."""
+    lines = lines_sql(scanned.utf8_checked)
+    params: dict[str, object] = {"path": str(chunk.path)}
+    long_lines = scanned.utf8_checked
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_json_sql(long_lines=long_lines)}",
+        params,
+    )
+    if _rows(con, "_fast")[0] == chunk.n_lines:
+        raw: str | None = lines
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
+        raw = None
     return _stage_lines(
         con,
         scanned.path,
-        lines_sql(scanned.utf8_checked),
-        {"path": str(chunk.path)},
         first_line=chunk.first_line,
         n_lines=chunk.n_lines,
         batch_id=batch_id,
         prices=prices,
+        raw_lines=raw,
+        raw_params=params,
     )
+
+
+def _rows(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int, int]:
+    """Row count and lowest rowid of a temp table."""
+    ((n, low),) = con.execute(f"SELECT count(*), min(rowid) FROM {table}").fetchall()
+    return int(n), int(low or 0)
 
 
 def _stage_lines(
     con: duckdb.DuckDBPyConnection,
     source: Path,
-    lines: str,
-    params: dict[str, object],
     *,
     first_line: int,
     n_lines: int,
     batch_id: str,
     prices: Prices,
+    raw_lines: str | None = None,
+    raw_params: dict[str, object] | None = None,
 ) -> LineCounts:
-    """Chat-log lines (the SELECT ``lines``, in file order) into the warehouse: the fast path for
-    the lines it understands, the general path (exact reasons) for the others."""
+    """``_fast`` (row i is line first_line + i, in file order) into the warehouse: the fast path
+    for the lines it understands, the general path (exact reasons) for the others. Pending lines'
+    text is in ``_fast.raw``, or, when ``raw_lines`` is given, read again from that SELECT."""
     # Parallel and order-preserving: row i of _fast is line first_line + i (a row_number()
-    # here would run the whole parse on one thread).
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
-    ((n, low, high),) = con.execute("SELECT count(*), min(rowid), max(rowid) FROM _fast").fetchall()
+    # in the staging query would run the whole parse on one thread).
+    ((n, low, high, n_pending),) = con.execute(
+        "SELECT count(*), min(rowid), max(rowid), count(*) FILTER (WHERE pending) FROM _fast"
+    ).fetchall()
     _check_read(source, n, n_lines)
     if n and high - low + 1 != n:
         raise WarehouseError(f"{source}: chunk rows not contiguous; refusing to guess")
     # rowid counts from a base that depends on the transaction: number lines from the lowest
     offset = first_line - int(low or 0)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _slow_src AS "
-        f"SELECT rowid + {offset} AS line_no, raw AS line FROM _fast WHERE pending"
-    )
+    if raw_lines is None or not n_pending:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _slow_src AS "
+            f"SELECT rowid + {offset} AS line_no, raw AS line FROM _fast WHERE pending"
+        )
+    else:
+        # the pending lines' text, read again (a streaming read: only they are kept)
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _slow_src AS
+            SELECT line_no, line FROM (
+                SELECT row_number() OVER () + {first_line - 1} AS line_no, line
+                FROM ({raw_lines}))
+            WHERE line_no IN (SELECT rowid + {offset} FROM _fast WHERE pending)
+            """,
+            raw_params or {},
+        )
+        _check_read(source, _rows(con, "_slow_src")[0], n_pending)
     extract_chat_log(con, "_slow_src")
     stage_requests(con, "_stage_slow")
     con.execute(f"""
@@ -494,11 +530,13 @@ def _ingest_parquet(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) 
         batch_id = "b-" + digest[:16]
         with _transaction(con):
             lines, n_rows = parquet_lines_sql(con, path)
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}",
+                {"path": str(path)},
+            )
             counts = _stage_lines(
                 con,
                 path,
-                lines,
-                {"path": str(path)},
                 first_line=1,
                 n_lines=n_rows,
                 batch_id=batch_id,

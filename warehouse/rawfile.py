@@ -151,7 +151,9 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
     digest = hashlib.sha256()
     hashing = _Hasher(digest)
     decoder = codecs.getincrementaldecoder("utf-8")()
-    in_place = not path.name.endswith(".gz") and path.stat().st_size <= CHUNK_FILE_BYTES
+    # A plain file is read where it is (DuckDB's own reads bound the memory); a compressed one
+    # is decompressed into chunk files.
+    in_place = not path.name.endswith(".gz")
     writer = None if in_place else _ChunkWriter(folder, CHUNK_FILE_BYTES)
     n_newlines = n_bytes = 0
     last = b""

@@ -77,35 +77,102 @@ def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         con.close()
 
 
+# Odd but loadable values: every reader must store them the same way.
+_ODD: list[dict[str, Any]] = [
+    {
+        "id": 123456789012,
+        "timestamp": 1763540102,
+        "request": {"model": None, "messages": [{"role": "user", "content": "a\\tb\u0001"}]},
+        "response": {"model": 5, "choices": [{"finish_reason": {"x": 1}}], "usage": None},
+        "user": 42,
+        "metadata": {"task_type": 7, "feature": None},
+        "error": "plain",
+    },
+    {
+        "id": "r-odd2",
+        "timestamp": "2026-11-19 08:15:02",
+        "request": {
+            "messages": [{"role": "developer", "content": "d"}, {"role": "user", "content": []}],
+            "temperature": -1e-3,
+            "max_tokens": None,
+            "stream": True,
+        },
+        "response": None,
+        "user": {"name": "x"},
+        "conversation_id": "",
+        "status_code": None,
+        "error": {"code": 1},
+    },
+    {
+        "id": "r-odd3",
+        "timestamp": "2026-11-19T08:15:02Z",
+        "request": {"messages": [{"content": "c", "role": "user"}], "Authorization": "Bearer x"},
+        "response": {"choices": [{"message": {"content": '\u00e9"q"'}}]},
+        "cost_usd": 0,
+    },
+    {
+        "id": "r-odd4",
+        "timestamp": "2026-11-19T08:15:02Z",
+        "request": {"messages": [{"role": "user", "content": "x"}]},
+        "response": {"choices": {"0": 1}},
+        "ttft_ms": None,
+    },
+]
+
+
+@pytest.mark.parametrize("blank_lines", [False, True], ids=["read_json", "raw-lines"])
 def test_fast_path_loads_exactly_what_the_general_path_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank_lines: bool
 ) -> None:
-    log = tmp_path / "mixed.jsonl"
-    log.write_bytes(b"\n".join(_varied(300)) + b"\n")
-    fast_db, slow_db = tmp_path / "fast.duckdb", tmp_path / "slow.duckdb"
-    con = open_warehouse(fast_db)
-    fast = ingest_paths(con, [log]).totals
-    con.close()
+    """Both fast readers (read_json for a file without blank lines, raw lines otherwise) store
+    exactly what the general path stores, line for line."""
     import warehouse.chatlog
     import warehouse.ingest
 
-    monkeypatch.setattr(
-        warehouse.ingest,
-        "stage_chat_log_sql",
-        functools.partial(warehouse.chatlog.stage_chat_log_sql, fast=False),
-    )
+    lines = _varied(300) + [json.dumps(x).encode() for x in _ODD]
+    if not blank_lines:
+        lines = [line for line in lines if line.strip()]
+    log = tmp_path / "mixed.jsonl"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    fast_db, slow_db = tmp_path / "fast.duckdb", tmp_path / "slow.duckdb"
+    readers: list[str] = []
+    for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
+        monkeypatch.setattr(
+            warehouse.ingest,
+            name,
+            functools.partial(_spy, readers, name, getattr(warehouse.chatlog, name)),
+        )
+    con = open_warehouse(fast_db)
+    fast = ingest_paths(con, [log]).totals
+    con.close()
+    # a file with blank lines falls back to the raw-line reader
+    expected = ["stage_chat_log_json_sql"] + (["stage_chat_log_sql"] if blank_lines else [])
+    assert readers == expected
+    for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
+        monkeypatch.setattr(
+            warehouse.ingest, name, functools.partial(getattr(warehouse.chatlog, name), fast=False)
+        )
     con = open_warehouse(slow_db)
     slow = ingest_paths(con, [log]).totals
     con.close()
     assert fast == slow
-    assert (fast.lines_read, fast.duplicates, fast.blank) == (313, 1, 2)
-    assert fast.rejected == 7 and fast.loaded == 303
+    blank = 2 if blank_lines else 0
+    assert (fast.lines_read, fast.duplicates, fast.blank) == (315 + blank, 1, blank)
+    assert fast.rejected == 7 and fast.loaded == 307
     a, b = _dump(fast_db), _dump(slow_db)
     for name in TABLES:
         assert a[name] == b[name], name
-    assert len(a["requests"]) == 303
+    assert len(a["requests"]) == 307
     reasons = {line: reason for line, reason, _ in a["rejected_lines"]}
     assert reasons[305].startswith("field request.messages[0]: needs a role")  # no content
+    odd = {r[0]: r for r in a["requests"] if r[0] in ("123456789012", "r-odd2", "r-odd3")}
+    assert odd["123456789012"][5:7] == ("5", "5")  # model (else the responding one), response
+    assert odd["r-odd3"][17] == 'é"q"'  # response_text
+
+
+def _spy(calls: list[str], name: str, real: Any, *args: Any, **kwargs: Any) -> str:
+    calls.append(name)
+    return str(real(*args, **kwargs))
 
 
 def test_chunks_number_lines_across_files_and_leave_the_log_alone(
