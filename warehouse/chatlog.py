@@ -292,6 +292,28 @@ def _is_int(x: str) -> str:
     return f"regexp_full_match({x}, '-?[0-9]{{1,18}}')"
 
 
+# Number fields: absent, null, or a number (an integer that surely fits a BIGINT).
+_NUMBER_FIELDS = (
+    ("temp_j", "number"),
+    ("maxt_j", "integer"),
+    ("status_j", "integer"),
+    ("latency_j", "number"),
+    ("ttft_j", "number"),
+    ("prompt_j", "integer"),
+    ("completion_j", "integer"),
+    ("cost_j", "number"),
+)
+_PATTERNS = {"number": "(?:|null|-?[0-9][^\\x01]*)", "integer": "(?:|null|-?[0-9]{1,18})"}
+
+
+def _numbers_ok() -> str:
+    """SQL: every number field holds what it should. One regex over all of them (joined by
+    0x01, which JSON text never holds) costs less than one per field."""
+    joined = ", chr(1), ".join(f"coalesce({col}, '')" for col, _ in _NUMBER_FIELDS)
+    pattern = "\\x01".join(_PATTERNS[kind] for _, kind in _NUMBER_FIELDS)
+    return f"regexp_full_match(concat({joined}), '{pattern}')"
+
+
 def _text(x: str) -> str:
     """The value of the JSON string ``x``: unquoted, unescaped only when it holds an escape."""
     return f"CASE WHEN contains({x}, '\\') THEN {x}->>'$' ELSE {x}[2:-2] END"
@@ -413,14 +435,7 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
                     AND list_count(roles) = len(ml) AND list_has_all({_ROLES}, roles)
                     AND list_contains(roles, 'user')
                     AND ({_absent("model_j")} OR {_is_str("model_j")})
-                    AND ({_absent("temp_j")} OR {_is_num("temp_j")})
-                    AND ({_absent("maxt_j")} OR {_is_int("maxt_j")})
-                    AND ({_absent("status_j")} OR {_is_int("status_j")})
-                    AND ({_absent("latency_j")} OR {_is_num("latency_j")})
-                    AND ({_absent("ttft_j")} OR {_is_num("ttft_j")})
-                    AND ({_absent("prompt_j")} OR {_is_int("prompt_j")})
-                    AND ({_absent("completion_j")} OR {_is_int("completion_j")})
-                    AND ({_absent("cost_j")} OR {_is_num("cost_j")})
+                    AND {_numbers_ok()}
                     AND ({_absent("meta_j")} OR prefix(meta_j, '{{'))
                     AND ({_absent("conv_j")} OR {_is_str("conv_j")} OR {_is_int("conv_j")})
                     AND ({_absent("content_j")} OR {_is_str("content_j")})
@@ -460,11 +475,13 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
                 CASE WHEN NOT {_absent("err_j")}
                      THEN coalesce(err_j->>'$.message', left(err_j, 500)) END AS error_message,
                 try_cast(cost_j AS DOUBLE) AS cost_log,
-                meta_j->>'$.task_type' AS label_task_type,
-                meta_j->>'$.feature' AS feature,
+                meta_x[1] AS label_task_type,
+                meta_x[2] AS feature,
                 user_id,
                 CASE WHEN prefix(meta_j, '{{') THEN meta_j END AS metadata
-            FROM checked
+            FROM (
+                SELECT *, json_extract_string(meta_j, ['$.task_type', '$.feature']) AS meta_x
+                FROM checked)
         )
         SELECT * EXCLUDE (line_no) FROM (
             SELECT {stage_columns("d")}, d.pending, CASE WHEN d.pending THEN d.line END AS raw
