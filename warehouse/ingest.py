@@ -429,20 +429,32 @@ def _chat_log_chunk(
     batch_id: str,
     prices: Prices,
 ) -> LineCounts:
-    """One chunk file: read with ``read_json`` (fast, parallel), or, when the chunk holds blank
-    lines (``read_json`` gives them no row, so rows are not lines), as raw lines."""
+    """One chunk file, read with ``read_json`` (fast, parallel), which gives an empty line no
+    row: the scan noted them, so rows are still numbered by line. A chunk with too many empty
+    lines to note, or lines read_json skips although they hold something (spaces only), is read
+    as raw lines instead."""
     lines = lines_sql(scanned.utf8_checked)
     params: dict[str, object] = {"path": str(chunk.path)}
-    long_lines = scanned.utf8_checked
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_json_sql(long_lines=long_lines)}",
-        params,
-    )
-    if _rows(con, "_fast")[0] == chunk.n_lines:
-        raw: str | None = lines
-    else:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
-        raw = None
+    blank = chunk.blank_lines
+    if blank is not None:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _fast AS "
+            f"{stage_chat_log_json_sql(long_lines=scanned.utf8_checked)}",
+            params,
+        )
+        if _rows(con, "_fast") == chunk.n_lines - len(blank):
+            return _stage_lines(
+                con,
+                scanned.path,
+                first_line=chunk.first_line,
+                n_lines=chunk.n_lines,
+                blank_lines=blank,
+                batch_id=batch_id,
+                prices=prices,
+                raw_lines=lines,
+                raw_params=params,
+            )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
     return _stage_lines(
         con,
         scanned.path,
@@ -450,15 +462,25 @@ def _chat_log_chunk(
         n_lines=chunk.n_lines,
         batch_id=batch_id,
         prices=prices,
-        raw_lines=raw,
-        raw_params=params,
     )
 
 
-def _rows(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int, int]:
-    """Row count and lowest rowid of a temp table."""
-    ((n, low),) = con.execute(f"SELECT count(*), min(rowid) FROM {table}").fetchall()
-    return int(n), int(low or 0)
+def _rows(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    ((n,),) = con.execute(f"SELECT count(*) FROM {table}").fetchall()
+    return int(n)
+
+
+def _line_numbers(rowid: str, low: int, first_line: int, blank_lines: Sequence[int]) -> str:
+    """SQL: the line number of the row ``rowid`` (the lowest is ``low``) when the rows are the
+    lines from ``first_line`` on, but for the empty ``blank_lines``, which have no row. Row k
+    (from 0) comes after empty line j (from 0) when k >= blank_lines[j] - first_line - j."""
+    k = f"({rowid} - {low})"
+    steps = " ".join(
+        f"WHEN {k} >= {line - first_line - j} THEN {j + 1}"
+        for j, line in reversed(list(enumerate(sorted(blank_lines))))
+    )
+    shift = f" + CASE {steps} ELSE 0 END" if steps else ""
+    return f"({k} + {first_line}{shift})"
 
 
 def _stage_lines(
@@ -469,26 +491,28 @@ def _stage_lines(
     n_lines: int,
     batch_id: str,
     prices: Prices,
+    blank_lines: Sequence[int] = (),
     raw_lines: str | None = None,
     raw_params: dict[str, object] | None = None,
 ) -> LineCounts:
-    """``_fast`` (row i is line first_line + i, in file order) into the warehouse: the fast path
-    for the lines it understands, the general path (exact reasons) for the others. Pending lines'
-    text is in ``_fast.raw``, or, when ``raw_lines`` is given, read again from that SELECT."""
-    # Parallel and order-preserving: row i of _fast is line first_line + i (a row_number()
-    # in the staging query would run the whole parse on one thread).
+    """``_fast`` (its rows in file order: the lines from ``first_line`` on, but for
+    ``blank_lines``, which have none) into the warehouse: the fast path for the lines it
+    understands, the general path (exact reasons) for the others. Pending lines' text is in
+    ``_fast.raw``, or, when ``raw_lines`` is given, read again from that SELECT."""
+    # Parallel and order-preserving: row i of _fast is the i-th line (a row_number() in the
+    # staging query would run the whole parse on one thread).
     ((n, low, high, n_pending),) = con.execute(
         "SELECT count(*), min(rowid), max(rowid), count(*) FILTER (WHERE pending) FROM _fast"
     ).fetchall()
-    _check_read(source, n, n_lines)
+    _check_read(source, n + len(blank_lines), n_lines)
     if n and high - low + 1 != n:
         raise WarehouseError(f"{source}: chunk rows not contiguous; refusing to guess")
     # rowid counts from a base that depends on the transaction: number lines from the lowest
-    offset = first_line - int(low or 0)
+    line_no = _line_numbers("rowid", int(low or 0), first_line, blank_lines)
     if raw_lines is None or not n_pending:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _slow_src AS "
-            f"SELECT rowid + {offset} AS line_no, raw AS line FROM _fast WHERE pending"
+            f"SELECT {line_no} AS line_no, raw AS line FROM _fast WHERE pending"
         )
     else:
         # the pending lines' text, read again (a streaming read: only they are kept)
@@ -498,26 +522,28 @@ def _stage_lines(
             SELECT line_no, line FROM (
                 SELECT row_number() OVER () + {first_line - 1} AS line_no, line
                 FROM ({raw_lines}))
-            WHERE line_no IN (SELECT rowid + {offset} FROM _fast WHERE pending)
+            WHERE line_no IN (SELECT {line_no} FROM _fast WHERE pending)
             """,
             raw_params or {},
         )
-        _check_read(source, _rows(con, "_slow_src")[0], n_pending)
+        _check_read(source, _rows(con, "_slow_src"), n_pending)
     extract_chat_log(con, "_slow_src")
     stage_requests(con, "_stage_slow")
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW _staged AS
-        SELECT rowid + {offset} AS line_no, * EXCLUDE (pending, raw) FROM _fast WHERE NOT pending
+        SELECT {line_no} AS line_no, * EXCLUDE (pending, raw) FROM _fast WHERE NOT pending
         UNION ALL SELECT * FROM _stage_slow
     """)
     load_prices(con, prices, stage="_staged")
-    return finish_stage(
+    counts = finish_stage(
         con,
         batch_id=batch_id,
         source_file=str(source),
         stage="_staged",
         raw="_slow_src",
     )
+    counts.blank += len(blank_lines)
+    return counts
 
 
 def _ingest_parquet(con: duckdb.DuckDBPyConnection, path: Path, prices: Prices) -> FileReport:

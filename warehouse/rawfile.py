@@ -41,12 +41,19 @@ class BadLine:
     raw: bytes
 
 
+# Empty lines are noted (up to this many per file) so that a reader that skips them, as DuckDB's
+# read_json does, can still number the other lines.
+MAX_BLANK_LINES = 100
+
+
 @dataclass
 class Chunk:
     path: Path
     first_line: int  # number of its first line in the original file (from 1)
     n_lines: int
     copy: bool = True  # a chunk file of ours (False: the original file, read in place)
+    # numbers of its empty lines (in the original file), or None when there were too many to note
+    blank_lines: list[int] | None = field(default_factory=list)
 
     def release(self) -> None:
         """Done with it: a copy is deleted at once (never the original)."""
@@ -157,6 +164,7 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
     writer = None if in_place else _ChunkWriter(folder, CHUNK_FILE_BYTES)
     n_newlines = n_bytes = 0
     last = b""
+    blanks = _BlankLines()
     try:
         for block in _open(path):
             hashing.add(block)
@@ -175,6 +183,7 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
                     return None
             if writer is not None:
                 writer.write(block)
+            blanks.find(block, n_newlines, last)
             n_bytes += len(block)
             n_newlines += newlines
             last = block[-1:]
@@ -190,6 +199,7 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
         chunks = writer.finish()
     else:
         chunks = [Chunk(path, 1, n_lines, copy=False)] if n_lines else []
+    blanks.assign(chunks)
     return ScannedFile(
         path,
         digest.hexdigest(),
@@ -198,6 +208,43 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
         chunks=chunks,
         utf8_checked=check_utf8,
     )
+
+
+class _BlankLines:
+    """The numbers of the empty lines, found block by block (a fast search: they are rare)."""
+
+    def __init__(self) -> None:
+        self.lines: list[int] | None = []
+
+    def find(self, block: bytes, newlines_before: int, last: bytes) -> None:
+        """Note the empty lines starting in ``block``; ``newlines_before`` newlines came before
+        it, the last byte of which was ``last``."""
+        if self.lines is None:
+            return
+        if block[:1] == b"\n" and last in (b"", b"\n"):  # the block starts with an empty line
+            self.note(newlines_before + 1)
+        pos, counted, seen = 0, 0, newlines_before
+        while self.lines is not None and (i := block.find(b"\n\n", pos)) != -1:
+            seen += block.count(b"\n", counted, i + 1)
+            counted = pos = i + 1
+            self.note(seen + 1)  # the line after the newline at i is empty
+
+    def note(self, line_no: int) -> None:
+        if self.lines is None:
+            return
+        if len(self.lines) >= MAX_BLANK_LINES:
+            self.lines = None
+        else:
+            self.lines.append(line_no)
+
+    def assign(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            end = chunk.first_line + chunk.n_lines
+            chunk.blank_lines = (
+                None
+                if self.lines is None
+                else [n for n in self.lines if chunk.first_line <= n < end]
+            )
 
 
 class _Hasher:
@@ -242,6 +289,7 @@ def _slow_pass(path: Path, folder: Path) -> ScannedFile:
     digest = hashlib.sha256()
     writer = _ChunkWriter(folder, CHUNK_FILE_BYTES)
     bad: list[BadLine] = []
+    blanks = _BlankLines()
     line_no = n_bytes = 0
     pending = b""
     for block in _open(path):
@@ -253,17 +301,21 @@ def _slow_pass(path: Path, folder: Path) -> ScannedFile:
         for line in lines:
             line_no += 1
             out.append(_checked(line, line_no, bad))
+            if not out[-1]:
+                blanks.note(line_no)
         if out:
             writer.write(b"\n".join(out) + b"\n")
     if pending:
         line_no += 1
         writer.write(_checked(pending, line_no, bad) + b"\n")
+    chunks = writer.finish()
+    blanks.assign(chunks)
     return ScannedFile(
         path,
         digest.hexdigest(),
         line_no,
         n_bytes,
-        chunks=writer.finish(),
+        chunks=chunks,
         utf8_checked=True,
         bad_lines=bad,
     )

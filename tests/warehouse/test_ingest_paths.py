@@ -120,18 +120,22 @@ _ODD: list[dict[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize("blank_lines", [False, True], ids=["read_json", "raw-lines"])
+@pytest.mark.parametrize("blanks", ["none", "empty", "spaces"])
 def test_fast_path_loads_exactly_what_the_general_path_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank_lines: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blanks: str
 ) -> None:
-    """Both fast readers (read_json for a file without blank lines, raw lines otherwise) store
-    exactly what the general path stores, line for line."""
+    """Both fast readers store exactly what the general path stores, line for line: read_json
+    (which gives an empty line no row: the scan noted where they are), and raw lines, for a file
+    with a line of spaces (read_json skips it, too, but it is nowhere noted)."""
     import warehouse.chatlog
     import warehouse.ingest
 
     lines = _varied(300) + [json.dumps(x).encode() for x in _ODD]
-    if not blank_lines:
+    if blanks == "none":
         lines = [line for line in lines if line.strip()]
+    elif blanks == "empty":  # first and last lines empty, a run of them in the middle
+        lines = [b"", *(line if line.strip() else b"" for line in lines), b"", b"", b""]
+        lines[150:150] = [b"", b""]
     log = tmp_path / "mixed.jsonl"
     log.write_bytes(b"\n".join(lines) + b"\n")
     fast_db, slow_db = tmp_path / "fast.duckdb", tmp_path / "slow.duckdb"
@@ -145,8 +149,8 @@ def test_fast_path_loads_exactly_what_the_general_path_loads(
     con = open_warehouse(fast_db)
     fast = ingest_paths(con, [log]).totals
     con.close()
-    # a file with blank lines falls back to the raw-line reader
-    expected = ["stage_chat_log_json_sql"] + (["stage_chat_log_sql"] if blank_lines else [])
+    # a line of spaces (read_json skips it) makes the raw-line reader read the file again
+    expected = ["stage_chat_log_json_sql"] + (["stage_chat_log_sql"] if blanks == "spaces" else [])
     assert readers == expected
     for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
         monkeypatch.setattr(
@@ -156,18 +160,99 @@ def test_fast_path_loads_exactly_what_the_general_path_loads(
     slow = ingest_paths(con, [log]).totals
     con.close()
     assert fast == slow
-    blank = 2 if blank_lines else 0
-    assert (fast.lines_read, fast.duplicates, fast.blank) == (315 + blank, 1, blank)
+    blank = sum(1 for line in lines if not line.strip())
+    assert blank == {"none": 0, "empty": 8, "spaces": 2}[blanks]
+    assert (fast.lines_read, fast.duplicates, fast.blank) == (len(lines), 1, blank)
     assert fast.rejected == 7 and fast.loaded == 307
     a, b = _dump(fast_db), _dump(slow_db)
     for name in TABLES:
         assert a[name] == b[name], name
     assert len(a["requests"]) == 307
+    # every row sits on its own line
+    for row in a["requests"]:
+        request_id, line_no = row[0], row[30]
+        assert str(json.loads(lines[line_no - 1])["id"]) == request_id
     reasons = {line: reason for line, reason, _ in a["rejected_lines"]}
-    assert reasons[305].startswith("field request.messages[0]: needs a role")  # no content
+    no_content = next(i for i, line in enumerate(lines) if b'"r-big"' in line) + 1
+    assert reasons[no_content].startswith("field request.messages[0]: needs a role")
     odd = {r[0]: r for r in a["requests"] if r[0] in ("123456789012", "r-odd2", "r-odd3")}
     assert odd["123456789012"][5:7] == ("5", "5")  # model (else the responding one), response
     assert odd["r-odd3"][17] == 'é"q"'  # response_text
+    if blanks == "empty":  # compressed, in many chunk files: each chunk numbers its own rows
+        import gzip
+
+        from warehouse import rawfile
+
+        monkeypatch.setattr(rawfile, "CHUNK_FILE_BYTES", 20_000)
+        packed = tmp_path / "mixed.jsonl.gz"
+        packed.write_bytes(gzip.compress(log.read_bytes()))
+        con = open_warehouse(tmp_path / "gz.duckdb")
+        assert ingest_paths(con, [packed]).totals == fast
+        con.close()
+        c = _dump(tmp_path / "gz.duckdb")
+        for name in TABLES:
+            assert [r[:29] + r[30:] for r in c[name]] == [r[:29] + r[30:] for r in a[name]]
+
+
+def test_empty_lines_are_noted_across_blocks_and_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan notes each empty line's number however the blocks and chunk files fall, and
+    gives up (None: read as raw lines) past MAX_BLANK_LINES."""
+    import gzip
+
+    from warehouse import rawfile
+
+    monkeypatch.setattr(rawfile, "CHUNK", 7)  # blocks of 7 bytes: newlines fall on every edge
+    monkeypatch.setattr(rawfile, "CHUNK_FILE_BYTES", 40)
+    text = b"\n\nab\n\n\ncd\n" + b"efgh\n" * 10 + b"\n" + b"ij\n\n"
+    expected = [i + 1 for i, line in enumerate(text.split(b"\n")[:-1]) if not line]
+    assert expected == [1, 2, 4, 5, 17, 19]
+    for name, data in (("plain.jsonl", text), ("packed.jsonl.gz", gzip.compress(text))):
+        (tmp_path / name).write_bytes(data)
+        scanned = rawfile.scan_file(tmp_path / name)
+        try:
+            noted = [n for c in scanned.chunks for n in c.blank_lines or []]
+            assert noted == expected, name
+            for c in scanned.chunks:
+                assert all(
+                    c.first_line <= n < c.first_line + c.n_lines for n in c.blank_lines or []
+                )
+            assert (len(scanned.chunks) > 1) == name.endswith(".gz")  # gz: chunk files
+        finally:
+            scanned.cleanup()
+    monkeypatch.setattr(rawfile, "MAX_BLANK_LINES", 5)
+    scanned = rawfile.scan_file(tmp_path / "plain.jsonl")
+    try:
+        assert [c.blank_lines for c in scanned.chunks] == [None]
+    finally:
+        scanned.cleanup()
+
+
+def test_a_log_of_many_empty_lines_is_read_as_raw_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warehouse.chatlog
+    import warehouse.ingest
+    from warehouse import rawfile
+
+    monkeypatch.setattr(rawfile, "MAX_BLANK_LINES", 3)
+    readers: list[str] = []
+    for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
+        monkeypatch.setattr(
+            warehouse.ingest,
+            name,
+            functools.partial(_spy, readers, name, getattr(warehouse.chatlog, name)),
+        )
+    lines = [line for line in _varied(20) if line.strip()]
+    log = tmp_path / "spaced.jsonl"
+    log.write_bytes(b"\n\n".join(lines) + b"\n")  # an empty line between every two
+    con = open_warehouse(tmp_path / "w.duckdb")
+    t = ingest_paths(con, [log]).totals
+    assert readers == ["stage_chat_log_sql"]  # read_json not even tried
+    assert (t.lines_read, t.blank, t.loaded) == (2 * len(lines) - 1, len(lines) - 1, 23)
+    got = con.execute("SELECT request_id, source_line FROM requests").fetchall()
+    assert all(str(json.loads(lines[(n - 1) // 2])["id"]) == i for i, n in got)
 
 
 def _spy(calls: list[str], name: str, real: Any, *args: Any, **kwargs: Any) -> str:
