@@ -28,7 +28,7 @@ from warehouse.normalize import LineCounts, finish_stage, load_prices, stage_req
 from warehouse.parquet import content_hash as parquet_hash
 from warehouse.parquet import is_parquet, parquet_lines_sql
 from warehouse.pricing import Prices, price_table
-from warehouse.rawfile import MAX_LINE_BYTES, Chunk, ScannedFile, scan_file
+from warehouse.rawfile import MAX_LINE_BYTES, Chunk, ScannedFile, empty_lines, scan_file
 
 FORMATS: tuple[str, ...] = ("auto", "chat-log", "openai-batch", "parquet")
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz", ".parquet")
@@ -429,31 +429,31 @@ def _chat_log_chunk(
     batch_id: str,
     prices: Prices,
 ) -> LineCounts:
-    """One chunk file, read with ``read_json`` (fast, parallel), which gives an empty line no
-    row: the scan noted them, so rows are still numbered by line. A chunk with too many empty
-    lines to note, or lines read_json skips although they hold something (spaces only), is read
-    as raw lines instead."""
+    """One chunk file, read with ``read_json`` (fast, parallel). It gives an empty line no row:
+    when rows are missing, the empty lines are found, so rows are still numbered by line. A
+    chunk with too many empty lines, or with lines read_json skips although they hold something
+    (spaces only), is read as raw lines instead."""
     lines = lines_sql(scanned.utf8_checked)
     params: dict[str, object] = {"path": str(chunk.path)}
-    blank = chunk.blank_lines
-    if blank is not None:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _fast AS "
-            f"{stage_chat_log_json_sql(long_lines=scanned.utf8_checked)}",
-            params,
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _fast AS "
+        f"{stage_chat_log_json_sql(long_lines=scanned.utf8_checked)}",
+        params,
+    )
+    missing = chunk.n_lines - _rows(con, "_fast")
+    blank = empty_lines(chunk) if missing else []
+    if blank is not None and len(blank) == missing:
+        return _stage_lines(
+            con,
+            scanned.path,
+            first_line=chunk.first_line,
+            n_lines=chunk.n_lines,
+            blank_lines=blank,
+            batch_id=batch_id,
+            prices=prices,
+            raw_lines=lines,
+            raw_params=params,
         )
-        if _rows(con, "_fast") == chunk.n_lines - len(blank):
-            return _stage_lines(
-                con,
-                scanned.path,
-                first_line=chunk.first_line,
-                n_lines=chunk.n_lines,
-                blank_lines=blank,
-                batch_id=batch_id,
-                prices=prices,
-                raw_lines=lines,
-                raw_params=params,
-            )
     con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
     return _stage_lines(
         con,

@@ -41,7 +41,7 @@ class BadLine:
     raw: bytes
 
 
-# Empty lines are noted (up to this many per file) so that a reader that skips them, as DuckDB's
+# Empty lines are found (up to this many per chunk) so that a reader that skips them, as DuckDB's
 # read_json does, can still number the other lines.
 MAX_BLANK_LINES = 100
 
@@ -52,8 +52,6 @@ class Chunk:
     first_line: int  # number of its first line in the original file (from 1)
     n_lines: int
     copy: bool = True  # a chunk file of ours (False: the original file, read in place)
-    # numbers of its empty lines (in the original file), or None when there were too many to note
-    blank_lines: list[int] | None = field(default_factory=list)
 
     def release(self) -> None:
         """Done with it: a copy is deleted at once (never the original)."""
@@ -164,7 +162,6 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
     writer = None if in_place else _ChunkWriter(folder, CHUNK_FILE_BYTES)
     n_newlines = n_bytes = 0
     last = b""
-    blanks = _BlankLines()
     try:
         for block in _open(path):
             hashing.add(block)
@@ -183,7 +180,6 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
                     return None
             if writer is not None:
                 writer.write(block)
-            blanks.find(block, n_newlines, last)
             n_bytes += len(block)
             n_newlines += newlines
             last = block[-1:]
@@ -199,7 +195,6 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
         chunks = writer.finish()
     else:
         chunks = [Chunk(path, 1, n_lines, copy=False)] if n_lines else []
-    blanks.assign(chunks)
     return ScannedFile(
         path,
         digest.hexdigest(),
@@ -210,41 +205,28 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
     )
 
 
-class _BlankLines:
-    """The numbers of the empty lines, found block by block (a fast search: they are rare)."""
-
-    def __init__(self) -> None:
-        self.lines: list[int] | None = []
-
-    def find(self, block: bytes, newlines_before: int, last: bytes) -> None:
-        """Note the empty lines starting in ``block``; ``newlines_before`` newlines came before
-        it, the last byte of which was ``last``."""
-        if self.lines is None:
-            return
-        if block[:1] == b"\n" and last in (b"", b"\n"):  # the block starts with an empty line
-            self.note(newlines_before + 1)
-        pos, counted, seen = 0, 0, newlines_before
-        while self.lines is not None and (i := block.find(b"\n\n", pos)) != -1:
-            seen += block.count(b"\n", counted, i + 1)
-            counted = pos = i + 1
-            self.note(seen + 1)  # the line after the newline at i is empty
-
-    def note(self, line_no: int) -> None:
-        if self.lines is None:
-            return
-        if len(self.lines) >= MAX_BLANK_LINES:
-            self.lines = None
-        else:
-            self.lines.append(line_no)
-
-    def assign(self, chunks: list[Chunk]) -> None:
-        for chunk in chunks:
-            end = chunk.first_line + chunk.n_lines
-            chunk.blank_lines = (
-                None
-                if self.lines is None
-                else [n for n in self.lines if chunk.first_line <= n < end]
-            )
+def empty_lines(chunk: Chunk) -> list[int] | None:
+    """The numbers of a chunk file's empty lines (in the original file), or None past
+    MAX_BLANK_LINES. A search for a newline after a newline: fast, as they are rare."""
+    found: list[int] = []
+    seen, last = chunk.first_line - 1, b"\n"  # newlines before the block; its last byte
+    try:
+        with chunk.path.open("rb") as handle:
+            while block := handle.read(CHUNK):
+                if block[:1] == b"\n" and last == b"\n":  # the block starts with one
+                    found.append(seen + 1)
+                pos = 0
+                while (i := block.find(b"\n\n", pos)) != -1:
+                    seen += block.count(b"\n", pos, i + 1)
+                    pos = i + 1
+                    found.append(seen + 1)  # the line after the newline at i is empty
+                    if len(found) > MAX_BLANK_LINES:
+                        return None
+                seen += block.count(b"\n", pos)
+                last = block[-1:]
+    except OSError as exc:
+        raise InputPathError(chunk.path, f"cannot read file: {exc}") from exc
+    return found if len(found) <= MAX_BLANK_LINES else None
 
 
 class _Hasher:
@@ -289,7 +271,6 @@ def _slow_pass(path: Path, folder: Path) -> ScannedFile:
     digest = hashlib.sha256()
     writer = _ChunkWriter(folder, CHUNK_FILE_BYTES)
     bad: list[BadLine] = []
-    blanks = _BlankLines()
     line_no = n_bytes = 0
     pending = b""
     for block in _open(path):
@@ -301,15 +282,12 @@ def _slow_pass(path: Path, folder: Path) -> ScannedFile:
         for line in lines:
             line_no += 1
             out.append(_checked(line, line_no, bad))
-            if not out[-1]:
-                blanks.note(line_no)
         if out:
             writer.write(b"\n".join(out) + b"\n")
     if pending:
         line_no += 1
         writer.write(_checked(pending, line_no, bad) + b"\n")
     chunks = writer.finish()
-    blanks.assign(chunks)
     return ScannedFile(
         path,
         digest.hexdigest(),

@@ -194,11 +194,11 @@ def test_fast_path_loads_exactly_what_the_general_path_loads(
             assert [r[:29] + r[30:] for r in c[name]] == [r[:29] + r[30:] for r in a[name]]
 
 
-def test_empty_lines_are_noted_across_blocks_and_chunks(
+def test_empty_lines_are_found_across_blocks_and_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The scan notes each empty line's number however the blocks and chunk files fall, and
-    gives up (None: read as raw lines) past MAX_BLANK_LINES."""
+    """Each empty line's number, however the blocks and chunk files fall; None past
+    MAX_BLANK_LINES (the chunk is then read as raw lines)."""
     import gzip
 
     from warehouse import rawfile
@@ -212,21 +212,16 @@ def test_empty_lines_are_noted_across_blocks_and_chunks(
         (tmp_path / name).write_bytes(data)
         scanned = rawfile.scan_file(tmp_path / name)
         try:
-            noted = [n for c in scanned.chunks for n in c.blank_lines or []]
-            assert noted == expected, name
-            for c in scanned.chunks:
-                assert all(
-                    c.first_line <= n < c.first_line + c.n_lines for n in c.blank_lines or []
-                )
+            found = [rawfile.empty_lines(c) for c in scanned.chunks]
+            assert [n for f in found for n in f or []] == expected, name
+            for c, f in zip(scanned.chunks, found, strict=True):
+                assert all(c.first_line <= n < c.first_line + c.n_lines for n in f or [])
             assert (len(scanned.chunks) > 1) == name.endswith(".gz")  # gz: chunk files
+            monkeypatch.setattr(rawfile, "MAX_BLANK_LINES", 3)
+            assert rawfile.empty_lines(scanned.chunks[0]) is None
+            monkeypatch.setattr(rawfile, "MAX_BLANK_LINES", 100)
         finally:
             scanned.cleanup()
-    monkeypatch.setattr(rawfile, "MAX_BLANK_LINES", 5)
-    scanned = rawfile.scan_file(tmp_path / "plain.jsonl")
-    try:
-        assert [c.blank_lines for c in scanned.chunks] == [None]
-    finally:
-        scanned.cleanup()
 
 
 def test_a_log_of_many_empty_lines_is_read_as_raw_lines(
@@ -249,7 +244,7 @@ def test_a_log_of_many_empty_lines_is_read_as_raw_lines(
     log.write_bytes(b"\n\n".join(lines) + b"\n")  # an empty line between every two
     con = open_warehouse(tmp_path / "w.duckdb")
     t = ingest_paths(con, [log]).totals
-    assert readers == ["stage_chat_log_sql"]  # read_json not even tried
+    assert readers == ["stage_chat_log_json_sql", "stage_chat_log_sql"]
     assert (t.lines_read, t.blank, t.loaded) == (2 * len(lines) - 1, len(lines) - 1, 23)
     got = con.execute("SELECT request_id, source_line FROM requests").fetchall()
     assert all(str(json.loads(lines[(n - 1) // 2])["id"]) == i for i, n in got)
