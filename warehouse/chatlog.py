@@ -400,7 +400,8 @@ def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:
 
 
 def _stage_fields_sql(fields: str, *, fast: bool) -> str:
-    ok_ts = "ts IS NOT NULL AND year(ts) BETWEEN 1990 AND 2200"
+    # year 1990 .. 2200, as the general path wants
+    ok_ts = "ts BETWEEN TIMESTAMP '1990-01-01' AND TIMESTAMP '2200-12-31 23:59:59.999999'"
     return f"""
         WITH f AS ({fields}), x AS (
             SELECT *,
@@ -414,6 +415,9 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
         ), msgs AS (
             SELECT *,
                 json_transform(messages, '{_MESSAGES}') AS ml,
+                -- a string (unquoted) or an integer; NULL for any other id
+                CASE WHEN {_is_str("id")} THEN {_text("id")} WHEN {_is_int("id")} THEN id END
+                    AS request_id,
                 json_type(messages, '$[*].content') AS ctypes,
                 CASE WHEN {_is_str("tsj")}
                      THEN try_cast({_text("tsj")} AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
@@ -427,8 +431,7 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
                 (
                     {"true" if fast else "false"} AND prefix(rq, '{{')
                     AND resp_ok
-                    AND ({_is_str("id")} OR {_is_int("id")})
-                    AND ({_is_int("id")} OR trim({_text("id")}) <> '')
+                    AND trim(request_id) <> ''
                     AND {ok_ts}
                     AND prefix(messages, '[') AND len(ml) > 0 AND len(ctypes) = len(ml)
                     AND list_has_all(['VARCHAR', 'ARRAY'], ctypes)
@@ -444,7 +447,7 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
         ), d AS (
             SELECT NULL::BIGINT AS line_no, is_blank, is_marker, pending, line,
                 NULL::VARCHAR AS reason,
-                CASE WHEN {_is_str("id")} THEN {_text("id")} ELSE id END AS request_id,
+                request_id,
                 ts,
                 NULLIF(CASE WHEN {_is_str("conv_j")} THEN {_text("conv_j")}
                             WHEN NOT {_absent("conv_j")} THEN conv_j END, '') AS conversation_id,
