@@ -1,10 +1,11 @@
 """One streaming pass over a log file's bytes before DuckDB reads it.
 
 DuckDB reads the lines in bulk (fast), but it cannot keep a line that is not valid UTF-8 with its
-original bytes, a raw control byte would break the one-column read, and it has no line numbers of
-its own. This pass hashes the content (re-ingesting the same file is a no-op), counts the lines
-(the counts DuckDB's read must match), and splits the decompressed bytes into chunk files of whole
-lines, each with the number of its first line: chunks bound the memory of a large ingest.
+original bytes, a raw control byte or CR would break its line reading, and it has no line numbers
+of its own. This pass hashes the content (re-ingesting the same file is a no-op) and counts the
+lines (the counts DuckDB's read must match). A plain file is then read where it is; a compressed
+one (or one the slow pass below rewrites) goes into chunk files of whole lines, each with the
+number of its first line (chunks bound the disk and memory a large ingest needs at a time).
 
 The fast pass leaves UTF-8 to DuckDB, which refuses a chunk that is not valid UTF-8; the ingest then
 scans again with ``check_utf8``, and this slow pass checks every line, replacing each bad line by a
@@ -26,8 +27,7 @@ from warehouse.errors import InputPathError
 
 CHUNK = 16 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
-# Bytes of whole lines per chunk file DuckDB reads at a time (a plain file no larger is read
-# where it is, without a copy).
+# Bytes of whole lines per chunk file of a compressed log (a plain file is read where it is).
 CHUNK_FILE_BYTES = 128 * 1024 * 1024
 # A bad line is replaced by this (a line holding one STX byte) in the chunk files.
 MARKER = "\x02"
