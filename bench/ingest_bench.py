@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from warehouse.synthetic import generate_records
 
@@ -21,6 +22,7 @@ _CHILD = r"""
 import json, resource, sys, time
 mode, path, db = sys.argv[1:4]
 started = time.perf_counter()
+steps = {}  # ours: step -> [wall, cpu], where the ingest's time goes
 if mode == "bare":
     import duckdb
     con = duckdb.connect(db)
@@ -28,8 +30,30 @@ if mode == "bare":
     rows = con.execute("SELECT count(*) FROM t").fetchall()[0][0]
 else:
     from warehouse import ingest_paths, open_warehouse
+    import warehouse.ingest
+    def timed(step, call, *args, **kwargs):
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            spent = steps.setdefault(step, [0.0, 0.0])
+            spent[0] += time.perf_counter() - t
+            spent[1] += time.process_time() - c
+    class Timed:
+        # the connection, its statements timed by step (a thin wrapper: no work of its own)
+        def __init__(self, con):
+            self._con = con
+        def execute(self, sql, *params):
+            step = ("stage" if "TEMP TABLE _fast AS" in sql else
+                    "insert" if "INSERT INTO requests" in sql else "other SQL")
+            return timed(step, self._con.execute, sql, *params)
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+    scan = warehouse.ingest.scan_file
+    warehouse.ingest.scan_file = lambda *a, **k: timed("scan", scan, *a, **k)
     con = open_warehouse(db)
-    rows = ingest_paths(con, [path], fmt="parquet" if mode == "parquet" else "auto").totals.loaded
+    fmt = "parquet" if mode == "parquet" else "auto"
+    rows = ingest_paths(Timed(con), [path], fmt=fmt).totals.loaded
 con.close()
 def peak_rss_mb():
     # VmHWM starts fresh at exec; ru_maxrss keeps the parent's peak across fork+exec on Linux.
@@ -43,7 +67,8 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": rows,
-                  "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak_rss_mb()}))
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak_rss_mb(),
+                  "steps": steps}))
 """
 
 
@@ -67,7 +92,7 @@ def _to_parquet(path: Path, target: Path) -> None:
     con.close()
 
 
-def _child(mode: str, path: Path, db: Path) -> dict[str, float]:
+def _child(mode: str, path: Path, db: Path) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, mode, str(path), str(db)],
         capture_output=True,
@@ -104,6 +129,12 @@ def run(n_lines: int | None = None) -> dict[str, object]:
         print(
             f"{name:28} {r['seconds']:9.2f} {r['cpu_seconds']:7.2f}"
             f" {r['rows'] / r['seconds']:11,.0f} {r['peak_rss_mb']:12,.0f}"
+        )
+    for name, r in (("JSONL", ours), ("Parquet", from_parquet)):
+        steps = r.get("steps") or {}
+        print(
+            f"  {name} ingest by step (wall s / CPU s): "
+            + ", ".join(f"{k} {w:.2f}/{c:.2f}" for k, (w, c) in steps.items())
         )
     print(
         f"ingest / bare read: {ratio:.2f}x (goal <= 2.0x); peak RSS {ours['peak_rss_mb']:,.0f} MB "
