@@ -13,7 +13,7 @@ import duckdb
 
 from warehouse.credentials import REQUEST_SECRET_FIELDS
 from warehouse.normalize import stage_columns
-from warehouse.rawfile import MAX_LINE_BYTES
+from warehouse.rawfile import LONG_LINE_BYTES
 
 # (name, JSON path) pulled out of each line with one parse.
 _PATHS: tuple[tuple[str, str], ...] = (
@@ -346,15 +346,14 @@ def _duckdb_type(structure: object) -> str:
     return str(structure)
 
 
-def read_json_sql(long_lines: bool = False) -> str:
+def read_json_sql() -> str:
     """``read_json`` of the file ``$path``: one row per non-blank line, in file order, its
     top-level fields (a line that is not a JSON object gives a row of NULLs). A blank line gives
     no row at all: the caller compares the count with the file's lines."""
     columns = "{" + ", ".join(f"'{k}': '{_duckdb_type(v)}'" for k, v in TOP_FIELDS.items()) + "}"
-    size = 2 * MAX_LINE_BYTES if long_lines else 16 * 1024 * 1024
     return (
         f"read_json($path, format = 'newline_delimited', columns = {columns}, "
-        f"ignore_errors = true, auto_detect = false, maximum_object_size = {size})"
+        f"ignore_errors = true, auto_detect = false, maximum_object_size = {LONG_LINE_BYTES})"
     )
 
 
@@ -362,10 +361,10 @@ def _fields(prefix: str) -> str:
     return ", ".join(f"{expr.format(r=prefix)} AS {col}" for col, expr in _FIELD_COLUMNS)
 
 
-def _json_fields_sql(long_lines: bool) -> str:
+def _json_fields_sql() -> str:
     return f"""
         SELECT false AS is_blank, false AS is_marker, NULL::VARCHAR AS line, {_fields("")}
-        FROM {read_json_sql(long_lines)}
+        FROM {read_json_sql()}
     """
 
 
@@ -384,11 +383,11 @@ def _line_fields_sql(lines: str) -> str:
     """
 
 
-def stage_chat_log_json_sql(*, long_lines: bool = False, fast: bool = True) -> str:
+def stage_chat_log_json_sql(*, fast: bool = True) -> str:
     """``stage_chat_log_sql`` for the file ``$path`` read with ``read_json``: one row per
     non-blank line (see read_json_sql), ``raw`` always NULL (the caller reads pending lines'
     text itself)."""
-    return _stage_fields_sql(_json_fields_sql(long_lines), fast=fast)
+    return _stage_fields_sql(_json_fields_sql(), fast=fast)
 
 
 def stage_chat_log_sql(lines: str, *, fast: bool = True) -> str:

@@ -373,7 +373,7 @@ def _skipped(path: Path, fmt: str, previous: str, output: Path | None = None) ->
 
 
 def _retrying(attempt: Callable[[bool], FileReport]) -> FileReport:
-    """Run ``attempt`` fast: the scan leaves UTF-8 to DuckDB's read, which also assumes short
+    """Run ``attempt`` fast: the scan leaves UTF-8 to DuckDB's reads, which also assume short
     lines. When DuckDB refuses a byte or a long line, run it again carefully (``True``): a scan
     that checks every line, so each undecodable line is kept, as bytes, in rejected_lines, and
     the full line limit (the failed attempt rolled back: nothing was written)."""
@@ -381,7 +381,7 @@ def _retrying(attempt: Callable[[bool], FileReport]) -> FileReport:
         return attempt(False)
     except duckdb.InvalidInputException as exc:
         text = str(exc).lower()
-        if "unicode" not in text and "maximum line size" not in text:
+        if not any(k in text for k in ("unicode", "maximum line size", "maximum_object_size")):
             raise
     return attempt(True)
 
@@ -431,29 +431,26 @@ def _chat_log_chunk(
 ) -> LineCounts:
     """One chunk file, read with ``read_json`` (fast, parallel). It gives an empty line no row:
     when rows are missing, the empty lines are found, so rows are still numbered by line. A
-    chunk with too many empty lines, or with lines read_json skips although they hold something
-    (spaces only), is read as raw lines instead."""
+    chunk with too many empty lines, with lines read_json skips although they hold something
+    (spaces only), or with lines too long for it, is read as raw lines instead."""
     lines = lines_sql(scanned.utf8_checked)
     params: dict[str, object] = {"path": str(chunk.path)}
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _fast AS "
-        f"{stage_chat_log_json_sql(long_lines=scanned.utf8_checked)}",
-        params,
-    )
-    missing = chunk.n_lines - _rows(con, "_fast")
-    blank = empty_lines(chunk) if missing else []
-    if blank is not None and len(blank) == missing:
-        return _stage_lines(
-            con,
-            scanned.path,
-            first_line=chunk.first_line,
-            n_lines=chunk.n_lines,
-            blank_lines=blank,
-            batch_id=batch_id,
-            prices=prices,
-            raw_lines=lines,
-            raw_params=params,
-        )
+    if not chunk.long_lines:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_json_sql()}", params)
+        missing = chunk.n_lines - _rows(con, "_fast")
+        blank = empty_lines(chunk) if missing else []
+        if blank is not None and len(blank) == missing:
+            return _stage_lines(
+                con,
+                scanned.path,
+                first_line=chunk.first_line,
+                n_lines=chunk.n_lines,
+                blank_lines=blank,
+                batch_id=batch_id,
+                prices=prices,
+                raw_lines=lines,
+                raw_params=params,
+            )
     con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
     return _stage_lines(
         con,

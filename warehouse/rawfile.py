@@ -27,6 +27,10 @@ from warehouse.errors import InputPathError
 
 CHUNK = 16 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
+# DuckDB's read_json reads lines up to this long (in buffers of twice this, one thread each); a
+# chunk holding a longer one is read as raw lines. The fast pass lets no such line through: one
+# spans a whole block without a newline.
+LONG_LINE_BYTES = 16 * 1024 * 1024
 # Bytes of whole lines per chunk file of a compressed log (a plain file is read where it is).
 CHUNK_FILE_BYTES = 128 * 1024 * 1024
 # A bad line is replaced by this (a line holding one STX byte) in the chunk files.
@@ -52,6 +56,7 @@ class Chunk:
     first_line: int  # number of its first line in the original file (from 1)
     n_lines: int
     copy: bool = True  # a chunk file of ours (False: the original file, read in place)
+    long_lines: bool = False  # holds a line over LONG_LINE_BYTES (found by the slow pass)
 
     def release(self) -> None:
         """Done with it: a copy is deleted at once (never the original)."""
@@ -271,6 +276,7 @@ def _slow_pass(path: Path, folder: Path) -> ScannedFile:
     digest = hashlib.sha256()
     writer = _ChunkWriter(folder, CHUNK_FILE_BYTES)
     bad: list[BadLine] = []
+    long: list[int] = []
     line_no = n_bytes = 0
     pending = b""
     for block in _open(path):
@@ -282,12 +288,18 @@ def _slow_pass(path: Path, folder: Path) -> ScannedFile:
         for line in lines:
             line_no += 1
             out.append(_checked(line, line_no, bad))
+            if len(out[-1]) > LONG_LINE_BYTES:
+                long.append(line_no)
         if out:
             writer.write(b"\n".join(out) + b"\n")
     if pending:
         line_no += 1
         writer.write(_checked(pending, line_no, bad) + b"\n")
     chunks = writer.finish()
+    for chunk in chunks:
+        chunk.long_lines = any(
+            chunk.first_line <= n < chunk.first_line + chunk.n_lines for n in long
+        )
     return ScannedFile(
         path,
         digest.hexdigest(),

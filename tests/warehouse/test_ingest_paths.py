@@ -328,3 +328,37 @@ def test_a_line_longer_than_the_fast_read_allows_still_loads(tmp_path: Path) -> 
     assert (t.lines_read, t.loaded) == (3, 3)
     ((n,),) = con.execute("SELECT max(len(last_user_message)) FROM requests").fetchall()
     assert n == SHORT_LINE_BYTES + 10
+
+
+def test_a_chunk_with_a_line_too_long_for_read_json_is_read_as_raw_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The careful scan (CRLF here) measures lines: a chunk holding one longer than read_json
+    reads (scaled down to 10 kB) is read as raw lines; the other chunks still with read_json."""
+    import warehouse.chatlog
+    import warehouse.ingest
+    from warehouse import rawfile
+
+    monkeypatch.setattr(rawfile, "LONG_LINE_BYTES", 10_000)
+    monkeypatch.setattr(rawfile, "CHUNK_FILE_BYTES", 30_000)
+    readers: list[str] = []
+    for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
+        monkeypatch.setattr(
+            warehouse.ingest,
+            name,
+            functools.partial(_spy, readers, name, getattr(warehouse.chatlog, name)),
+        )
+    big = json.loads(_varied(1)[0])
+    big["id"], big["request"]["messages"][-1]["content"] = "r-long", "y" * 20_000
+    lines = [line for line in _varied(60) if line.strip()]
+    lines.append(json.dumps(big).encode())
+    log = tmp_path / "long.jsonl"
+    log.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    con = open_warehouse(tmp_path / "w.duckdb")
+    t = ingest_paths(con, [log]).totals
+    assert readers == ["stage_chat_log_json_sql", "stage_chat_log_sql"]  # two chunks
+    assert (t.lines_read, t.loaded, t.rejected, t.duplicates) == (len(lines), 64, 7, 1)
+    ((n,),) = con.execute("SELECT max(len(last_user_message)) FROM requests").fetchall()
+    assert n == 20_000
+    got = con.execute("SELECT request_id, source_line FROM requests").fetchall()
+    assert all(str(json.loads(lines[n - 1])["id"]) == i for i, n in got)
