@@ -27,9 +27,10 @@ from warehouse.errors import InputPathError
 
 CHUNK = 16 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
-# DuckDB's read_json reads lines up to this long (in buffers of twice this, one thread each); a
-# chunk holding a longer one is read as raw lines. The fast pass lets no such line through: one
-# spans a whole block without a newline.
+# DuckDB's read_json reads lines up to this long (its buffers hold twice this); a chunk holding a
+# longer one is read as raw lines. The fast pass sends a file with one to the slow pass, which
+# marks such chunks (a line inside one block is shorter than CHUNK: only lines across block
+# edges need measuring).
 LONG_LINE_BYTES = 16 * 1024 * 1024
 # Bytes of whole lines per chunk file of a compressed log (a plain file is read where it is).
 CHUNK_FILE_BYTES = 128 * 1024 * 1024
@@ -167,14 +168,20 @@ def _fast_pass(path: Path, folder: Path, check_utf8: bool) -> ScannedFile | None
     writer = None if in_place else _ChunkWriter(folder, CHUNK_FILE_BYTES)
     n_newlines = n_bytes = 0
     last = b""
+    run = 0  # bytes of the line the previous block ended in
     try:
         for block in _open(path):
             hashing.add(block)
-            # A line longer than MAX_LINE_BYTES spans whole blocks without a newline: only then
-            # can one exist, and the slow pass measures it exactly.
+            # A line longer than LONG_LINE_BYTES (or MAX_LINE_BYTES: a bad one) takes the slow
+            # pass, which measures it. Only a line across block edges can be one: its length is
+            # the end of a block and the start of the next (CHUNK <= LONG_LINE_BYTES).
             newlines = block.count(b"\n")
             if newlines == 0 and len(block) == CHUNK:
                 return None
+            head = block.find(b"\n") if newlines else len(block)
+            if run + head > LONG_LINE_BYTES:
+                return None
+            run = run + head if not newlines else len(block) - block.rfind(b"\n") - 1
             # DuckDB's line reader also ends a line at a lone CR: CRs take the slow pass
             if any(b in block for b in _FORBIDDEN) or b"\r" in block:
                 return None

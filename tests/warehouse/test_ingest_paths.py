@@ -330,16 +330,19 @@ def test_a_line_longer_than_the_fast_read_allows_still_loads(tmp_path: Path) -> 
     assert n == SHORT_LINE_BYTES + 10
 
 
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"], ids=["crlf", "lf"])
 def test_a_chunk_with_a_line_too_long_for_read_json_is_read_as_raw_lines(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, newline: bytes
 ) -> None:
-    """The careful scan (CRLF here) measures lines: a chunk holding one longer than read_json
-    reads (scaled down to 10 kB) is read as raw lines; the other chunks still with read_json."""
+    """The careful scan (for CRs, or for the long line itself) measures lines: a chunk holding
+    one longer than read_json reads (scaled down to 10 kB, in 4 kB blocks) is read as raw lines;
+    the other chunks still with read_json."""
     import warehouse.chatlog
     import warehouse.ingest
     from warehouse import rawfile
 
     monkeypatch.setattr(rawfile, "LONG_LINE_BYTES", 10_000)
+    monkeypatch.setattr(rawfile, "CHUNK", 4096)
     monkeypatch.setattr(rawfile, "CHUNK_FILE_BYTES", 30_000)
     readers: list[str] = []
     for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
@@ -353,10 +356,15 @@ def test_a_chunk_with_a_line_too_long_for_read_json_is_read_as_raw_lines(
     lines = [line for line in _varied(60) if line.strip()]
     lines.append(json.dumps(big).encode())
     log = tmp_path / "long.jsonl"
-    log.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    log.write_bytes(newline.join(lines) + newline)
+    scanned = rawfile.scan_file(log)
+    try:  # chunk files, the last one marked
+        assert [c.long_lines for c in scanned.chunks] == [False, True]
+    finally:
+        scanned.cleanup()
     con = open_warehouse(tmp_path / "w.duckdb")
     t = ingest_paths(con, [log]).totals
-    assert readers == ["stage_chat_log_json_sql", "stage_chat_log_sql"]  # two chunks
+    assert readers == ["stage_chat_log_json_sql", "stage_chat_log_sql"]
     assert (t.lines_read, t.loaded, t.rejected, t.duplicates) == (len(lines), 64, 7, 1)
     ((n,),) = con.execute("SELECT max(len(last_user_message)) FROM requests").fetchall()
     assert n == 20_000
