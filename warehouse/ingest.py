@@ -435,23 +435,15 @@ def _chat_log_chunk(
     (spaces only), or with lines too long for it, is read as raw lines instead."""
     lines = lines_sql(scanned.utf8_checked)
     params: dict[str, object] = {"path": str(chunk.path)}
+    blank: list[int] | None = None  # set when read_json's rows are numbered
     if not chunk.long_lines:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_json_sql()}", params)
         missing = chunk.n_lines - _rows(con, "_fast")
-        blank = empty_lines(chunk) if missing else []
-        if blank is not None and len(blank) == missing:
-            return _stage_lines(
-                con,
-                scanned.path,
-                first_line=chunk.first_line,
-                n_lines=chunk.n_lines,
-                blank_lines=blank,
-                batch_id=batch_id,
-                prices=prices,
-                raw_lines=lines,
-                raw_params=params,
-            )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
+        found = empty_lines(chunk) if missing else []
+        if found is not None and len(found) == missing:
+            blank = found
+    if blank is None:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _fast AS {stage_chat_log_sql(lines)}", params)
     return _stage_lines(
         con,
         scanned.path,
@@ -459,6 +451,10 @@ def _chat_log_chunk(
         n_lines=chunk.n_lines,
         batch_id=batch_id,
         prices=prices,
+        blank_lines=blank or (),
+        # read_json keeps no line text: pending lines are read again (raw lines keep their own)
+        raw_lines=lines if blank is not None else None,
+        raw_params=params,
     )
 
 

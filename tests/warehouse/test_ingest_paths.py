@@ -139,13 +139,7 @@ def test_fast_path_loads_exactly_what_the_general_path_loads(
     log = tmp_path / "mixed.jsonl"
     log.write_bytes(b"\n".join(lines) + b"\n")
     fast_db, slow_db = tmp_path / "fast.duckdb", tmp_path / "slow.duckdb"
-    readers: list[str] = []
-    for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
-        monkeypatch.setattr(
-            warehouse.ingest,
-            name,
-            functools.partial(_spy, readers, name, getattr(warehouse.chatlog, name)),
-        )
+    readers = _spy_on_readers(monkeypatch)
     con = open_warehouse(fast_db)
     fast = ingest_paths(con, [log]).totals
     con.close()
@@ -227,18 +221,10 @@ def test_empty_lines_are_found_across_blocks_and_chunks(
 def test_a_log_of_many_empty_lines_is_read_as_raw_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import warehouse.chatlog
-    import warehouse.ingest
     from warehouse import rawfile
 
     monkeypatch.setattr(rawfile, "MAX_BLANK_LINES", 3)
-    readers: list[str] = []
-    for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
-        monkeypatch.setattr(
-            warehouse.ingest,
-            name,
-            functools.partial(_spy, readers, name, getattr(warehouse.chatlog, name)),
-        )
+    readers = _spy_on_readers(monkeypatch)
     lines = [line for line in _varied(20) if line.strip()]
     log = tmp_path / "spaced.jsonl"
     log.write_bytes(b"\n\n".join(lines) + b"\n")  # an empty line between every two
@@ -253,6 +239,21 @@ def test_a_log_of_many_empty_lines_is_read_as_raw_lines(
 def _spy(calls: list[str], name: str, real: Any, *args: Any, **kwargs: Any) -> str:
     calls.append(name)
     return str(real(*args, **kwargs))
+
+
+def _spy_on_readers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the chunk readers the ingest uses, in order, as it uses them."""
+    import warehouse.chatlog
+    import warehouse.ingest
+
+    readers: list[str] = []
+    for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
+        monkeypatch.setattr(
+            warehouse.ingest,
+            name,
+            functools.partial(_spy, readers, name, getattr(warehouse.chatlog, name)),
+        )
+    return readers
 
 
 def test_chunks_number_lines_across_files_and_leave_the_log_alone(
@@ -337,20 +338,12 @@ def test_a_chunk_with_a_line_too_long_for_read_json_is_read_as_raw_lines(
     """The careful scan (for CRs, or for the long line itself) measures lines: a chunk holding
     one longer than read_json reads (scaled down to 10 kB, in 4 kB blocks) is read as raw lines;
     the other chunks still with read_json."""
-    import warehouse.chatlog
-    import warehouse.ingest
     from warehouse import rawfile
 
     monkeypatch.setattr(rawfile, "LONG_LINE_BYTES", 10_000)
     monkeypatch.setattr(rawfile, "CHUNK", 4096)
     monkeypatch.setattr(rawfile, "CHUNK_FILE_BYTES", 30_000)
-    readers: list[str] = []
-    for name in ("stage_chat_log_json_sql", "stage_chat_log_sql"):
-        monkeypatch.setattr(
-            warehouse.ingest,
-            name,
-            functools.partial(_spy, readers, name, getattr(warehouse.chatlog, name)),
-        )
+    readers = _spy_on_readers(monkeypatch)
     big = json.loads(_varied(1)[0])
     big["id"], big["request"]["messages"][-1]["content"] = "r-long", "y" * 20_000
     lines = [line for line in _varied(60) if line.strip()]
