@@ -255,13 +255,14 @@ def test_run_killed_mid_replay_is_finished_by_the_next(
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its group holds the Prefect server it starts, too
         )
         deadline = time.monotonic() + 240
         while sum(1 for _, p, s in slow.request_log if p == CHAT and s == 200) < 12:
             assert child.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "the run never reached the relay"
             time.sleep(0.02)
-        os.kill(child.pid, signal.SIGKILL)
+        os.killpg(child.pid, signal.SIGKILL)  # as a dying machine would: nothing left behind
         child.wait(timeout=10)
         sent_before = sum(1 for _, p, _ in slow.request_log if p == CHAT)
 
