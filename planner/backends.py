@@ -89,3 +89,21 @@ class ReplayBackend(Protocol):
     def close(self) -> None:
         """Release the model or the HTTP client."""
         ...
+
+
+def message_text(content: Any, sep: str = "") -> str:
+    """The text of an OpenAI message ``content``: a string, or a list of content parts (their
+    texts joined by ``sep``)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return sep.join(parts)
+    return str(content)

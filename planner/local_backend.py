@@ -39,7 +39,7 @@ from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from planner.backends import ReplayRequest, ReplayResult
+from planner.backends import ReplayRequest, ReplayResult, message_text
 from planner.errors import BackendError, ModelFolderError
 from planner.model_folder import ModelFolder, fingerprint, open_model_folder
 
@@ -50,23 +50,6 @@ PLAIN_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 RSS_SAMPLE_S = 0.005
-
-
-def message_text(content: Any) -> str:
-    """The text of an OpenAI message ``content``: a string or a list of content parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif isinstance(part, str):
-                parts.append(part)
-        return "".join(parts)
-    return str(content)
 
 
 def _raise_exception(message: str) -> None:

@@ -43,7 +43,8 @@ from typing import Any, Protocol, runtime_checkable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from planner.local_backend import GenaiRuntime, message_text
+from planner.backends import message_text
+from planner.local_backend import GenaiRuntime
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

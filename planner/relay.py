@@ -41,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from pydantic import SecretStr
 
-from planner.backends import ReplayRequest, ReplayResult
+from planner.backends import ReplayRequest, ReplayResult, message_text
 from planner.errors import AuthError, BudgetExceeded, CircuitOpenError
 from planner.ratelimit import CircuitBreaker, CostBudget, SlidingWindowLimiter
 from planner.redact import redact
@@ -65,24 +65,10 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
-def content_text(content: Any) -> str:
-    """The text of a message ``content``: a string, or a list of OpenAI content parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part["text"] if isinstance(part, dict) and isinstance(part.get("text"), str) else ""
-            for part in content
-        )
-    return str(content)
-
-
 def estimate_prompt_tokens(request: ReplayRequest) -> int:
     """Prompt tokens as a relay would count them, estimated (text + a few per message)."""
     total = sum(
-        estimate_tokens(content_text(m.get("content"))) + _MESSAGE_OVERHEAD_TOKENS
+        estimate_tokens(message_text(m.get("content"))) + _MESSAGE_OVERHEAD_TOKENS
         for m in request.messages
     )
     extra = {k: v for k, v in request.params.items() if k in REPLAYED_PARAMS}
@@ -201,7 +187,7 @@ def _choice_text(choice: Any, key: str) -> str:
     part = choice.get(key) or {}
     if not isinstance(part, dict):
         raise _Failure("protocol", f"choices[0].{key} is not an object")
-    return content_text(part.get("content"))
+    return message_text(part.get("content"))
 
 
 def _parse_completion(data: Any) -> tuple[str, dict[str, Any] | None]:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from planner.backends import message_text
 from planner.errors import BackendError
 
 QUALITY = "quality"  # the primary metric every replay gets; the others explain it
@@ -351,20 +352,13 @@ _VERDICT = re.compile(r"^\s*(A|B|TIE)\s*\.?\s*$", re.IGNORECASE)
 _MAX_CONTEXT_CHARS = 6000
 
 
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
-
-
 def judge_messages(
     messages: Sequence[dict[str, Any]], answer_a: str, answer_b: str
 ) -> list[dict[str, Any]]:
     """The judge's prompt: the conversation (tail-trimmed) and the two answers between markers."""
     convo = "\n".join(
-        f"[{m.get('role', 'user')}] {_message_text(m.get('content'))}" for m in messages
+        "[" + str(m.get("role", "user")) + "] " + message_text(m.get("content"), sep="\n")
+        for m in messages
     )
     if len(convo) > _MAX_CONTEXT_CHARS:
         convo = "…" + convo[-_MAX_CONTEXT_CHARS:]

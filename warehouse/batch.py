@@ -19,10 +19,11 @@ from warehouse.chatlog import (
     LINE_REASONS,
     NUMBER,
     messages_reason,
+    params_patch,
     parse_lines_sql,
     timestamp_sql,
 )
-from warehouse.credentials import REQUEST_SECRET_FIELDS, mask_sql
+from warehouse.credentials import mask_sql
 from warehouse.normalize import LineCounts
 
 
@@ -37,14 +38,7 @@ def extract_batch(
     """``_raw`` (input) + ``_raw_out`` (output) -> ``_extracted``; output-side rejects and
     duplicates are written here. Returns the output file's counts (its ``joined`` lines)."""
     _extract_output(con)
-    secret_patch = (
-        "{"
-        + ", ".join(
-            f'"{k}": null'
-            for k in ("messages", "model", "temperature", "max_tokens", *REQUEST_SECRET_FIELDS)
-        )
-        + "}"
-    )
+    secret_patch = params_patch()
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _extracted AS

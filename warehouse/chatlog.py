@@ -144,14 +144,7 @@ def extract_chat_log(con: duckdb.DuckDBPyConnection, source: str = "_raw") -> No
 
 def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> None:
     paths = ", ".join(f"'{p}'" for _, p in _PATHS)
-    secret_patch = (
-        "{"
-        + ", ".join(
-            f'"{k}": null'
-            for k in ("messages", "model", "temperature", "max_tokens", *REQUEST_SECRET_FIELDS)
-        )
-        + "}"
-    )
+    secret_patch = params_patch()
     ts = timestamp_sql(f("timestamp"))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _extracted AS
@@ -319,7 +312,9 @@ def _text(x: str) -> str:
     return f"CASE WHEN contains({x}, '\\') THEN {x}->>'$' ELSE {x}[2:-2] END"
 
 
-def _secret_patch() -> str:
+def params_patch() -> str:
+    """A JSON merge patch turning a logged request into its stored ``params``: the keys kept
+    in their own columns and the credential fields removed."""
     keys = (*_OWN_KEYS, *REQUEST_SECRET_FIELDS)
     return "{" + ", ".join(f'"{k}": null' for k in keys) + "}"
 
@@ -465,7 +460,7 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
                 CASE WHEN pending OR is_blank OR is_marker THEN NULL
                      WHEN {_only_own_keys("rq", ("messages", "model_j", "temp_j", "maxt_j"))}
                      THEN '{{}}'::JSON
-                     ELSE json_merge_patch(rq, '{_secret_patch()}')
+                     ELSE json_merge_patch(rq, '{params_patch()}')
                 END AS params,
                 CASE WHEN {_is_str("content_j")} THEN {_text("content_j")} END AS response_text,
                 finish_reason,

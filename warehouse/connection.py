@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -58,3 +59,17 @@ def fetch_one(
     while an ``execute()`` result is left half-read, which ``fetchone()`` does."""
     rows = con.execute(sql, params or []).fetchall()
     return tuple(rows[0]) if rows else None
+
+
+def iter_id_messages(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[object], batch_size: int
+) -> Iterator[list[tuple[str, str]]]:
+    """Batches of (request_id, messages JSON) rows of ``sql``, read through a cursor of their
+    own, so the caller may write on ``con`` between batches."""
+    cursor = con.cursor()
+    try:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(batch_size):
+            yield [(str(r[0]), str(r[1])) for r in rows]
+    finally:
+        cursor.close()

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import duckdb
 
+from warehouse.connection import iter_id_messages
 from warehouse.errors import WarehouseError
 
 LabelRow = tuple[str, str | None, str | None]  # (request_id, task_type, annotator)
@@ -155,16 +156,10 @@ def iter_unlabeled_messages(
     con: duckdb.DuckDBPyConnection, batch_size: int = 20_000
 ) -> Iterator[list[tuple[str, str]]]:
     """Batches of (request_id, messages JSON) of requests with no human label (for the rules)."""
-    cursor = con.cursor()
-    try:
-        cursor.execute(
-            "SELECT request_id, messages::VARCHAR FROM requests "
-            "WHERE label_task_type IS NULL OR trim(label_task_type) = '' ORDER BY request_id"
-        )
-        while True:
-            rows = cursor.fetchmany(batch_size)
-            if not rows:
-                break
-            yield [(str(r[0]), str(r[1])) for r in rows]
-    finally:
-        cursor.close()
+    return iter_id_messages(
+        con,
+        "SELECT request_id, messages::VARCHAR FROM requests "
+        "WHERE label_task_type IS NULL OR trim(label_task_type) = '' ORDER BY request_id",
+        [],
+        batch_size,
+    )

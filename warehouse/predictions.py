@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.connection import fetch_one
+from warehouse.connection import fetch_one, iter_id_messages
 from warehouse.errors import EmptyWarehouseError
 
 _INSERT = (
@@ -48,16 +48,7 @@ def iter_request_messages(
             " WHERE p.request_id = r.request_id AND p.classifier_version = ?)"
         )
         params.append(missing_version)
-    cursor = con.cursor()
-    try:
-        cursor.execute(sql + " ORDER BY request_id", params)
-        while True:
-            rows = cursor.fetchmany(batch_size)
-            if not rows:
-                break
-            yield [(str(r[0]), str(r[1])) for r in rows]
-    finally:
-        cursor.close()
+    return iter_id_messages(con, sql + " ORDER BY request_id", list(params), batch_size)
 
 
 class PredictionWriter:
