@@ -263,9 +263,16 @@ _FIELD_COLUMNS = (
     ("err_j", "{r}error::VARCHAR"),
 )
 _ROLES = "['system', 'developer', 'user', 'assistant', 'tool', 'function']"
+_ROLE_SET = "(" + _ROLES[1:-1] + ")"
 # Request keys stored in their own columns: a request with no other key has params '{}'.
 _OWN_KEYS = ("messages", "model", "temperature", "max_tokens")
 _MESSAGES = json.dumps([{"role": "VARCHAR", "content": "VARCHAR"}])
+
+
+def _all_in(values: str, allowed: str) -> str:
+    """SQL: every element of the list ``values`` is one of ``allowed`` (a NULL element is not).
+    (Five times cheaper than list_has_all here.)"""
+    return f"list_bool_and(list_transform({values}, lambda v: coalesce(v IN {allowed}, false)))"
 
 
 def _absent(x: str) -> str:
@@ -428,8 +435,8 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
                     AND trim(request_id) <> ''
                     AND {ok_ts}
                     AND prefix(messages, '[') AND len(ml) > 0 AND len(ctypes) = len(ml)
-                    AND list_has_all(['VARCHAR', 'ARRAY'], ctypes)
-                    AND list_count(roles) = len(ml) AND list_has_all({_ROLES}, roles)
+                    AND {_all_in("ctypes", "('VARCHAR', 'ARRAY')")}
+                    AND list_count(roles) = len(ml) AND {_all_in("roles", _ROLE_SET)}
                     AND list_contains(roles, 'user')
                     AND ({_absent("model_j")} OR {_is_str("model_j")})
                     AND {_numbers_ok()}
