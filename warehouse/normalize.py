@@ -182,20 +182,7 @@ def finish_stage(
     con.execute(
         f"""
         INSERT INTO requests
-        SELECT n.request_id, n.ts, n.conversation_id, n.conversation_derived, n.turn_index,
-               n.model, n.response_model, n.system_prompt, n.messages, n.last_user_message,
-               n.n_messages, n.temperature, n.max_tokens, n.params, n.prompt_tokens,
-               n.completion_tokens, n.tokens_estimated, n.response_text, n.finish_reason,
-               n.latency_ms, n.ttft_ms, n.status_code, n.error_message,
-               CASE WHEN n.cost_log IS NOT NULL THEN n.cost_log
-                    WHEN n.error_message IS NOT NULL THEN 0.0
-                    WHEN p.model IS NOT NULL THEN (n.prompt_tokens * p.price_in
-                         + coalesce(n.completion_tokens, 0) * p.price_out) / 1e6 END,
-               CASE WHEN n.cost_log IS NOT NULL THEN 'log'
-                    WHEN n.error_message IS NOT NULL THEN 'failed-call'
-                    WHEN p.model IS NOT NULL THEN 'price-table' ELSE 'unknown-model' END,
-               n.label_task_type, n.feature, n.user_id, n.metadata,
-               ?, n.line_no, ?, n.prompt_hash
+        SELECT {requests_row_sql("n", "p", source_line="n.line_no")}
         FROM {stage} n SEMI JOIN _new USING (line_no)
         LEFT JOIN _prices p ON p.model = n.priced_model
     """,
@@ -228,6 +215,29 @@ def finish_stage(
     """,
     )
     return LineCounts(loaded=loaded, duplicates=ranked - loaded, rejected=rejected, blank=blank)
+
+
+def requests_row_sql(
+    n: str, p: str, *, source_line: str, source_file: str = "?", batch_id: str = "?"
+) -> str:
+    """The SELECT list of a ``requests`` row, from a ``_stage`` relation ``n`` joined to its
+    model's ``_prices`` row ``p`` (the other arguments: SQL expressions, by default parameters)."""
+    return f"""
+        {n}.request_id, {n}.ts, {n}.conversation_id, {n}.conversation_derived, {n}.turn_index,
+        {n}.model, {n}.response_model, {n}.system_prompt, {n}.messages, {n}.last_user_message,
+        {n}.n_messages, {n}.temperature, {n}.max_tokens, {n}.params, {n}.prompt_tokens,
+        {n}.completion_tokens, {n}.tokens_estimated, {n}.response_text, {n}.finish_reason,
+        {n}.latency_ms, {n}.ttft_ms, {n}.status_code, {n}.error_message,
+        CASE WHEN {n}.cost_log IS NOT NULL THEN {n}.cost_log
+             WHEN {n}.error_message IS NOT NULL THEN 0.0
+             WHEN {p}.model IS NOT NULL THEN ({n}.prompt_tokens * {p}.price_in
+                  + coalesce({n}.completion_tokens, 0) * {p}.price_out) / 1e6 END,
+        CASE WHEN {n}.cost_log IS NOT NULL THEN 'log'
+             WHEN {n}.error_message IS NOT NULL THEN 'failed-call'
+             WHEN {p}.model IS NOT NULL THEN 'price-table' ELSE 'unknown-model' END,
+        {n}.label_task_type, {n}.feature, {n}.user_id, {n}.metadata,
+        {source_file}, {source_line}, {batch_id}, {n}.prompt_hash
+    """
 
 
 def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[int, ...]:
