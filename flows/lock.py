@@ -31,6 +31,7 @@ class RunLockedError(PlannerError):
 
 
 _held: dict[Path, int] = {}  # lock path -> depth, for this process
+_handles: dict[Path, IO[str]] = {}  # lock path -> the open file holding its flock
 _guard = threading.Lock()
 
 
@@ -46,6 +47,15 @@ def _holder(path: Path) -> str:
         return "another run"
 
 
+def _write_holder(handle: IO[str], run: str) -> None:
+    """The lock file's text, for the message a refused run prints."""
+    handle.seek(0)
+    handle.truncate()
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    handle.write(json.dumps({"pid": os.getpid(), "run": run, "at": at}))
+    handle.flush()
+
+
 @contextmanager
 def run_lock(warehouse: Path | str, *, wait_s: float = 0.0, run: str = "") -> Iterator[Path]:
     """Hold the warehouse's run lock for the block; wait up to ``wait_s`` seconds, then refuse."""
@@ -54,6 +64,8 @@ def run_lock(warehouse: Path | str, *, wait_s: float = 0.0, run: str = "") -> It
         if path in _held:
             _held[path] += 1
             reentered = True
+            if run:  # the inner taker knows more (the CLI's "starting" becomes the run id)
+                _write_holder(_handles[path], run)
         else:
             reentered = False
     if reentered:
@@ -80,18 +92,16 @@ def run_lock(warehouse: Path | str, *, wait_s: float = 0.0, run: str = "") -> It
                         "try again when it ends (or set [run] lock_wait_s to wait)"
                     ) from None
                 time.sleep(min(1.0, max(deadline - time.monotonic(), 0.05)))
-        handle.seek(0)
-        handle.truncate()
-        at = datetime.now(UTC).isoformat(timespec="seconds")
-        handle.write(json.dumps({"pid": os.getpid(), "run": run, "at": at}))
-        handle.flush()
+        _write_holder(handle, run)
         with _guard:
             _held[path] = 1
+            _handles[path] = handle
         try:
             yield path
         finally:
             with _guard:
                 _held.pop(path, None)
+                _handles.pop(path, None)
             handle.seek(0)
             handle.truncate()
             handle.flush()

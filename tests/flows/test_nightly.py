@@ -208,9 +208,11 @@ def test_a_second_run_is_refused_while_one_holds_the_lock(tmp_path: Path) -> Non
             "-c",
             "import sys, time\n"
             "from flows.lock import run_lock\n"
-            "with run_lock(sys.argv[1], run='holder'):\n"
-            "    print('held', flush=True)\n"
-            "    time.sleep(60)\n",
+            # as `run` does: the CLI takes it first, then the flow, which names the run
+            "with run_lock(sys.argv[1], run='starting'):\n"
+            "    with run_lock(sys.argv[1], run='holder'):\n"
+            "        print('held', flush=True)\n"
+            "        time.sleep(60)\n",
             str(warehouse),
         ],
         stdout=subprocess.PIPE,
