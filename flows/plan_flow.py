@@ -29,11 +29,6 @@ from planner.decision import (
     Objectives,
     Stickiness,
     View,
-    compare_views,
-    decide,
-    pick_tiers,
-    stickiness_impact,
-    sweep_floors,
 )
 from planner.errors import ConfigError, PlanError, PlannerError
 from planner.evidence import PRODUCTION, Candidate, Evidence, Observation, build_evidence
@@ -44,12 +39,9 @@ from planner.projection import (
     Risk,
     Traffic,
     TypeTraffic,
-    assess_risks,
-    frontier,
-    project,
 )
 from planner.relay import RelayBackend
-from planner.render import DEFAULT_FLOORS, PlanReport, SampleOutput, write_plan
+from planner.render import PlanReport, SampleOutput, project_plan, route_plan, write_plan
 from planner.scoring import JUDGED_TYPES, JudgeCache, JudgeSetup, ScoreItem, score_items
 from planner.settings import PlannerSettings, load_settings
 from warehouse.connection import open_warehouse
@@ -401,17 +393,14 @@ def decide_task(
     candidates: dict[str, Candidate],
 ) -> tuple[Decision, Stickiness | None, list[tuple[float, Decision]], list[View]]:
     """The routes, what stickiness moves, the floor sweep, and the other routing rules."""
-    types = [t.task_type for t in inputs.traffic.types]
-    decision = decide(evidence, objectives, types)
-    sticky = (
-        stickiness_impact(inputs.conversations, decision) if inputs.conversations.requests else None
+    return route_plan(
+        evidence,
+        inputs.observations,
+        objectives,
+        candidates,
+        inputs.traffic,
+        inputs.conversations,
     )
-    sweep = sweep_floors(evidence, objectives, DEFAULT_FLOORS, types)
-    fit_map = {e.candidate: e.fit for e in evidence if e.fit is not None}
-    views = compare_views(
-        list(inputs.observations), decision, candidates, pick_tiers(candidates, evidence, fit_map)
-    )
-    return decision, sticky, sweep, views
 
 
 @task(name="project", cache_policy=NO_CACHE)
@@ -428,28 +417,18 @@ def project_task(
     judge_used: bool,
 ) -> tuple[Projection, list[FrontierPoint], list[Risk]]:
     """Monthly cost, quality and latency; the frontier; the risks."""
-    projection = project(
+    return project_plan(
         decision,
+        sticky,
+        sweep,
         inputs.traffic,
         evidence,
         candidates,
         device=device,
         migration_cost_usd=migration_cost_usd,
-        stickiness=sticky,
-    )
-    points = frontier(
-        sweep, inputs.traffic, evidence, candidates, decision.objectives.quality_floor
-    )
-    risks = assess_risks(
-        decision,
-        evidence,
-        inputs.traffic,
-        candidates,
-        projection,
         previous_quality=previous,
         judge_used=judge_used,
     )
-    return projection, points, risks
 
 
 @task(name="artifacts", cache_policy=NO_CACHE)

@@ -389,6 +389,67 @@ def write_plan(report: PlanReport, path: Path, templates: Path = TEMPLATES) -> P
 DEFAULT_FLOORS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
 
 
+def route_plan(
+    evidence: Sequence[Evidence],
+    observations: Sequence[Observation],
+    objectives: Objectives,
+    candidates: Mapping[str, Candidate],
+    traffic: Traffic,
+    conversations: Conversations | None,
+    floors: Sequence[float] = DEFAULT_FLOORS,
+) -> tuple[Decision, Stickiness | None, list[tuple[float, Decision]], list[View]]:
+    """The routes, what stickiness moves, the floor sweep, and the other routing rules."""
+    types = [t.task_type for t in traffic.types]
+    decision = decide(evidence, objectives, types)
+    sticky = (
+        stickiness_impact(conversations, decision)
+        if conversations is not None and conversations.requests
+        else None
+    )
+    sweep = sweep_floors(evidence, objectives, floors, types)
+    fit_map = {e.candidate: e.fit for e in evidence if e.fit is not None}
+    views = compare_views(
+        list(observations), decision, candidates, pick_tiers(candidates, evidence, fit_map)
+    )
+    return decision, sticky, sweep, views
+
+
+def project_plan(
+    decision: Decision,
+    sticky: Stickiness | None,
+    sweep: Sequence[tuple[float, Decision]],
+    traffic: Traffic,
+    evidence: Sequence[Evidence],
+    candidates: Mapping[str, Candidate],
+    *,
+    device: Device | None,
+    migration_cost_usd: float,
+    previous_quality: Mapping[str, float] | None,
+    judge_used: bool,
+) -> tuple[Projection, list[FrontierPoint], list[Risk]]:
+    """Monthly cost, quality and latency of the routes; the frontier; the risks."""
+    projection = project(
+        decision,
+        traffic,
+        evidence,
+        candidates,
+        device=device,
+        migration_cost_usd=migration_cost_usd,
+        stickiness=sticky,
+    )
+    points = frontier(sweep, traffic, evidence, candidates, decision.objectives.quality_floor)
+    risks = assess_risks(
+        decision,
+        evidence,
+        traffic,
+        candidates,
+        projection,
+        previous_quality=previous_quality,
+        judge_used=judge_used,
+    )
+    return projection, points, risks
+
+
 def assemble_report(
     *,
     observations: Sequence[Observation],
@@ -413,35 +474,18 @@ def assemble_report(
     evidence = build_evidence(
         observations, candidates, floor=objectives.quality_floor, fits=fits, seed=seed
     )
-    types = [t.task_type for t in traffic.types]
-    decision = decide(evidence, objectives, types)
-    sticky = stickiness_impact(conversations, decision) if conversations else None
-    projection = project(
+    decision, sticky, sweep, views = route_plan(
+        evidence, observations, objectives, candidates, traffic, conversations, floors
+    )
+    projection, points, risks = project_plan(
         decision,
+        sticky,
+        sweep,
         traffic,
         evidence,
         candidates,
         device=device,
         migration_cost_usd=migration_cost_usd,
-        stickiness=sticky,
-    )
-    points = frontier(
-        sweep_floors(evidence, objectives, floors, types),
-        traffic,
-        evidence,
-        candidates,
-        objectives.quality_floor,
-    )
-    fit_map = {e.candidate: e.fit for e in evidence if e.fit is not None}
-    views = compare_views(
-        observations, decision, candidates, pick_tiers(candidates, evidence, fit_map)
-    )
-    risks = assess_risks(
-        decision,
-        evidence,
-        traffic,
-        candidates,
-        projection,
         previous_quality=previous_quality,
         judge_used=judge is not None,
     )
