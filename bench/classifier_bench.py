@@ -38,10 +38,10 @@ from classifiers import (
     request_text,
     train_classifier,
 )
-from flows.classify_flow import predict_warehouse
+from demo.logs import generate_records, true_task_type, write_chat_log
+from pipeline.predict import predict_warehouse
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
-from warehouse.synthetic import generate_records, true_task_type, write_chat_log
 
 CROSSSOURCE = (
     Path(__file__).resolve().parent.parent / "tests" / "classifiers" / "data" / "crosssource.jsonl"

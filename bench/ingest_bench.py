@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warehouse.synthetic import generate_records
+from demo.logs import generate_records
 
 _CHILD = r"""
 import json, resource, sys, time

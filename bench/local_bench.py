@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from planner.backends import ReplayRequest, ReplayResult  # noqa: E402
-from planner.local_backend import LocalBackend, default_threads  # noqa: E402
-from planner.quantize import quantize_model_folder  # noqa: E402
-from planner.tiny_model import build_tiny_model  # noqa: E402
+from planner.models.quantize import quantize_model_folder  # noqa: E402
+from planner.models.runtime import default_threads  # noqa: E402
+from planner.models.tiny import build_tiny_model  # noqa: E402
+from planner.replay.local import LocalBackend  # noqa: E402
+from planner.replay.protocol import ReplayRequest, ReplayResult  # noqa: E402
 
 SHAPE = {"layers": 8, "hidden": 512, "heads": 8, "context_length": 1024, "seed": 0}
 NEW_TOKENS = 64
@@ -172,7 +173,7 @@ def _child(folder: str) -> None:
 
 def run() -> dict[str, Any]:
     """Builds the models, measures everything, prints the tables, returns the figures."""
-    from planner.model_folder import inspect_model
+    from planner.models.folder import inspect_model
 
     with tempfile.TemporaryDirectory(prefix="local-bench-") as tmp:
         started = time.perf_counter()

@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
+from demo.logs import write_chat_log
 from flows.serve import local_prefect_server
-from warehouse.synthetic import write_chat_log
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "NIGHTLY_BENCH_RELAY_KEY"

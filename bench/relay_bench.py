@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner.backends import ReplayRequest, ReplayResult
-from planner.model_server import EchoEngine, FaultConfig, ServerThread, create_app
-from planner.relay import RelayBackend
-from planner.replay_engine import RETRY_NEXT_RUN_KINDS, KeyedResult, replay_candidate
+from planner.models.server import EchoEngine, FaultConfig, ServerThread, create_app
+from planner.replay.engine import RETRY_NEXT_RUN_KINDS, KeyedResult, replay_candidate
+from planner.replay.protocol import ReplayRequest, ReplayResult
+from planner.replay.relay import RelayBackend
 from warehouse.connection import open_warehouse
 from warehouse.replays import final_replay_ids, store_replays
 
@@ -53,7 +53,7 @@ def _requests(n: int) -> list[ReplayRequest]:
 
 _SERVER = """
 import json, sys, time
-from planner.model_server import EchoEngine, FaultConfig, ServerThread, create_app
+from planner.models.server import EchoEngine, FaultConfig, ServerThread, create_app
 faults = FaultConfig(**json.loads(sys.argv[1]))
 with ServerThread(create_app(EchoEngine("echo"), faults)) as server:
     print(server.base_url, flush=True)

@@ -1,7 +1,8 @@
 """`migration-planner classify ...`: Train, evaluate and run the task-type classifier.
 
-The commands call the stage functions directly (a Prefect server start would cost more than the
-job); ``classify_flow`` wraps the same functions as flows for the demo and the nightly run.
+The commands call the pipeline's stage functions directly (a Prefect server start would cost more
+than the job); ``classify_flow`` wraps the same functions as flows for the demo and the nightly
+run.
 """
 
 from __future__ import annotations
@@ -9,21 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from classifiers import LABEL_CHOICES, load_taxonomy
-from flows.classify_flow import (
-    annotator_from_settings,
-    default_model_dir,
-    evaluate_file,
-    predict_one,
-    predict_warehouse,
-    relay_completion,
-    train_from_warehouse,
-)
 from flows.cli_common import (
     ConfigOption,
     JsonOption,
@@ -34,6 +25,8 @@ from flows.cli_common import (
     settings_from,
     warehouse_path,
 )
+from pipeline.classify import default_model_dir, train_with_settings
+from pipeline.predict import evaluate_file, predict_one, predict_warehouse
 from warehouse.connection import open_warehouse
 
 app = new_app("Train, evaluate and run the task-type classifier.")
@@ -118,33 +111,16 @@ def train(
     settings = settings_from(config)
     path = warehouse_path(settings, warehouse)
     folder = _model_dir(model_dir, path)
-    tax = load_taxonomy(taxonomy)
-    annotator = annotator_from_settings(settings) if labels in ("relay", "all") else None
-    con = open_warehouse(path, create=False)
-    try:
-        with httpx.Client() as client:
-            complete = None
-            if annotator is not None:
-                cand = settings.candidate(settings.classifier.annotator or "")
-                complete = relay_completion(
-                    client,
-                    annotator.base_url,
-                    annotator.model,
-                    api_key=cand.api_key(),
-                    timeout_s=annotator.timeout_s,
-                )
-            summary = train_from_warehouse(
-                con,
-                folder,
-                use=labels,
-                taxonomy=tax,
-                annotator=annotator,
-                complete=complete,
-                confidence_threshold=settings.classifier.confidence_threshold,
-                progress=progress,
-            )
-    finally:
-        con.close()
+    load_taxonomy(taxonomy)  # a bad taxonomy file is one clear error before anything starts
+    open_warehouse(path, create=False).close()  # missing or locked: one line
+    summary = train_with_settings(
+        settings,
+        str(path),
+        str(folder),
+        labels,
+        str(taxonomy) if taxonomy is not None else None,
+        progress=progress,
+    )
     if as_json:
         print_json(summary)
         return

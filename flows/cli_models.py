@@ -65,7 +65,7 @@ def inspect(
     json_output: bool = JsonOption,
 ) -> None:
     """Parameters, quantization, size, context length, vocabulary, chat template of a model."""
-    from planner.model_folder import inspect_model
+    from planner.models.folder import inspect_model
 
     info = inspect_model(model_dir).as_dict()
     if json_output:
@@ -87,8 +87,8 @@ def tiny(
 ) -> None:
     """Build a small random-weight decoder model (no download, no torch) for tests and benches."""
     from planner.errors import ModelFolderError
-    from planner.quantize import quantize_model_folder
-    from planner.tiny_model import build_tiny_model
+    from planner.models.quantize import quantize_model_folder
+    from planner.models.tiny import build_tiny_model
 
     if quant not in ("fp32", "int8", "int4"):
         raise UserError(f"--quant {quant!r}: expected fp32, int8 or int4")
@@ -127,7 +127,7 @@ def quantize(
     ),
 ) -> None:
     """Write an INT8 or INT4 copy of a model folder (the tokenizer and configs are copied)."""
-    from planner.quantize import quantize_model_folder
+    from planner.models.quantize import quantize_model_folder
 
     if to not in ("int8", "int4"):
         raise UserError(f"--to {to!r}: expected int8 or int4")
@@ -154,8 +154,8 @@ def devices(
     """Which device tiers each model fits, with estimated decode speed and energy (estimates)."""
     from dataclasses import asdict
 
-    from planner.devices import estimate_fits, load_devices, measure_host
-    from planner.model_folder import inspect_model
+    from planner.models.devices import estimate_fits, load_devices, measure_host
+    from planner.models.folder import inspect_model
 
     host = measure_host()
     table = load_devices(host)
@@ -196,8 +196,8 @@ def measure_speed(model_dir: Path) -> tuple[float | None, float | None]:
     """(decode tok/s, prompt tok/s) on this host: medians over a few short generations."""
     import statistics
 
-    from planner.backends import ReplayRequest, ReplayResult
-    from planner.local_backend import LocalBackend
+    from planner.replay.local import LocalBackend
+    from planner.replay.protocol import ReplayRequest, ReplayResult
 
     text = "Please summarize the following customer message in one short sentence. " * 4
     requests = [
@@ -252,7 +252,7 @@ def serve_model(
     """Serve a local model (or --echo) as an OpenAI-compatible API (models, chat completions)."""
     import uvicorn
 
-    from planner.model_server import ChatEngine, EchoEngine, FaultConfig, LocalEngine, create_app
+    from planner.models.server import ChatEngine, EchoEngine, FaultConfig, LocalEngine, create_app
 
     if (model_dir is None) == (not echo):
         raise UserError("give a model folder, or --echo for a server without a model")

@@ -16,9 +16,9 @@ from typing import Any
 import typer
 
 from flows.cli_common import ConfigOption, JsonOption, new_app, print_json, settings_from
-from planner.history import HistoryError, HistoryStore, RunRecord, open_history
-from planner.run_diff import RunDiff, Signal, attention_signals, diff_runs
-from planner.run_pages import arrow, ms, pct, score, usd
+from planner.report.pages import arrow, ms, pct, score, usd
+from planner.runs.diff import RunDiff, Signal, attention_signals, diff_runs
+from planner.runs.history import HistoryError, HistoryStore, RunRecord, open_history
 
 app = new_app("Past runs: list them, show one, and say what changed between two.")
 

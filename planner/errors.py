@@ -7,6 +7,7 @@ PlannerError                    root: anything the planner cannot do
 │   ├── AuthError               401/403: names the candidate and its key's env var
 │   ├── CircuitOpenError        too many consecutive failures; the candidate is stopped
 │   └── BudgetExceeded          the run's cost cap would be exceeded; work done so far is saved
+├── CompletionError             one judge/annotator completion failed (that answer is lost)
 └── PlanError                   the evidence cannot support a plan (no replays, no scores)
 
 A failure of one sample is data (``ReplayResult.error_kind``), never one of these.
@@ -54,3 +55,17 @@ class BudgetExceeded(BackendError):
 
 class PlanError(PlannerError):
     pass
+
+
+class CompletionError(PlannerError):
+    """One completion failed (``kind`` is the replay error kind: timeout, rate_limited, ...).
+
+    Not a :class:`planner.errors.BackendError`: those stop the caller (auth, circuit, budget),
+    while this one loses one answer and the caller goes on.
+    """
+
+    def __init__(self, candidate: str, kind: str, message: str) -> None:
+        super().__init__(f"candidate {candidate!r}: {kind}: {message}")
+        self.candidate = candidate
+        self.kind = kind
+        self.reason = message

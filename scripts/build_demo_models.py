@@ -5,10 +5,10 @@
         numpy tokenizers onnx onnxruntime onnx-ir onnxruntime-genai jinja2 psutil
     .venv-build/bin/python scripts/build_demo_models.py --out models
 
-Both models are the decoder of ``planner/tiny_model.py`` (the PyTorch module below is the same
+Both models are the decoder of ``planner/models/tiny.py`` (the PyTorch module below is the same
 computation, weight for weight: a parity check compares the exported graph's logits with
 PyTorch's before anything is written), trained from scratch on the demo's task templates
-(``warehouse.synthetic.task_examples``) with the loss on the answer tokens only:
+(``demo.logs.task_examples``) with the loss on the answer tokens only:
 
 - ``edge-small`` (2 layers, hidden 64): classification, extraction, rewrite, closed QA.
 - ``edge-base`` (3 layers, hidden 128): those plus summarization, open QA, chatbot,
@@ -43,18 +43,19 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from planner.backends import ReplayRequest, ReplayResult  # noqa: E402
-from planner.local_backend import LocalBackend, render_chat  # noqa: E402
-from planner.quantize import quantize_model_folder  # noqa: E402
-from planner.tiny_model import (  # noqa: E402
+from demo.logs import TASK_TYPES, task_examples  # noqa: E402
+from planner.models.quantize import quantize_model_folder  # noqa: E402
+from planner.models.runtime import render_chat  # noqa: E402
+from planner.models.tiny import (  # noqa: E402
     LN_EPS,
     TinySpec,
     build_graph,
     rope_tables,
     write_model_folder,
 )
-from planner.tiny_tokenizer import CHAT_TEMPLATE, END, train_tokenizer  # noqa: E402
-from warehouse.synthetic import TASK_TYPES, task_examples  # noqa: E402
+from planner.models.tiny_tokenizer import CHAT_TEMPLATE, END, train_tokenizer  # noqa: E402
+from planner.replay.local import LocalBackend  # noqa: E402
+from planner.replay.protocol import ReplayRequest, ReplayResult  # noqa: E402
 
 SIMPLE = ("classification", "extraction", "rewrite", "closed_qa")
 BROADER = (
@@ -91,7 +92,7 @@ TRAIN_SEED, EVAL_SEED = 101, 202
 
 
 class TinyDecoder(nn.Module):
-    """The planner/tiny_model.py architecture; parameter names are its weight names."""
+    """The planner/models/tiny.py architecture; parameter names are its weight names."""
 
     def __init__(self, spec: TinySpec) -> None:
         super().__init__()
@@ -142,7 +143,7 @@ class TinyDecoder(nn.Module):
         return self.hidden_states(ids) @ self.lm_head
 
     def weights(self) -> dict[str, np.ndarray]:
-        """The named weights ``planner.tiny_model.build_graph`` takes."""
+        """The named weights ``planner.models.tiny.build_graph`` takes."""
         out = {"embed": self.embed}
         for i, blk in enumerate(self.blocks):
             pre = f"layers.{i}."

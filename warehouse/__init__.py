@@ -1,5 +1,7 @@
 """The DuckDB warehouse: log readers, ingestion with quarantine, profile queries, and storage of
-what later stages produce. Imports duckdb and the standard library only."""
+what later stages produce.
+
+May import: duckdb and the standard library only (no other package of the project)."""
 
 from warehouse.connection import fetch_one, open_warehouse
 from warehouse.errors import (

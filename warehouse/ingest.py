@@ -3,6 +3,9 @@
 For every file: lines read = loaded + duplicates + rejected + blank (+ joined, for the output file
 of an OpenAI batch, whose lines merge into their requests). Each file is one transaction, recorded
 in ``ingest_batches`` with its content hash, so re-ingesting the same content changes nothing.
+
+This module is long because the one transaction per file (stage, dedupe, reject bookkeeping, the
+count identity) reads best in one place; the readers per format live beside it.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows.classify_flow import train_from_warehouse
+from demo.logs import write_chat_log
+from pipeline.classify import train_from_warehouse
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
-from warehouse.synthetic import write_chat_log
 
 DATA = Path(__file__).parent / "data"
 CROSSSOURCE = DATA / "crosssource.jsonl"

@@ -12,17 +12,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from classifiers import AnnotatorError, annotate, load_taxonomy, parse_label
-from flows.classify_flow import (
+from pipeline.classify import (
     Annotator,
     annotate_unlabeled,
-    relay_completion,
+    annotator_completion,
     train_from_warehouse,
 )
+from planner.replay.relay import RelayBackend
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
 
@@ -124,22 +124,31 @@ def warehouse_of(tmp_path: Path, prompts: list[str]) -> duckdb.DuckDBPyConnectio
 
 
 def annotator(server: LabelServer, max_requests: int = 50) -> Annotator:
-    return Annotator(
-        "relay-test:judge", server.base_url, "judge", timeout_s=0.3, max_requests=max_requests
+    return Annotator("relay-test:judge", max_requests=max_requests)
+
+
+def backend(base_url: str, key: str | None = None, timeout_s: float = 0.3) -> RelayBackend:
+    """The project's relay client as the annotator uses it (no retries: a failure is counted
+    and the request is asked again next run; this plain server does not stream)."""
+    return RelayBackend(
+        "relay-test",
+        base_url,
+        "judge",
+        SecretStr(key) if key else None,
+        timeout_s=timeout_s,
+        max_retries=0,
+        stream=False,
     )
 
 
-def relabel(
-    con: duckdb.DuckDBPyConnection,
-    server: LabelServer,
-    client: httpx.Client,
-    max_requests: int = 50,
-):  # type: ignore[no-untyped-def]
-    ann = annotator(server, max_requests)
-    complete = relay_completion(
-        client, ann.base_url, ann.model, api_key=SecretStr("test-key"), timeout_s=ann.timeout_s
-    )
-    return annotate_unlabeled(con, TAX, ann, complete)
+def relabel(con: duckdb.DuckDBPyConnection, server: LabelServer, max_requests: int = 50):  # type: ignore[no-untyped-def]
+    client = backend(server.base_url, "test-key")
+    try:
+        return annotate_unlabeled(
+            con, TAX, annotator(server, max_requests), annotator_completion(client)
+        )
+    finally:
+        client.close()
 
 
 def test_good_answers_are_stored_and_never_asked_twice(tmp_path: Path, server: LabelServer) -> None:
@@ -147,9 +156,8 @@ def test_good_answers_are_stored_and_never_asked_twice(tmp_path: Path, server: L
         tmp_path,
         ["Translate to Spanish: hello", "Write python to sort a list", "How was your weekend?"],
     )
-    with httpx.Client() as client:
-        first = relabel(con, server, client)
-        second = relabel(con, server, client)
+    first = relabel(con, server)
+    second = relabel(con, server)
     assert (first.requested, first.labeled, first.invalid) == (3, 3, 0)
     assert second.requested == 0  # cache hit: nothing sent
     assert server.hits == {"GOOD": 3}
@@ -164,9 +172,8 @@ def test_good_answers_are_stored_and_never_asked_twice(tmp_path: Path, server: L
 
 def test_garbage_is_counted_dropped_and_cached(tmp_path: Path, server: LabelServer) -> None:
     con = warehouse_of(tmp_path, ["GARBAGE one", "GARBAGE two", "Translate to German: night"])
-    with httpx.Client() as client:
-        first = relabel(con, server, client)
-        second = relabel(con, server, client)
+    first = relabel(con, server)
+    second = relabel(con, server)
     assert (first.labeled, first.invalid) == (1, 2)
     assert first.invalid_examples[0].startswith("I believe this is a rewrite task")
     assert second.requested == 0 and server.hits["GARBAGE"] == 2  # paid once, never again
@@ -179,9 +186,8 @@ def test_timeouts_and_http_errors_are_counted_not_cached(
     tmp_path: Path, server: LabelServer
 ) -> None:
     con = warehouse_of(tmp_path, ["HANG please", "ERR500 please", "Translate to French: cat"])
-    with httpx.Client() as client:
-        first = relabel(con, server, client)
-        second = relabel(con, server, client)
+    first = relabel(con, server)
+    second = relabel(con, server)
     assert (first.requested, first.labeled, first.timeouts, first.errors) == (3, 1, 1, 1)
     assert "timeout" in first.error_examples[0] or "timeout" in first.error_examples[1]
     assert (second.requested, second.timeouts, second.errors) == (2, 1, 1)  # asked again
@@ -191,8 +197,7 @@ def test_timeouts_and_http_errors_are_counted_not_cached(
 
 def test_a_dead_endpoint_stops_the_run_early(tmp_path: Path, server: LabelServer) -> None:
     con = warehouse_of(tmp_path, [f"ERR500 number {i}" for i in range(9)])
-    with httpx.Client() as client:
-        report = relabel(con, server, client)
+    report = relabel(con, server)
     assert report.requested == 5 and report.errors == 5 and report.skipped == 4
     assert report.stopped_early == "5 failures in a row"
     assert server.hits["ERR500"] == 5
@@ -200,16 +205,14 @@ def test_a_dead_endpoint_stops_the_run_early(tmp_path: Path, server: LabelServer
 
 def test_an_exact_repeat_prompt_is_sent_once(tmp_path: Path, server: LabelServer) -> None:
     con = warehouse_of(tmp_path, ["Translate to Italian: bread"] * 4)
-    with httpx.Client() as client:
-        report = relabel(con, server, client)
+    report = relabel(con, server)
     assert report.requested == 1 and server.hits["GOOD"] == 1
 
 
 def test_transport_failure_is_an_annotator_error() -> None:
-    with httpx.Client() as client:
-        complete = relay_completion(client, "http://127.0.0.1:9/v1", "m", timeout_s=0.5)
-        with pytest.raises(AnnotatorError) as info:
-            complete([{"role": "user", "content": "x"}])
+    complete = annotator_completion(backend("http://127.0.0.1:9/v1", timeout_s=0.5))
+    with pytest.raises(AnnotatorError) as info:
+        complete([{"role": "user", "content": "x"}])
     assert info.value.kind in ("transport", "timeout")
 
 
@@ -245,11 +248,8 @@ def test_training_on_relay_labels(tmp_path: Path, server: LabelServer) -> None:
     prompts += [f"Hey, how is your day going, friend {i}?" for i in range(12)]
     con = warehouse_of(tmp_path, prompts)
     ann = annotator(server)
-    with httpx.Client() as client:
-        complete = relay_completion(client, ann.base_url, ann.model, timeout_s=ann.timeout_s)
-        out = train_from_warehouse(
-            con, tmp_path / "clf", use="relay", annotator=ann, complete=complete
-        )
+    complete = annotator_completion(backend(server.base_url))
+    out = train_from_warehouse(con, tmp_path / "clf", use="relay", annotator=ann, complete=complete)
     assert out["label_sources"] == {"metadata": 0, "relay": 36, "rules": 0}
     assert out["annotator"]["labeled"] == 36
     card = json.loads((tmp_path / "clf" / "model_card.json").read_text())

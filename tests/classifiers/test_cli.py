@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from demo.logs import write_chat_log
 from flows.cli import app
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
-from warehouse.synthetic import write_chat_log
 
 CROSSSOURCE = Path(__file__).parent / "data" / "crosssource.jsonl"
 

@@ -19,7 +19,7 @@ from classifiers import (
     train_classifier,
 )
 from classifiers.training import TrainedClassifier
-from warehouse.synthetic import generate_records, true_task_type
+from demo.logs import generate_records, true_task_type
 
 ACCENTED_AND_CJK = [
     "Résumez ce paragraphe, s'il vous plaît : « Le café était déjà froid à Genève. »",

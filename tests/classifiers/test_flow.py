@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from demo.logs import write_chat_log
 from flows.classify_flow import classify_flow
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
-from warehouse.synthetic import write_chat_log
 
 
 def test_classify_flow_trains_predicts_and_returns_small_summaries(

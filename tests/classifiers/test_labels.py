@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from classifiers import LabelRecord, TrainingError, load_taxonomy, resolve_labels
-from flows.classify_flow import collect_labels, train_from_warehouse
+from pipeline.classify import collect_labels, train_from_warehouse
 from warehouse.labels import add_labels, label_counts, read_labels, replace_labels
 
 TAX = load_taxonomy()

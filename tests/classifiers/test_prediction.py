@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from classifiers import ModelLoadError, load_classifier
-from flows.classify_flow import (
+from pipeline.predict import (
     classifier_page_data,
     evaluate_file,
     predict_one,

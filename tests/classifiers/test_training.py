@@ -17,7 +17,7 @@ from classifiers import (
     request_text,
     train_classifier,
 )
-from warehouse.synthetic import TASK_TYPES, generate_records, true_task_type
+from demo.logs import TASK_TYPES, generate_records, true_task_type
 
 TAX = load_taxonomy()
 

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli_runs import app
-from planner.history import open_history
-from planner.run_diff import attention_signals, diff_runs, figures_from_metrics
+from planner.runs.diff import attention_signals, diff_runs, figures_from_metrics
+from planner.runs.history import open_history
 
 runner = CliRunner()
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)

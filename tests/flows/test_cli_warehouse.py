@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from demo.logs import write_chat_log, write_openai_batch
 from flows.cli import app
-from warehouse.synthetic import write_chat_log, write_openai_batch
 
 runner = CliRunner()
 

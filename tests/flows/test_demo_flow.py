@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from demo.logs import write_chat_log
 from warehouse import open_warehouse
-from warehouse.synthetic import write_chat_log
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -20,9 +20,9 @@ import pytest
 from fastapi import FastAPI, Request
 from typer.testing import CliRunner
 
-from planner.model_server import EchoEngine, FaultConfig, ServerThread, create_app
+from demo.logs import write_chat_log
+from planner.models.server import EchoEngine, FaultConfig, ServerThread, create_app
 from warehouse import open_warehouse
-from warehouse.synthetic import write_chat_log
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "models" / "edge-small" / "int4"
@@ -98,7 +98,7 @@ def run_once(config: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def history_runs(config: Path) -> list[Any]:
-    from planner.history import open_history
+    from planner.runs.history import open_history
     from planner.settings import load_settings
 
     store = open_history(load_settings(config).history_url())
@@ -172,7 +172,7 @@ def test_second_run_reuses_everything_and_history_diffs(
 def test_failing_render_keeps_the_last_good_plan(
     tmp_path: Path, relay: ServerThread, logs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.plan_flow
+    import pipeline.plan
 
     config = write_config(tmp_path, relay.base_url, logs)
     _, good = run_once(config)
@@ -182,7 +182,7 @@ def test_failing_render_keeps_the_last_good_plan(
     def broken(*args: Any, **kwargs: Any) -> Path:
         raise OSError("disk full while writing plan.html")
 
-    monkeypatch.setattr(flows.plan_flow, "write_plan", broken)
+    monkeypatch.setattr(pipeline.plan, "write_plan", broken)
     from flows.nightly import nightly_flow
 
     state = nightly_flow(config_path=str(config), return_state=True)

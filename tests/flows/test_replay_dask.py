@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from demo.logs import write_chat_log
 from flows.cli_common import new_app
 from flows.cli_replay import replay
 from flows.replay_flow import replay_flow
 from flows.shards import dask_task_runner
 from planner.errors import ConfigError
-from planner.model_server import EchoEngine, ServerThread, create_app
-from planner.tiny_model import build_tiny_model
+from planner.models.server import EchoEngine, ServerThread, create_app
+from planner.models.tiny import build_tiny_model
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
-from warehouse.synthetic import write_chat_log
 
 KEY = "sk-test-dask-0123456789"
 CHAT = "/v1/chat/completions"
@@ -146,11 +146,11 @@ def test_dask_shards_store_what_the_thread_runner_stores(
     assert any(r[0] == "tiny-local" and r[4] for r in rows)  # the model wrote text
 
     # the model was loaded on the workers, not here (and this process let go of its copy)
-    import flows.shards
+    import planner.replay.shards
 
     held = cluster_models(cluster)
     assert any(models == ["tiny-local"] for models in held.values()), held
-    assert flows.shards._loaded == {}
+    assert planner.replay.shards._loaded == {}
     # ... and the workers reported their task runs to this Prefect server (settings travel along)
     assert completed_shard_runs() >= 2 * local_shards
 
@@ -186,9 +186,9 @@ def cluster_models(cluster: Any) -> dict[str, list[str]]:
     from distributed import Client
 
     def held() -> list[str]:
-        import flows.shards
+        import planner.replay.shards
 
-        return sorted(spec.name for spec in flows.shards._loaded)
+        return sorted(spec.name for spec in planner.replay.shards._loaded)
 
     with Client(cluster) as client:
         return dict(client.run(held))

@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-import flows.replay_flow
+import pipeline.replay
+from demo.logs import write_chat_log
 from flows.replay_flow import replay_flow, request_stop
-from flows.shards import merge_runs, pending_requests, split
-from planner.backends import ReplayRequest
 from planner.errors import ConfigError
-from planner.replay_engine import cache_key
-from planner.tiny_model import build_tiny_model
+from planner.models.tiny import build_tiny_model
+from planner.replay.engine import cache_key
+from planner.replay.protocol import ReplayRequest
+from planner.replay.shards import merge_runs, pending_requests, split
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
 from warehouse.replays import store_replays
-from warehouse.synthetic import write_chat_log
 
 
 def request(rid: str, text: str) -> ReplayRequest:
@@ -118,7 +118,7 @@ shard_size = 4
         if len(stores) == 1:
             request_stop()
 
-    monkeypatch.setattr(flows.replay_flow, "store_replays", store_then_stop)
+    monkeypatch.setattr(pipeline.replay, "store_replays", store_then_stop)
     first = replay_flow(config_path=str(config))
     runs = {r["candidate"]: r for r in first["candidates"]}
     total = first["sample"]["total"]

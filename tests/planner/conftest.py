@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.quantize import quantize_model_folder
-from planner.tiny_model import TinySpec, build_tiny_model, random_weights, write_model_folder
-from planner.tiny_tokenizer import END, builtin_tokenizer
+from planner.models.quantize import quantize_model_folder
+from planner.models.tiny import TinySpec, build_tiny_model, random_weights, write_model_folder
+from planner.models.tiny_tokenizer import END, builtin_tokenizer
 
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "context_length": 256, "seed": 0}
 

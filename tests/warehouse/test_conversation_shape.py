@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planner.decision import Turn, summarize_turns
+from demo.logs import write_chat_log
+from planner.evaluate.conversations import Turn, summarize_turns
 from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
 from warehouse.scores import conversation_shape
-from warehouse.synthetic import write_chat_log
 
 
 def test_conversation_shape_matches_the_turns_counted_one_by_one(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from demo.logs import generate_records, write_chat_log, write_openai_batch
 from warehouse import (
     FormatError,
     InputPathError,
@@ -18,7 +19,6 @@ from warehouse import (
     list_rejects,
     open_warehouse,
 )
-from warehouse.synthetic import generate_records, write_chat_log, write_openai_batch
 
 
 def rec(i: int, **over: Any) -> dict[str, Any]:

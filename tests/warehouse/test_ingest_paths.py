@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from demo.logs import generate_records
 from warehouse import ingest_paths, open_warehouse
-from warehouse.synthetic import generate_records
 
 TABLES = {
     "requests": "SELECT * EXCLUDE (batch_id) FROM requests ORDER BY source_line",

@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from demo.logs import generate_records
 from warehouse import FormatError, ingest_paths, open_warehouse
-from warehouse.synthetic import generate_records
 
 
 def _jsonl(path: Path, records: list[dict[str, object]]) -> Path:

@@ -9,11 +9,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from demo.logs import write_chat_log
 from warehouse.connection import open_warehouse
 from warehouse.errors import EmptyWarehouseError
 from warehouse.ingest import ingest_paths
 from warehouse.sampling import draw_sample, latest_sample_id, sampled_requests
-from warehouse.synthetic import write_chat_log
 
 
 def warehouse_with(tmp_path: Path, n: int = 600, seed: int = 1) -> duckdb.DuckDBPyConnection:

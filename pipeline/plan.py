@@ -1,0 +1,406 @@
+"""The plan stage: score -> device fit -> evidence -> decision -> projection -> artifacts -> HTML.
+
+:func:`make_plan` is the one composition: the CLI's ``plan``, the plan flow (each step a Prefect
+task), the nightly run and the demo all run it, and the tests exercise it. Each step opens what
+it needs (the warehouse, a relay client for the judge) and hands small plain objects to the next.
+The run folder gets plan.html, routing.yaml, litellm.yaml, rollback.yaml and metrics.json (and
+classifier.onnx when one is given).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.evidence import device_fits, read_plan_inputs, score_replays
+from pipeline.stage import Stage, direct
+from planner.errors import ConfigError, PlanError
+from planner.evaluate.conversations import Conversations, Stickiness, stickiness_impact
+from planner.evaluate.decision import Decision, Objectives, decide, sweep_floors
+from planner.evaluate.evidence import (
+    PRODUCTION,
+    Candidate,
+    DeviceFit,
+    Evidence,
+    Observation,
+    build_evidence,
+)
+from planner.evaluate.projection import (
+    Device,
+    FrontierPoint,
+    Projection,
+    Traffic,
+    frontier,
+    project,
+)
+from planner.evaluate.risks import Risk, assess_risks
+from planner.evaluate.views import View, compare_views, pick_tiers
+from planner.report.artifacts import Gateway, Triggers, write_artifacts
+from planner.report.render import PlanReport, SampleOutput, write_plan
+from planner.runs.folder import new_run_id
+from planner.settings import PlannerSettings
+from warehouse.pricing import match_price, price_table
+
+PRODUCTION_BASE_URL = "https://api.openai.com/v1"
+PRODUCTION_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_FLOORS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+
+
+# ---------------------------------------------------------------- settings as planner data
+
+
+def plan_candidates(settings: PlannerSettings) -> dict[str, Candidate]:
+    """Every configured candidate plus production (priced from the baseline or the price table)."""
+    out: dict[str, Candidate] = {}
+    for c in settings.candidates:
+        if c.name == PRODUCTION:
+            raise ConfigError(
+                settings.source, f"candidate name {PRODUCTION!r} is reserved for the baseline"
+            )
+        out[c.name] = Candidate(
+            name=c.name,
+            kind=c.kind,
+            price_in=c.price_in,
+            price_out=c.price_out,
+            rpm=c.rpm,
+            tpm=c.tpm,
+            base_url=c.base_url,
+            model=c.model,
+            api_key_env=c.api_key_env,
+            timeout_s=c.timeout_s,
+            max_retries=c.max_retries,
+        )
+    base = settings.baseline
+    hit = match_price(base.model, price_table(settings.price_overrides()))
+    price_in = base.price_in if base.price_in is not None else (hit[1] if hit else 0.0)
+    price_out = base.price_out if base.price_out is not None else (hit[2] if hit else 0.0)
+    out[PRODUCTION] = Candidate(
+        name=PRODUCTION,
+        kind="production",
+        price_in=price_in,
+        price_out=price_out,
+        base_url=PRODUCTION_BASE_URL,
+        model=base.model,
+        api_key_env=PRODUCTION_KEY_ENV,
+    )
+    return out
+
+
+def objectives_from(settings: PlannerSettings) -> Objectives:
+    return Objectives(
+        quality_floor=settings.objectives.quality_floor,
+        p95_latency_ms=settings.objectives.p95_latency_ms,
+    )
+
+
+def classifier_figures(classifier_path: Path | None) -> dict[str, Any] | None:
+    """The classifier's evaluation figures from a JSON card beside its .onnx file, if any."""
+    if classifier_path is None:
+        return None
+    for name in (classifier_path.with_suffix(".json"), classifier_path.parent / "model_card.json"):
+        if name.is_file():
+            try:
+                data = json.loads(name.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise PlanError(f"{name}: classifier card is not valid JSON: {exc}") from exc
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def previous_quality(out_root: Path, exclude: Path) -> dict[str, float]:
+    """Quality per task type of the newest earlier run's migrated routes (for the drift check)."""
+    runs = sorted(
+        (p for p in out_root.glob("*/metrics.json") if p.parent.resolve() != exclude.resolve()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not runs:
+        return {}
+    try:
+        data = json.loads(runs[-1].read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {
+        r["task_type"]: float(r["quality_mean"])
+        for r in data.get("routes", [])
+        if r.get("route") != PRODUCTION and r.get("quality_mean") is not None
+    }
+
+
+def route_plan(
+    evidence: Sequence[Evidence],
+    observations: Sequence[Observation],
+    objectives: Objectives,
+    candidates: Mapping[str, Candidate],
+    traffic: Traffic,
+    conversations: Conversations | None,
+    floors: Sequence[float] = DEFAULT_FLOORS,
+) -> tuple[Decision, Stickiness | None, list[tuple[float, Decision]], list[View]]:
+    """The routes, what stickiness moves, the floor sweep, and the other routing rules."""
+    types = [t.task_type for t in traffic.types]
+    decision = decide(evidence, objectives, types)
+    sticky = (
+        stickiness_impact(conversations, decision)
+        if conversations is not None and conversations.requests
+        else None
+    )
+    sweep = sweep_floors(evidence, objectives, floors, types)
+    fit_map = {e.candidate: e.fit for e in evidence if e.fit is not None}
+    views = compare_views(
+        list(observations), decision, candidates, pick_tiers(candidates, evidence, fit_map)
+    )
+    return decision, sticky, sweep, views
+
+
+def project_plan(
+    decision: Decision,
+    sticky: Stickiness | None,
+    sweep: Sequence[tuple[float, Decision]],
+    traffic: Traffic,
+    evidence: Sequence[Evidence],
+    candidates: Mapping[str, Candidate],
+    *,
+    device: Device | None,
+    migration_cost_usd: float,
+    previous_quality: Mapping[str, float] | None,
+    judge_used: bool,
+) -> tuple[Projection, list[FrontierPoint], list[Risk]]:
+    """Monthly cost, quality and latency of the routes; the frontier; the risks."""
+    projection = project(
+        decision,
+        traffic,
+        evidence,
+        candidates,
+        device=device,
+        migration_cost_usd=migration_cost_usd,
+        stickiness=sticky,
+    )
+    points = frontier(sweep, traffic, evidence, candidates, decision.objectives.quality_floor)
+    risks = assess_risks(
+        decision,
+        evidence,
+        traffic,
+        candidates,
+        projection,
+        previous_quality=previous_quality,
+        judge_used=judge_used,
+    )
+    return projection, points, risks
+
+
+def assemble_report(
+    *,
+    observations: Sequence[Observation],
+    candidates: Mapping[str, Candidate],
+    traffic: Traffic,
+    objectives: Objectives,
+    fits: Mapping[str, DeviceFit | Mapping[str, Any]] | None = None,
+    conversations: Conversations | None = None,
+    device: Device | None = None,
+    migration_cost_usd: float = 0.0,
+    classifier: Mapping[str, Any] | None = None,
+    samples: Sequence[SampleOutput] = (),
+    judge: str | None = None,
+    previous_quality: Mapping[str, float] | None = None,
+    floors: Sequence[float] = DEFAULT_FLOORS,
+    title: str = "LLM migration plan",
+    generated_at: str = "",
+    run_id: str | None = None,
+    seed: int = 0,
+    notes: Sequence[str] = (),
+) -> PlanReport:
+    """Evidence -> decision -> stickiness -> projection -> frontier -> views -> risks, at once.
+
+    The one path from the warehouse's evidence to the report: every plan is assembled here."""
+    evidence = build_evidence(
+        observations, candidates, floor=objectives.quality_floor, fits=fits, seed=seed
+    )
+    if not any(e.kind != "production" for e in evidence):
+        raise PlanError("no replays to plan from: run `migration-planner replay` first")
+    decision, sticky, sweep, views = route_plan(
+        evidence, observations, objectives, candidates, traffic, conversations, floors
+    )
+    projection, points, risks = project_plan(
+        decision,
+        sticky,
+        sweep,
+        traffic,
+        evidence,
+        candidates,
+        device=device,
+        migration_cost_usd=migration_cost_usd,
+        previous_quality=previous_quality,
+        judge_used=judge is not None,
+    )
+    depth = dict(conversations.depth) if conversations else {}
+    all_notes = []
+    if judge is None and any(
+        s.startswith("similarity (no judge)") for e in evidence for s in e.scorers
+    ):
+        all_notes.append(
+            "No LLM judge was configured: open-ended task types were scored by text similarity."
+        )
+    unscored = sum(e.n_unscored for e in evidence)
+    if unscored:
+        all_notes.append(
+            f"{unscored} successful replays have no score yet and are left out of the quality "
+            "figures."
+        )
+    all_notes.extend(notes)
+    return PlanReport(
+        title=title,
+        generated_at=generated_at,
+        objectives=objectives,
+        traffic=traffic,
+        evidence=tuple(evidence),
+        decision=decision,
+        projection=projection,
+        candidates=dict(candidates),
+        frontier=tuple(points),
+        views=tuple(views),
+        risks=tuple(risks),
+        samples=tuple(samples),
+        stickiness=sticky,
+        conversation_depth=depth,
+        classifier=classifier,
+        device=device,
+        judge=judge,
+        run_id=run_id,
+        notes=tuple(all_notes),
+    )
+
+
+def write_plan_files(
+    run_dir: Path,
+    report: PlanReport,
+    confidence_threshold: float,
+    classifier_path: str | None,
+) -> dict[str, str]:
+    """routing.yaml, litellm.yaml, rollback.yaml, metrics.json, plan.html (+ classifier.onnx)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if classifier_path is not None:
+        shutil.copyfile(classifier_path, run_dir / "classifier.onnx")
+    paths = write_artifacts(
+        run_dir,
+        report.decision,
+        report.candidates,
+        report.metrics(),
+        classifier_file="classifier.onnx",
+        confidence_threshold=confidence_threshold,
+        stickiness=report.stickiness,
+        triggers=Triggers(p95_latency_ms=report.objectives.p95_latency_ms),
+        gateway=Gateway(),
+        run_id=report.run_id,
+    )
+    out = {name: str(path) for name, path in paths.items()}
+    out["plan"] = str(write_plan(report, run_dir / "plan.html"))
+    return out
+
+
+# ---------------------------------------------------------------- the composition
+
+
+def _device(
+    power: Mapping[str, Any] | None,
+    settings: PlannerSettings,
+    device_power_w: float | None,
+    battery_wh: float | None,
+) -> Device | None:
+    tier = power or {}
+    power_w = device_power_w if device_power_w is not None else tier.get("power_w")
+    if not power_w:
+        return None
+    return Device(
+        name=str(tier.get("name", settings.objectives.device)),
+        power_w=float(power_w),
+        battery_wh=battery_wh if battery_wh is not None else tier.get("battery_wh"),
+    )
+
+
+def make_plan(
+    settings: PlannerSettings,
+    *,
+    warehouse: str | None = None,
+    run_dir: Path | None = None,
+    run_id: str | None = None,
+    judge: str | None = None,
+    rescore: bool = False,
+    classifier_path: str | None = None,
+    device_power_w: float | None = None,
+    battery_wh: float | None = None,
+    stage: Stage = direct,
+) -> dict[str, Any]:
+    """Score the replays, decide the routes, project the month, write the artifacts and the HTML.
+
+    ``run_id`` names the run in metrics.json and the configs (a parent run passes its own);
+    ``run_dir`` defaults to ``[output] dir / run_id``. Returns the paths and headline figures.
+    """
+    warehouse = warehouse or str(settings.warehouse.path)
+    run_id = run_id or new_run_id()
+    run_dir = run_dir or settings.output.dir / run_id
+    objectives = objectives_from(settings)
+    candidates = plan_candidates(settings)
+    if classifier_path is not None and not Path(classifier_path).is_file():
+        raise PlanError(f"{classifier_path}: classifier file not found")
+
+    scored = stage("score", score_replays, settings, warehouse, judge, rescore)
+    fits, power, device_notes = stage("device-fit", device_fits, settings, warehouse)
+    inputs = stage("read-evidence", read_plan_inputs, warehouse, candidates)
+    notes = list(device_notes)
+    if inputs.dropped_candidates:
+        notes.append(
+            "Replays of candidates no longer configured were left out: "
+            + ", ".join(inputs.dropped_candidates)
+            + "."
+        )
+    classifier = classifier_figures(Path(classifier_path) if classifier_path else None)
+    if classifier is not None:
+        classifier = {
+            **classifier,
+            "confidence_threshold": settings.classifier.confidence_threshold,
+        }
+    previous = (
+        previous_quality(settings.output.dir, run_dir) if settings.output.dir.is_dir() else {}
+    )
+    report = stage(
+        "assemble",
+        assemble_report,
+        observations=inputs.observations,
+        candidates=candidates,
+        traffic=inputs.traffic,
+        objectives=objectives,
+        fits=fits,
+        conversations=inputs.conversations,
+        device=_device(power, settings, device_power_w, battery_wh),
+        migration_cost_usd=settings.objectives.migration_cost_usd,
+        classifier=classifier,
+        samples=inputs.samples,
+        judge=judge,
+        previous_quality=previous,
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        run_id=run_id,
+        seed=settings.replay.seed,
+        notes=notes,
+    )
+    paths = stage(
+        "write-plan",
+        write_plan_files,
+        run_dir,
+        report,
+        settings.classifier.confidence_threshold,
+        classifier_path,
+    )
+    projection = report.projection
+    return {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        **paths,
+        "scoring": scored,
+        "verdict": projection.verdict,
+        "savings_usd_per_month": round(projection.savings_usd, 2),
+        "migrated_share": round(projection.migrated_share, 4),
+        "routes": {r.task_type: r.route for r in report.decision.routes},
+    }

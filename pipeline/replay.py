@@ -1,0 +1,435 @@
+"""The replay stage: draw the sample, run it through every candidate, store what happened.
+
+:func:`make_replay` reads the sample once and leaves out what is already replayed (the cache
+keys of the engine), so a run killed at any point resumes where it stopped.
+
+Relay candidates run side by side, one lane each, on the machine that runs the stage: their work
+is waiting on the network, and what bounds it (the rate limiter, the circuit breaker, the run's
+cost budget) is one object per candidate or per run that must see every request. A lane stores
+each answer as it arrives. Local candidates are CPU work: their uncached requests are cut into
+shards (:mod:`planner.replay.shards`) that return their rows, stored here as each shard
+completes. Where lanes and shards run is the caller's: a :class:`RelayRunner` and a
+:class:`ShardRunner` (the Prefect flow runs lanes as retried tasks and shards inline or on Dask).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from pipeline.stage import Progress, Stage, direct, quiet
+from planner.errors import CircuitOpenError, ConfigError
+from planner.replay.engine import RETRY_NEXT_RUN_KINDS, replay_candidate
+from planner.replay.protocol import ReplayRequest
+from planner.replay.ratelimit import CostBudget
+from planner.replay.relay import RelayBackend
+from planner.replay.shards import (
+    LocalModelSpec,
+    Shard,
+    clear_stop,
+    merge_runs,
+    pending_requests,
+    release_models,
+    replay_row,
+    split,
+    stop_requested,
+)
+from planner.settings import CandidateSettings, PlannerSettings
+from warehouse.connection import open_warehouse
+from warehouse.replays import final_replay_ids, replay_stats, store_replays
+from warehouse.sampling import SampledRequest, draw_sample, sampled_requests
+
+# What a local shard's rows keep in memory once stored: enough for the run's percentiles.
+_FIGURES = ("error_kind", "ttft_ms", "latency_ms", "tokens_per_s")
+
+
+def relay_backend(c: CandidateSettings, budget: CostBudget | None = None) -> RelayBackend:
+    """A relay candidate's backend from its settings (the key read from its env var, now)."""
+    if c.kind != "relay" or not c.base_url or not c.model:
+        raise ConfigError(f"candidate {c.name!r}", "not a relay (needs base_url and model)")
+    return RelayBackend(
+        c.name,
+        c.base_url,
+        c.model,
+        c.api_key(),
+        api_key_env=c.api_key_env,
+        price_in=c.price_in,
+        price_out=c.price_out,
+        rpm=c.rpm,
+        tpm=c.tpm,
+        max_concurrency=c.max_concurrency,
+        timeout_s=c.timeout_s,
+        max_retries=c.max_retries,
+        stream=c.stream,
+        budget=budget,
+    )
+
+
+def replay_requests(rows: list[SampledRequest], max_new_tokens: int) -> list[ReplayRequest]:
+    """Sampled rows as replay requests: logged max_tokens (capped), logged temperature (else 0)."""
+    return [
+        ReplayRequest(
+            request_id=row.request_id,
+            messages=row.messages,
+            max_tokens=min(row.max_tokens or max_new_tokens, max_new_tokens),
+            temperature=row.temperature if row.temperature is not None else 0.0,
+            params=row.params,
+        )
+        for row in rows
+    ]
+
+
+def select_candidates(
+    settings: PlannerSettings, names: Sequence[str] | None
+) -> list[CandidateSettings]:
+    """The candidates to replay; two relays with the same endpoint and model would share one
+    cache (replays are keyed by what answers, not by name), so that is refused."""
+    if not settings.candidates:
+        raise ConfigError(settings.source, "no [[candidates]] configured; nothing to replay")
+    chosen = [settings.candidate(n) for n in names] if names else list(settings.candidates)
+    seen: dict[str, str] = {}
+    for c in chosen:
+        if c.kind == "relay" and c.base_url and c.model:
+            fingerprint = RelayBackend(c.name, c.base_url, c.model).fingerprint()
+            if fingerprint in seen:
+                raise ConfigError(
+                    settings.source,
+                    f"candidates {seen[fingerprint]!r} and {c.name!r} are the same endpoint and "
+                    "model; keep one of them",
+                )
+            seen[fingerprint] = c.name
+    return chosen
+
+
+def draw(warehouse: str, per_type: int, uncertain: int, seed: int) -> dict[str, Any]:
+    """Write (or find) the seeded sample; returns its id and counts."""
+    con = open_warehouse(warehouse)
+    try:
+        sample = draw_sample(con, per_type=per_type, seed=seed, uncertain=uncertain)
+    finally:
+        con.close()
+    return {
+        "sample_id": sample.sample_id,
+        "counts": sample.counts,
+        "uncertain_extra": sample.uncertain_extra,
+        "total": sample.total,
+        "new": sample.created,
+    }
+
+
+# ---------------------------------------------------------------- relay lanes
+
+
+@dataclass(frozen=True)
+class RelayLane:
+    """One relay candidate's uncached requests of this run."""
+
+    candidate: str
+    requests: list[ReplayRequest]
+    cached: int
+
+
+def replay_relay(
+    settings: PlannerSettings,
+    warehouse: str,
+    candidate: str,
+    requests: list[ReplayRequest],
+    refresh: bool,
+    budget: CostBudget,
+    answered: set[str],
+    report: Progress = quiet,
+) -> dict[str, Any]:
+    """One relay candidate's requests, each answer stored as it arrives.
+
+    ``answered`` outlives a retry: with ``refresh`` the warehouse cannot tell this run's answers
+    from older ones, so a retried attempt skips what the failed one answered from that set.
+    Raises :class:`CircuitOpenError` when the relay looked down (a retry may recover).
+    """
+    c = settings.candidate(candidate)
+
+    def store(batch: Any) -> None:
+        store_replays(writer, [replay_row(k.result, k.key, k.fingerprint) for k in batch])
+        answered.update(k.key for k in batch if k.result.error_kind not in RETRY_NEXT_RUN_KINDS)
+
+    def already_done(keys: Sequence[str]) -> set[str]:
+        if refresh:
+            return answered.intersection(keys)
+        return final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS)
+
+    backend = relay_backend(c, budget)
+    con = open_warehouse(warehouse)
+    writer = con.cursor()  # the engine stores from a thread of its own: a connection for it
+    try:
+        run = replay_candidate(
+            backend,
+            requests,
+            store=store,
+            already_done=already_done,
+            should_stop=stop_requested,
+            report=report,
+        )
+    finally:
+        backend.close()
+        writer.close()
+        con.close()
+    if run.stopped == "circuit_open":
+        raise CircuitOpenError(c.name, run.message or "circuit breaker open")
+    return run.to_dict()
+
+
+def failed_run(candidate: str, exc: BaseException) -> dict[str, Any]:
+    """A candidate's summary when its lane or shards failed as a whole."""
+    stopped = "circuit_open" if isinstance(exc, CircuitOpenError) else "failed"
+    return {"candidate": candidate, "stopped": stopped, "message": str(exc)}
+
+
+class RelayRunner(Protocol):
+    """Runs relay lanes (concurrently, with retries where the caller wants them)."""
+
+    def submit(self, lane: RelayLane, budget: CostBudget) -> Any: ...
+
+    def outcome(self, handle: Any) -> Any:
+        """Waits; the lane's summary dict, or the exception it failed with."""
+        ...
+
+
+# ---------------------------------------------------------------- local shards
+
+
+class ShardRunner(Protocol):
+    """Runs local-model work somewhere; ``capacity`` is how many may be in flight at once."""
+
+    capacity: int
+    concurrent_with_relays: bool
+
+    def fingerprint(self, spec: LocalModelSpec) -> Any: ...
+
+    def replay(self, spec: LocalModelSpec, fingerprint: str, shard: Shard) -> Any: ...
+
+    def done(self, handles: Sequence[Any]) -> list[Any]:
+        """Those of ``handles`` that finished (waits for at least one)."""
+        ...
+
+    def outcome(self, handle: Any) -> Any:
+        """The work's return value, or the exception it failed with."""
+        ...
+
+
+@dataclass
+class LocalRuns:
+    """What the local candidates' shards did, gathered as they complete."""
+
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    planned: dict[str, int] = field(default_factory=dict)
+    cached: dict[str, int] = field(default_factory=dict)
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    shards: int = 0
+    done: int = 0
+    left: dict[str, int] = field(default_factory=dict)  # never dispatched (stop, or failure)
+
+    def summary(self, name: str) -> dict[str, Any]:
+        if name not in self.fingerprint:
+            return failed_run(name, self.failed[name])
+        out = merge_runs(
+            name,
+            self.fingerprint[name],
+            self.planned[name],
+            self.cached[name],
+            self.runs[name],
+            self.rows[name],
+        )
+        if name in self.failed:
+            out["stopped"], out["message"] = "failed", str(self.failed[name])
+        elif self.left.get(name) and out["stopped"] is None:
+            out["stopped"] = "interrupted"
+            out["message"] = "stopped on request; the rest resumes next run"
+        return out
+
+
+def plan_local(
+    pool: ShardRunner,
+    specs: dict[str, LocalModelSpec],
+    requests: list[ReplayRequest],
+    already_done: Callable[[Sequence[str]], set[str]],
+    refresh: bool,
+    size: int,
+    runs: LocalRuns,
+) -> list[Shard]:
+    """Each local candidate's fingerprint (read where its shards run) and its shards."""
+    handles = [(name, pool.fingerprint(spec)) for name, spec in specs.items()]
+    shards: list[Shard] = []
+    for name, handle in handles:
+        pool.done([handle])
+        found = pool.outcome(handle)
+        if not isinstance(found, str):
+            runs.failed[name] = found
+            continue
+        todo, cached = pending_requests(found, requests, already_done, refresh)
+        runs.fingerprint[name] = found
+        runs.planned[name] = len(todo) + cached
+        runs.cached[name] = cached
+        runs.runs[name], runs.rows[name] = [], []
+        shards += split(name, todo, size)
+    runs.shards = len(shards)
+    return shards
+
+
+def run_local(
+    pool: ShardRunner,
+    specs: dict[str, LocalModelSpec],
+    shards: list[Shard],
+    con: Any,
+    runs: LocalRuns,
+) -> None:
+    """Dispatch shards (at most ``pool.capacity`` in flight) and store each one's rows as it
+    completes. A candidate whose shard failed gets no more shards; a stop dispatches none."""
+    queue = deque(shards)
+    inflight: dict[Any, Shard] = {}
+    while queue or inflight:
+        while queue and len(inflight) < pool.capacity and not stop_requested():
+            shard = queue.popleft()
+            if shard.candidate in runs.failed:
+                runs.left[shard.candidate] = runs.left.get(shard.candidate, 0) + 1
+                continue
+            handle = pool.replay(specs[shard.candidate], runs.fingerprint[shard.candidate], shard)
+            inflight[handle] = shard
+        if not inflight:
+            break
+        for handle in pool.done(list(inflight)):
+            shard = inflight.pop(handle)
+            outcome = pool.outcome(handle)
+            if not isinstance(outcome, dict):
+                runs.failed.setdefault(shard.candidate, outcome)
+                continue
+            store_replays(con, outcome["rows"])
+            runs.done += 1
+            runs.runs[shard.candidate].append(outcome["run"])
+            runs.rows[shard.candidate] += [{k: r[k] for k in _FIGURES} for r in outcome["rows"]]
+            if outcome["run"]["stopped"] and outcome["run"]["stopped"] != "interrupted":
+                runs.failed.setdefault(
+                    shard.candidate,
+                    RuntimeError(outcome["run"]["message"] or outcome["run"]["stopped"]),
+                )
+    for shard in queue:
+        runs.left[shard.candidate] = runs.left.get(shard.candidate, 0) + 1
+
+
+# ---------------------------------------------------------------- the composition
+
+
+def make_replay(
+    settings: PlannerSettings,
+    relays_runner: RelayRunner,
+    shards_runner: ShardRunner,
+    *,
+    candidates: Sequence[str] | None = None,
+    per_type: int | None = None,
+    refresh: bool = False,
+    warehouse: str | None = None,
+    shard_size: int | None = None,
+    stage: Stage = direct,
+) -> dict[str, Any]:
+    """Sample, replay through every (or the named) candidates, and summarize from the warehouse.
+
+    ``shard_size`` defaults to ``[run] shard_size``. The summary has the sample, the money spent
+    against the cap, one row per candidate (this run's figures and the stored ones) and the
+    shard counts."""
+    clear_stop()
+    chosen = select_candidates(settings, candidates)
+    size = shard_size or settings.run.shard_size
+    if size < 1:
+        raise ConfigError("[run] shard_size", f"must be at least 1, got {size}")
+    warehouse = warehouse or str(settings.warehouse.path)
+    sample = stage(
+        "draw-sample",
+        draw,
+        warehouse,
+        per_type or settings.replay.per_type,
+        settings.replay.uncertain,
+        settings.replay.seed,
+    )
+    max_new = settings.replay.max_new_tokens
+    budget = CostBudget(settings.replay.max_cost_usd)
+    relays = [c for c in chosen if c.kind == "relay"]
+    local = [c for c in chosen if c.kind == "local"]
+    results: dict[str, dict[str, Any]] = {}
+    fingerprints: dict[str, str] = {}
+    local_runs = LocalRuns()
+    lanes_done: list[str] = []
+    con = open_warehouse(warehouse)
+    try:
+        requests = replay_requests(sampled_requests(con, sample["sample_id"]), max_new)
+
+        def already_done(keys: Sequence[str]) -> set[str]:
+            return final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS)
+
+        lanes: list[tuple[RelayLane, Any]] = []
+        for c in relays:
+            assert c.base_url and c.model
+            fingerprints[c.name] = RelayBackend(c.name, c.base_url, c.model).fingerprint()
+            todo, cached = pending_requests(fingerprints[c.name], requests, already_done, refresh)
+            if not todo:
+                results[c.name] = merge_runs(c.name, fingerprints[c.name], cached, cached, [], [])
+                continue
+            lane = RelayLane(c.name, todo, cached)
+            lanes.append((lane, relays_runner.submit(lane, budget)))
+
+        def wait_relays() -> None:
+            for lane, handle in lanes:
+                outcome = relays_runner.outcome(handle)
+                if isinstance(outcome, dict):
+                    outcome["planned"] += lane.cached
+                    outcome["cached"] += lane.cached
+                    lanes_done.append(lane.candidate)
+                    results[lane.candidate] = outcome
+                else:
+                    results[lane.candidate] = failed_run(lane.candidate, outcome)
+
+        if not shards_runner.concurrent_with_relays:
+            wait_relays()
+        if local and not stop_requested():
+            specs = {
+                c.name: LocalModelSpec(c.name, str(c.path), c.threads, max_new)
+                for c in local
+                if c.path
+            }
+            shards = plan_local(
+                shards_runner, specs, requests, already_done, refresh, size, local_runs
+            )
+            run_local(shards_runner, specs, shards, con, local_runs)
+            for c in local:
+                results[c.name] = local_runs.summary(c.name)
+        if shards_runner.concurrent_with_relays:
+            wait_relays()
+        fingerprints.update(local_runs.fingerprint)
+        stats = replay_stats(con, sample["sample_id"], fingerprints)
+    finally:
+        con.close()
+        release_models()
+    kinds = {c.name: c.kind for c in chosen}
+    report = [
+        {"kind": kinds[c.name], **results[c.name], "stored": stats.get(c.name)}
+        for c in chosen
+        if c.name in results
+    ]
+    return {
+        "sample": sample,
+        "max_cost_usd": settings.replay.max_cost_usd,
+        "spent_usd": budget.spent_usd,
+        "candidates": report,
+        "shards": {
+            "total": local_runs.shards + len(lanes),  # a relay's lane counts as one shard
+            "done": local_runs.done + len(lanes_done),
+            "cached_requests": sum(r.get("cached", 0) for r in report),
+            "replayed_requests": sum(r.get("sent", 0) for r in report),
+        },
+    }
+
+
+def shard_parameters(spec: LocalModelSpec, fingerprint: str, shard: Shard) -> dict[str, Any]:
+    """A shard's work as plain parameters (what travels to a worker)."""
+    return {"spec": asdict(spec), "fingerprint": fingerprint, "requests": shard.requests}

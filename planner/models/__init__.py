@@ -1,0 +1,14 @@
+"""Local models as onnxruntime-genai folders.
+
+- :mod:`planner.models.folder` — checking a folder, describing it (parameters, KV cache per
+  token), fingerprinting it;
+- :mod:`planner.models.runtime` — one folder loaded for generation (chat template, decoding,
+  peak memory), shared by the local replay backend and the model server;
+- :mod:`planner.models.quantize` — INT8/INT4 variants of a folder;
+- :mod:`planner.models.devices` — device tiers: does a model fit, how fast would it run there;
+- :mod:`planner.models.server` — a folder behind an OpenAI-compatible HTTP API;
+- :mod:`planner.models.tiny`, :mod:`planner.models.tiny_tokenizer` — small decoders built with
+  ``onnx.helper`` for tests, benches and the demo.
+
+May import: the ``planner`` root modules only.
+"""
