@@ -9,7 +9,13 @@ on 127.0.0.1 in a background thread, so a test gets a real socket and a real pro
 
 Behaviour a client can rely on:
 
-- ``api_key`` set: every ``/v1`` request without ``Authorization: Bearer <key>`` gets 401.
+- ``api_key`` set: every ``/v1`` request without ``Authorization: Bearer <key>`` gets 401 (the
+  header is compared in constant time, ``hmac.compare_digest``).
+- At most ``max_inflight`` requests are served at once (a stream counts until it ends); one
+  more gets 429 with ``Retry-After: 1`` at once, before anything else is looked at.
+- A chat request body over ``max_body_bytes`` gets 413 (``request_too_large``): a declared
+  ``Content-Length`` is refused unread, a chunked body is counted as it arrives and refused
+  once past the cap, so no more than the cap (plus one chunk) is ever held.
 - A ``model`` other than the engine's ``model_name`` gets 404 (``model_not_found``); a malformed
   body gets 400 (``invalid_request_error``). Neither is ever subject to fault injection.
 - Faults apply to chat completions only, decided per request in arrival order by a
@@ -22,11 +28,16 @@ Behaviour a client can rely on:
   ``data:`` line holding broken JSON, and the stream then ends without ``[DONE]``.
 - Generation runs in worker threads, never on the event loop; a client that goes away mid-stream
   stops its generation.
+
+Where it listens is the caller's choice; ``is_loopback`` tells whether a host is reachable only
+from this machine (the CLI refuses any other without a key).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import math
 import random
@@ -53,6 +64,25 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_TOKENS = 256
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # a chat request of ~250k tokens of text
+DEFAULT_MAX_INFLIGHT = 64
+BUSY_RETRY_AFTER_S = 1
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1 (bracketed or not, IPv4-mapped too): an
+    address only this machine can reach. Any other name or address (0.0.0.0, ::, a hostname)
+    may be reachable from the network."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 @dataclass(frozen=True)
@@ -319,19 +349,99 @@ def _prompt_tokens(engine: ChatEngine, messages: list[dict[str, Any]]) -> int:
     return engine.count_tokens(text)
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (``_BodyTooLarge``) past ``limit`` bytes without holding more:
+    a larger declared length unread, a chunked body as soon as it goes past."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _InflightLimit:
+    """ASGI wrapper: at most ``limit`` HTTP requests in the app at once (a streamed answer
+    counts until its last byte); one more is answered 429 with ``Retry-After`` at once. The
+    count lives on the event loop's thread: no lock needed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.limit:
+            await _send_busy(send, self.limit)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
+async def _send_busy(send: Send, limit: int) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"Too many requests in flight (at most {limit}); retry after "
+                f"{BUSY_RETRY_AFTER_S} s",
+                "type": "rate_limit_error",
+                "param": None,
+                "code": "server_busy",
+            }
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(BUSY_RETRY_AFTER_S).encode()),
+        (b"retry-after-ms", str(BUSY_RETRY_AFTER_S * 1000).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(
-    engine: ChatEngine, faults: FaultConfig = FaultConfig(), api_key: str | None = None
+    engine: ChatEngine,
+    faults: FaultConfig = FaultConfig(),
+    api_key: str | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> FastAPI:
     """An ASGI app speaking the OpenAI chat completions protocol over ``engine``."""
+    if max_body_bytes < 1 or max_inflight < 1:
+        raise ValueError("max_body_bytes and max_inflight must be at least 1")
     app = FastAPI(title="migration-planner model server", docs_url=None, redoc_url=None)
+    app.add_middleware(_InflightLimit, limit=max_inflight)
     dice = _FaultDice(faults)
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="model-server")
     app.state.engine = engine
     app.state.faults = faults
+    expected = None if api_key is None else b"Bearer " + api_key.encode()
 
     def refused(request: Request) -> JSONResponse | None:
-        """401 unless the request carries the configured key."""
-        if api_key is None or request.headers.get("authorization", "") == f"Bearer {api_key}":
+        """401 unless the request carries the configured key (constant time: how much of a
+        guess matched never shows in how long the answer takes)."""
+        if expected is None:
+            return None
+        # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent
+        sent = request.headers.get("authorization", "").encode("latin-1")
+        if hmac.compare_digest(sent, expected):
             return None
         return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
 
@@ -351,7 +461,14 @@ def create_app(
         if (denied := refused(request)) is not None:
             return denied
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await _read_body(request, max_body_bytes))
+        except _BodyTooLarge:
+            return _error(
+                413,
+                f"Request body is larger than {max_body_bytes} bytes",
+                "invalid_request_error",
+                "request_too_large",
+            )
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "request body is not valid JSON", "invalid_request_error")
         try:
