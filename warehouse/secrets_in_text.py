@@ -21,8 +21,9 @@ none starts or ends inside an escape sequence, and a key must follow a non-word 
 start of the text, or an escape (``\\n``, ``\\t``, ``\\u0001``...), which decoded is a control
 character.
 
-Also for the planner: its report redaction (``planner/redact.py``) can import
-``TEXT_SECRET_PATTERNS`` (or ``mask_text``) so that what counts as a key is defined once.
+Public (``warehouse.TEXT_SECRET_PATTERNS``, ``warehouse.mask_text``), and standard library
+only, so that the planner's redaction of report text (``planner/redact.py``) can use the same
+list: what counts as a key is defined once.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def _compiled_bytes() -> tuple[tuple[re.Pattern[bytes], bytes], ...]:
     )
 
 
+@cache
 def _literals() -> tuple[str, ...]:
     return tuple(dict.fromkeys(lit for p in TEXT_SECRET_PATTERNS for lit in p.literals))
 
