@@ -215,7 +215,8 @@ def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> N
 # come from its (small, minified) text, the messages' roles and contents from theirs. A line
 # passing every cheap check is loaded from these values; any other line (broken, wrong types,
 # unusual shapes) is 'pending' and takes the general path above, which states exactly what is
-# wrong with it.
+# wrong with it. Both paths mask key-like strings in the messages' JSON text before anything is
+# derived from it (masked_messages_sql), so they store the same masked text.
 _RESPONSE: dict[str, object] = {
     "model": "VARCHAR",
     "choices": [{"message": {"content": "JSON"}, "finish_reason": "VARCHAR"}],
