@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from flows.cli_common import JsonOption, UserError, new_app, print_json, progress
+from planner.models.guards import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INFLIGHT  # no FastAPI
 
 app = new_app("Inspect, build and quantize local onnxruntime-genai model folders.")
 
@@ -246,13 +247,40 @@ def serve_model(
     omit_usage: bool = typer.Option(False, "--omit-usage", help="Never report token usage."),
     fault_seed: int = typer.Option(0, "--fault-seed", help="Seed of the fault decisions."),
     api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="Environment variable holding the key clients must send."
+        None,
+        "--api-key-env",
+        help="Environment variable holding the key clients must send (Bearer); never the key "
+        "itself.",
+    ),
+    insecure_no_auth: bool = typer.Option(
+        False,
+        "--insecure-no-auth",
+        help="Listen on a non-loopback --host without a key (anyone who reaches it may use it).",
+    ),
+    max_body_bytes: int = typer.Option(
+        DEFAULT_MAX_BODY_BYTES,
+        "--max-body-bytes",
+        min=1,
+        help="Largest request body accepted; a larger one gets 413.",
+    ),
+    max_inflight: int = typer.Option(
+        DEFAULT_MAX_INFLIGHT,
+        "--max-inflight",
+        min=1,
+        help="Requests served at once; one more gets 429 with Retry-After.",
     ),
 ) -> None:
     """Serve a local model (or --echo) as an OpenAI-compatible API (models, chat completions)."""
     import uvicorn
 
-    from planner.models.server import ChatEngine, EchoEngine, FaultConfig, LocalEngine, create_app
+    from planner.models.server import (
+        ChatEngine,
+        EchoEngine,
+        FaultConfig,
+        LocalEngine,
+        create_app,
+        is_loopback,
+    )
 
     if (model_dir is None) == (not echo):
         raise UserError("give a model folder, or --echo for a server without a model")
@@ -261,6 +289,14 @@ def serve_model(
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise UserError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    # Before anything is loaded or bound: a server others can reach needs a key.
+    if api_key is None and not is_loopback(host):
+        if not insecure_no_auth:
+            raise UserError(
+                f"--host {host} is reachable from other machines: require a key "
+                "(--api-key-env VAR) or pass --insecure-no-auth"
+            )
+        progress(f"warning: serving on {host} without a key (--insecure-no-auth)")
     try:
         faults = FaultConfig(
             rate_429=fault_429,
@@ -282,4 +318,7 @@ def serve_model(
         engine = LocalEngine(model_dir, model_name=model_name, threads=threads)
     shown = f"[{host}]" if ":" in host else host
     progress(f"serving {engine.model_name!r} on http://{shown}:{port}/v1 (Ctrl+C stops)")
-    uvicorn.run(create_app(engine, faults, api_key), host=host, port=port, log_level="warning")
+    app = create_app(
+        engine, faults, api_key, max_body_bytes=max_body_bytes, max_inflight=max_inflight
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -15,20 +15,24 @@ from warehouse.ingest import FORMATS, FileReport, IngestReport, ingest_paths, pr
 from warehouse.pricing import default_prices, match_price, price_table
 from warehouse.profile import profile_warehouse
 from warehouse.rejects import list_rejects
+from warehouse.secrets_in_text import TEXT_SECRET_PATTERNS, SecretPattern, mask_text
 
 __all__ = [
     "FORMATS",
+    "TEXT_SECRET_PATTERNS",
     "EmptyWarehouseError",
     "FileReport",
     "FormatError",
     "IngestReport",
     "InputPathError",
+    "SecretPattern",
     "WarehouseError",
     "WarehouseOpenError",
     "default_prices",
     "fetch_one",
     "ingest_paths",
     "list_rejects",
+    "mask_text",
     "match_price",
     "open_warehouse",
     "prepare_ingest",

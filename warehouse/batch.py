@@ -25,6 +25,7 @@ from warehouse.chatlog import (
 )
 from warehouse.credentials import mask_sql
 from warehouse.normalize import LineCounts
+from warehouse.secrets_in_text import mask_text_sql
 
 
 def extract_batch(
@@ -170,7 +171,7 @@ def _settle_output(
     con.execute(
         f"""
         INSERT INTO rejected_lines
-        SELECT ?, ?, s.line_no, s.final_reason, encode({mask_sql("r.line")})
+        SELECT ?, ?, s.line_no, {mask_text_sql("s.final_reason")}, encode({mask_sql("r.line")})
         FROM _out_status s JOIN _raw_out r USING (line_no) WHERE s.final_reason IS NOT NULL
     """,
         [batch_id, output_file],

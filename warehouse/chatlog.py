@@ -12,7 +12,7 @@ import json
 import duckdb
 
 from warehouse.credentials import REQUEST_SECRET_FIELDS
-from warehouse.normalize import stage_columns
+from warehouse.normalize import masked_messages_sql, stage_columns
 from warehouse.rawfile import LONG_LINE_BYTES
 
 # (name, JSON path) pulled out of each line with one parse.
@@ -215,7 +215,8 @@ def _extract(con: duckdb.DuckDBPyConnection, source: str, *, checked: bool) -> N
 # come from its (small, minified) text, the messages' roles and contents from theirs. A line
 # passing every cheap check is loaded from these values; any other line (broken, wrong types,
 # unusual shapes) is 'pending' and takes the general path above, which states exactly what is
-# wrong with it.
+# wrong with it. Both paths mask key-like strings in the messages' JSON text before anything is
+# derived from it (masked_messages_sql), so they store the same masked text.
 _RESPONSE: dict[str, object] = {
     "model": "VARCHAR",
     "choices": [{"message": {"content": "JSON"}, "finish_reason": "VARCHAR"}],
@@ -410,9 +411,11 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
             FROM f
         ), leaves AS (
             SELECT * EXCLUDE (rx),
-                rx[1] AS messages, rx[2]::VARCHAR AS model_j, rx[3]::VARCHAR AS temp_j,
+                rx[1] AS logged_messages, rx[2]::VARCHAR AS model_j, rx[3]::VARCHAR AS temp_j,
                 rx[4]::VARCHAR AS maxt_j
             FROM x
+        ), masked AS (
+            SELECT *, {masked_messages_sql("logged_messages")} AS messages FROM leaves
         ), msgs AS (
             SELECT *,
                 json_transform(messages, '{_MESSAGES}') AS ml,
@@ -424,7 +427,7 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
                      THEN try_cast({_text("tsj")} AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
                      WHEN {_is_num("tsj")} AND try_cast(tsj AS DOUBLE) BETWEEN 0 AND 7258118400
                      THEN to_timestamp(try_cast(tsj AS DOUBLE)) AT TIME ZONE 'UTC' END AS ts
-            FROM leaves
+            FROM masked
         ), roled AS (
             SELECT *, list_transform(ml, lambda m: m.role) AS roles FROM msgs
         ), checked AS (
@@ -465,7 +468,7 @@ def _stage_fields_sql(fields: str, *, fast: bool) -> str:
                 try_cast(temp_j AS DOUBLE) AS temperature,
                 try_cast(maxt_j AS INTEGER) AS max_tokens,
                 CASE WHEN pending OR is_blank OR is_marker THEN NULL
-                     WHEN {_only_own_keys("rq", ("messages", "model_j", "temp_j", "maxt_j"))}
+                     WHEN {_only_own_keys("rq", ("logged_messages", "model_j", "temp_j", "maxt_j"))}
                      THEN '{{}}'::JSON
                      ELSE json_merge_patch(rq, '{params_patch()}')
                 END AS params,

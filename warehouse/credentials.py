@@ -1,10 +1,19 @@
 """Credential values a careless client logged (``api_key`` in a body, ``Authorization`` in
-headers) are masked on the way in: they never reach the warehouse, not even in rejected lines.
+headers) and key-like strings anywhere in a line (warehouse/secrets_in_text.py) are masked on the
+way in: they never reach the warehouse, not even in rejected lines.
 """
 
 from __future__ import annotations
 
 import re
+
+from warehouse.secrets_in_text import (
+    TEXT_SECRET_PATTERNS,
+    mask_bytes,
+    regex_literal,
+    replace_secrets_sql,
+    sql_string,
+)
 
 REDACTED = "[REDACTED]"
 
@@ -28,21 +37,34 @@ REQUEST_SECRET_FIELDS = (
 )
 
 _KEY_VALUE_BYTES = re.compile(KEY_VALUE_PATTERN.encode(), re.IGNORECASE)
-_BEARER_BYTES = re.compile(rb"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
-_SK_BYTES = re.compile(rb"\bsk-[A-Za-z0-9_-]{8,}")
 
 
 def mask_raw_line(raw: bytes) -> bytes:
-    """Mask credential values in a raw (possibly broken) log line, keeping every other byte."""
+    """Mask credential values and key-like strings in a raw (possibly broken) log line, keeping
+    every other byte."""
     raw = _KEY_VALUE_BYTES.sub(
         lambda m: b'"' + m.group(1) + b'": "' + REDACTED.encode() + b'"', raw
     )
-    raw = _BEARER_BYTES.sub(lambda m: m.group(1) + REDACTED.encode(), raw)
-    return _SK_BYTES.sub(REDACTED.encode(), raw)
+    return mask_bytes(raw)
 
 
 def mask_sql(expr: str) -> str:
-    """SQL that masks credential values in the VARCHAR ``expr`` (same rules as mask_raw_line)."""
+    """SQL that masks credential values and key-like strings in the VARCHAR ``expr`` (the same
+    rules as mask_raw_line)."""
     kv = f"regexp_replace({expr}, '{KEY_VALUE_PATTERN}', '{KEY_VALUE_REPLACEMENT_SQL}', 'gi')"
-    bearer = f"regexp_replace({kv}, '(Bearer\\s+)[A-Za-z0-9._~+/=-]{{8,}}', '\\1{REDACTED}', 'g')"
-    return f"regexp_replace({bearer}, '\\bsk-[A-Za-z0-9_-]{{8,}}', '{REDACTED}', 'g')"
+    return replace_secrets_sql(kv)
+
+
+# A cheap test, true for every text mask_sql would change: a credential-like key name (any
+# case), or a literal of a key-like string.
+MAY_HOLD_CREDENTIAL = "(?i)" + "|".join(
+    [
+        "key|auth|token|secret|password|cookie|bearer",
+        *(regex_literal(lit) for p in TEXT_SECRET_PATTERNS for lit in p.literals),
+    ]
+)
+
+
+def may_hold_credential_sql(expr: str) -> str:
+    """SQL: true for every VARCHAR ``expr`` that mask_sql would change."""
+    return f"regexp_matches({expr}, {sql_string(MAY_HOLD_CREDENTIAL)})"

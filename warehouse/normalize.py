@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import duckdb
 
-from warehouse.credentials import mask_sql
+from warehouse.credentials import mask_sql, may_hold_credential_sql
 from warehouse.pricing import Prices, load_price_table
+from warehouse.secrets_in_text import mask_text_sql, may_hold_secret_sql, replace_secrets_sql
 
 _ROLES = "['system', 'developer', 'user', 'assistant', 'tool', 'function']"
 
@@ -49,16 +50,19 @@ class LineCounts:
 
 
 def stage_requests(con: duckdb.DuckDBPyConnection, target: str = "_stage") -> None:
-    """``_extracted`` -> ``_stage``: message checks (JSON, per message) and every derived column.
+    """``_extracted`` -> ``_stage``: message checks (JSON, per message) and every derived column
+    (from the messages with key-like strings masked).
 
     The general path: any reader's ``_extracted`` goes through it. The chat-log reader has a
     faster one for the rows it fully understands, ending in the same ``stage_columns``."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {target} AS
-        WITH msgs AS MATERIALIZED (
+        WITH masked AS (
+            SELECT * REPLACE ({masked_messages_sql("messages")} AS messages) FROM _extracted
+        ), msgs AS MATERIALIZED (
             SELECT *,
                 CASE WHEN reason IS NULL THEN json_extract(messages, '$[*]') END AS msg_list
-            FROM _extracted
+            FROM masked
         ), checked AS MATERIALIZED (
             SELECT *,
                 CASE WHEN msg_list IS NOT NULL
@@ -86,22 +90,31 @@ BAD_MESSAGE_REASON_SQL = (
     "(system/user/assistant/tool) and string or content-part content'"
 )
 
-# Key-like names, bearer tokens and sk- keys: a cheap test, true for every text the masking
-# regexes would change, so only such texts pay for them.
-_MAY_HOLD_SECRET = "(?i)key|auth|token|secret|password|cookie|bearer|sk-"
-
 
 def masked_json_sql(expr: str) -> str:
-    """SQL: the JSON ``expr`` with credential values masked (NULL stays NULL)."""
+    """SQL: the JSON ``expr`` (request parameters, metadata) with credential values and
+    key-like strings masked (NULL stays NULL). A cheap test first: only texts that may hold one
+    pay for the regexes."""
     return (
-        f"CASE WHEN regexp_matches({expr}, '{_MAY_HOLD_SECRET}') "
+        f"CASE WHEN {may_hold_credential_sql(f'{expr}::VARCHAR')} "
         f"THEN {mask_sql(f'{expr}::VARCHAR')}::JSON ELSE {expr}::JSON END"
+    )
+
+
+def masked_messages_sql(expr: str) -> str:
+    """SQL: the JSON ``expr`` (a request's messages) with key-like strings masked in its text
+    (see warehouse/secrets_in_text.py; no pattern crosses a JSON string, so it stays JSON)."""
+    text = f"{expr}::VARCHAR"
+    return (
+        f"CASE WHEN {may_hold_secret_sql(text)} "
+        f"THEN {replace_secrets_sql(text)}::JSON ELSE {expr}::JSON END"
     )
 
 
 def stage_columns(d: str) -> str:
     """The columns of ``_stage``, from a relation ``d`` holding the extracted fields plus the
-    messages' ``roles`` and ``texts`` (lists; NULL when the line is rejected)."""
+    messages' ``roles`` and ``texts`` (lists; NULL when the line is rejected). ``messages`` (and
+    so ``texts``) come masked; the answer and the error are masked here."""
     return f"""
             {d}.line_no, {d}.is_blank, {d}.is_marker,
             CASE
@@ -131,9 +144,10 @@ def stage_columns(d: str) -> str:
                           THEN ceil(len({d}.response_text) / 4)::INTEGER END) AS completion_tokens,
             ({d}.usage_prompt IS NULL
              OR ({d}.usage_completion IS NULL AND {d}.response_text IS NOT NULL)) AS tokens_estimated,
-            {d}.response_text, {d}.finish_reason, {d}.latency_ms, {d}.ttft_ms,
+            {mask_text_sql(f"{d}.response_text")} AS response_text,
+            {d}.finish_reason, {d}.latency_ms, {d}.ttft_ms,
             coalesce({d}.status_code, CASE WHEN {d}.error_message IS NULL THEN 200 END) AS status_code,
-            coalesce({d}.error_message, CASE WHEN {d}.status_code >= 400
+            coalesce({mask_text_sql(f"{d}.error_message")}, CASE WHEN {d}.status_code >= 400
                                           THEN 'HTTP ' || {d}.status_code::VARCHAR END) AS error_message,
             {d}.cost_log, {d}.label_task_type, {d}.feature, {d}.user_id,
             {masked_json_sql(f"{d}.metadata")} AS metadata,
@@ -199,7 +213,7 @@ def finish_stage(
     con.execute(
         f"""
         INSERT INTO rejected_lines
-        SELECT ?, ?, s.line_no, s.reason, encode({mask_sql("r.line")})
+        SELECT ?, ?, s.line_no, {mask_text_sql("s.reason")}, encode({mask_sql("r.line")})
         FROM {stage} s JOIN {raw} r USING (line_no)
         WHERE s.reason IS NOT NULL AND NOT s.is_blank AND NOT s.is_marker
     """,

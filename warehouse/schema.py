@@ -41,13 +41,13 @@ DDL: tuple[str, ...] = (
         turn_index        INTEGER,      -- 0 for the first user turn of a conversation
         model             VARCHAR,      -- requested model (else the responding model)
         response_model    VARCHAR,
-        system_prompt     VARCHAR,
-        messages          JSON NOT NULL,  -- the request's messages as logged
+        system_prompt     VARCHAR,      -- texts: key-like strings masked (warehouse/secrets_in_text.py)
+        messages          JSON NOT NULL,  -- the request's messages as logged, key-like strings masked
         last_user_message VARCHAR,
         n_messages        INTEGER,
         temperature       DOUBLE,
         max_tokens        INTEGER,
-        params            JSON,         -- other request fields (response_format, tools...), credentials removed
+        params            JSON,         -- other request fields (response_format, tools...), credentials masked
         prompt_tokens     INTEGER,
         completion_tokens INTEGER,
         tokens_estimated  BOOLEAN,      -- true when the log had no usage and tokens were estimated
@@ -62,11 +62,11 @@ DDL: tuple[str, ...] = (
         label_task_type   VARCHAR,      -- human label from metadata.task_type, as logged
         feature           VARCHAR,      -- metadata.feature
         user_id           VARCHAR,
-        metadata          JSON,         -- credentials removed
+        metadata          JSON,         -- credentials and key-like strings masked
         source_file       VARCHAR NOT NULL,
         source_line       BIGINT NOT NULL,
         batch_id          VARCHAR NOT NULL,
-        prompt_hash       VARCHAR       -- md5 of model + messages: exact-repeat detection, replay cache key
+        prompt_hash       VARCHAR       -- md5 of model + (masked) messages: exact-repeat detection, replay cache key
     )
     """,
     # Nothing a user hands in is silently dropped.
@@ -76,7 +76,7 @@ DDL: tuple[str, ...] = (
         source_file VARCHAR,
         source_line BIGINT,
         reason      VARCHAR,
-        raw         BLOB        -- the line's bytes as read (credential values masked)
+        raw         BLOB        -- the line's bytes as read (credentials and key-like strings masked)
     )
     """,
     """

@@ -6,7 +6,9 @@
   peak memory), shared by the local replay backend and the model server;
 - :mod:`planner.models.quantize` — INT8/INT4 variants of a folder;
 - :mod:`planner.models.devices` — device tiers: does a model fit, how fast would it run there;
-- :mod:`planner.models.server` — a folder behind an OpenAI-compatible HTTP API;
+- :mod:`planner.models.server` — a folder behind an OpenAI-compatible HTTP API, answering with an
+  engine (:mod:`planner.models.engines`), locked down by :mod:`planner.models.guards` (loopback,
+  body and in-flight caps), with injectable faults for tests (:mod:`planner.models.faults`);
 - :mod:`planner.models.tiny`, :mod:`planner.models.tiny_tokenizer` — small decoders built with
   ``onnx.helper`` for tests, benches and the demo.
 

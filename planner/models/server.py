@@ -10,7 +10,13 @@ protocol.
 
 Behaviour a client can rely on:
 
-- ``api_key`` set: every ``/v1`` request without ``Authorization: Bearer <key>`` gets 401.
+- ``api_key`` set: every ``/v1`` request without ``Authorization: Bearer <key>`` gets 401 (the
+  header is compared in constant time, ``hmac.compare_digest``).
+- At most ``max_inflight`` requests are served at once (a stream counts until it ends); one
+  more gets 429 with ``Retry-After: 1`` at once, before anything else is looked at.
+- A chat request body over ``max_body_bytes`` gets 413 (``request_too_large``): a declared
+  ``Content-Length`` is refused unread, a chunked body is counted as it arrives and refused
+  once past the cap, so no more than the cap (plus one chunk) is ever held.
 - A ``model`` other than the engine's ``model_name`` gets 404 (``model_not_found``); a malformed
   body gets 400 (``invalid_request_error``). Neither is ever subject to fault injection.
 - Faults apply to chat completions only, decided per request in arrival order by a
@@ -23,11 +29,15 @@ Behaviour a client can rely on:
   ``data:`` line holding broken JSON, and the stream then ends without ``[DONE]``.
 - Generation runs in worker threads, never on the event loop; a client that goes away mid-stream
   stops its generation.
+
+Where it listens is the caller's choice; ``is_loopback`` tells whether a host is reachable only
+from this machine (the CLI refuses any other without a key).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 import random
@@ -50,6 +60,15 @@ from planner.models.engines import (
     LocalEngine,
     default_model_name,
 )
+from planner.models.faults import FaultConfig, FaultDice
+from planner.models.guards import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_INFLIGHT,
+    BodyTooLarge,
+    InflightLimit,
+    is_loopback,
+    read_body,
+)
 
 __all__ = [
     "ChatEngine",
@@ -60,6 +79,7 @@ __all__ = [
     "ServerThread",
     "create_app",
     "default_model_name",
+    "is_loopback",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -69,30 +89,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_TOKENS = 256
-
-
-@dataclass(frozen=True)
-class FaultConfig:
-    """What fraction of chat requests misbehave, and how (see the module docstring)."""
-
-    rate_429: float = 0.0  # fraction of requests answered 429
-    retry_after_s: float | None = 1.0  # Retry-After header on those 429s (None: no header)
-    rate_503: float = 0.0
-    extra_latency_ms: float = 0.0  # added before answering (asyncio.sleep, not blocking)
-    hang_rate: float = 0.0  # fraction that never answer (until the client gives up)
-    malformed_sse_rate: float = 0.0  # fraction of streams with a broken `data:` line
-    omit_usage: bool = False  # never send usage
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("rate_429", "rate_503", "hang_rate", "malformed_sse_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"FaultConfig.{name} must be within [0, 1], got {value}")
-        if self.rate_429 + self.rate_503 + self.hang_rate > 1.0 + 1e-9:
-            raise ValueError("FaultConfig: rate_429 + rate_503 + hang_rate must not exceed 1")
-        if self.extra_latency_ms < 0:
-            raise ValueError("FaultConfig.extra_latency_ms must be >= 0")
 
 
 class _BadRequest(Exception):
@@ -157,32 +153,6 @@ def _parse_chat(body: Any, model_name: str) -> _ChatCall:
     return _ChatCall(messages, max_tokens, float(temperature), stream, include_usage)
 
 
-class _FaultDice:
-    """Seeded fault decisions in arrival order (thread-safe)."""
-
-    def __init__(self, faults: FaultConfig) -> None:
-        self.faults = faults
-        self._rng = random.Random(faults.seed)
-        self._sse_rng = random.Random(faults.seed + 1)
-        self._lock = threading.Lock()
-
-    def roll(self) -> str | None:
-        f = self.faults
-        with self._lock:
-            u = self._rng.random()
-        if u < f.rate_429:
-            return "429"
-        if u < f.rate_429 + f.rate_503:
-            return "503"
-        if u < f.rate_429 + f.rate_503 + f.hang_rate:
-            return "hang"
-        return None
-
-    def roll_malformed(self) -> bool:
-        with self._lock:
-            return self._sse_rng.random() < self.faults.malformed_sse_rate
-
-
 _DONE = object()
 
 
@@ -230,18 +200,32 @@ def _prompt_tokens(engine: ChatEngine, messages: list[dict[str, Any]]) -> int:
 
 
 def create_app(
-    engine: ChatEngine, faults: FaultConfig = FaultConfig(), api_key: str | None = None
+    engine: ChatEngine,
+    faults: FaultConfig = FaultConfig(),
+    api_key: str | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> FastAPI:
     """An ASGI app speaking the OpenAI chat completions protocol over ``engine``."""
+    if max_body_bytes < 1 or max_inflight < 1:
+        raise ValueError("max_body_bytes and max_inflight must be at least 1")
     app = FastAPI(title="migration-planner model server", docs_url=None, redoc_url=None)
-    dice = _FaultDice(faults)
+    app.add_middleware(InflightLimit, limit=max_inflight)
+    dice = FaultDice(faults)
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="model-server")
     app.state.engine = engine
     app.state.faults = faults
+    expected = None if api_key is None else b"Bearer " + api_key.encode()
 
     def refused(request: Request) -> JSONResponse | None:
-        """401 unless the request carries the configured key."""
-        if api_key is None or request.headers.get("authorization", "") == f"Bearer {api_key}":
+        """401 unless the request carries the configured key (constant time: how much of a
+        guess matched never shows in how long the answer takes)."""
+        if expected is None:
+            return None
+        # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent
+        sent = request.headers.get("authorization", "").encode("latin-1")
+        if hmac.compare_digest(sent, expected):
             return None
         return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
 
@@ -261,7 +245,14 @@ def create_app(
         if (denied := refused(request)) is not None:
             return denied
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await read_body(request, max_body_bytes))
+        except BodyTooLarge:
+            return _error(
+                413,
+                f"Request body is larger than {max_body_bytes} bytes",
+                "invalid_request_error",
+                "request_too_large",
+            )
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "request body is not valid JSON", "invalid_request_error")
         try:

@@ -41,6 +41,30 @@ def _varied(n: int) -> list[bytes]:
             "conversation_id": 7,
             "metadata": {"task_type": "qa", "headers": {"Authorization": "Bearer abcdefghijk"}},
         },
+        {  # keys pasted into the messages and the answer: both paths mask them alike
+            "id": "r-keys",
+            "timestamp": "2026-11-19T08:15:02Z",
+            "request": {
+                "messages": [
+                    {"role": "system", "content": "key\nsk-abcdefghijklmnopqrstuvwxyz0123"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": '"AKIAIOSFODNN7EXAMPLE" é'},
+                            {"type": "text", "text": "-----BEGIN PRIVATE KEY-----\nMIIE\n"},
+                            {"type": "text", "text": "-----END PRIVATE KEY-----\ttask-force"},
+                        ],
+                    },
+                    {"role": "assistant", "content": "Bearer abcdefghijklmnop0123"},
+                    {
+                        "role": "user",
+                        "content": "\\nsk-abcdefghijklmnopqrstuvwxyz0123 postgres://u:p@h",
+                    },
+                ],
+            },
+            "response": {"choices": [{"message": {"content": "use ghp_" + "a1" * 20}}]},
+            "error": {"message": "Incorrect API key provided: sk-abcdefghijklmnopqrstuvwxyz0123"},
+        },
         {
             "id": "r-err",
             "timestamp": "2026-11-19T08:15:02+01:00",
@@ -157,11 +181,11 @@ def test_fast_path_loads_exactly_what_the_general_path_loads(
     blank = sum(1 for line in lines if not line.strip())
     assert blank == {"none": 0, "empty": 8, "spaces": 2}[blanks]
     assert (fast.lines_read, fast.duplicates, fast.blank) == (len(lines), 1, blank)
-    assert fast.rejected == 7 and fast.loaded == 307
+    assert fast.rejected == 7 and fast.loaded == 308
     a, b = _dump(fast_db), _dump(slow_db)
     for name in TABLES:
         assert a[name] == b[name], name
-    assert len(a["requests"]) == 307
+    assert len(a["requests"]) == 308
     # every row sits on its own line
     for row in a["requests"]:
         request_id, line_no = row[0], row[30]
@@ -172,6 +196,17 @@ def test_fast_path_loads_exactly_what_the_general_path_loads(
     odd = {r[0]: r for r in a["requests"] if r[0] in ("123456789012", "r-odd2", "r-odd3")}
     assert odd["123456789012"][5:7] == ("5", "5")  # model (else the responding one), response
     assert odd["r-odd3"][17] == 'é"q"'  # response_text
+    keys = next(r for r in a["requests"] if r[0] == "r-keys")
+    assert keys[7] == "key\n[REDACTED:api_key]"  # system_prompt
+    assert keys[9] == "\\n[REDACTED:api_key] postgres://u:[REDACTED:password]@h"  # last user
+    assert keys[17] == "use [REDACTED:access_token]"  # response_text
+    assert keys[22] == "Incorrect API key provided: [REDACTED:api_key]"  # error_message
+    parts = json.loads(keys[8])[1]["content"]  # messages
+    assert [p["text"] for p in parts] == [
+        '"[REDACTED:aws_access_key_id]" é',
+        "[REDACTED:private_key]\nMIIE\n",  # BEGIN and END in two parts: what follows BEGIN
+        "-----END PRIVATE KEY-----\ttask-force",
+    ]
     if blanks == "empty":  # compressed, in many chunk files: each chunk numbers its own rows
         import gzip
 
@@ -231,7 +266,7 @@ def test_a_log_of_many_empty_lines_is_read_as_raw_lines(
     con = open_warehouse(tmp_path / "w.duckdb")
     t = ingest_paths(con, [log]).totals
     assert readers == ["stage_chat_log_json_sql", "stage_chat_log_sql"]
-    assert (t.lines_read, t.blank, t.loaded) == (2 * len(lines) - 1, len(lines) - 1, 23)
+    assert (t.lines_read, t.blank, t.loaded) == (2 * len(lines) - 1, len(lines) - 1, 24)
     got = con.execute("SELECT request_id, source_line FROM requests").fetchall()
     assert all(str(json.loads(lines[(n - 1) // 2])["id"]) == i for i, n in got)
 
@@ -293,7 +328,7 @@ def test_a_small_plain_log_is_read_in_place_and_kept(tmp_path: Path) -> None:
     log.write_bytes(b"\n".join(_varied(20)) + b"\n")
     before = log.read_bytes()
     con = open_warehouse(tmp_path / "w.duckdb")
-    assert ingest_paths(con, [log]).totals.loaded == 23
+    assert ingest_paths(con, [log]).totals.loaded == 24
     assert log.read_bytes() == before
 
 
@@ -358,7 +393,7 @@ def test_a_chunk_with_a_line_too_long_for_read_json_is_read_as_raw_lines(
     con = open_warehouse(tmp_path / "w.duckdb")
     t = ingest_paths(con, [log]).totals
     assert readers == ["stage_chat_log_json_sql", "stage_chat_log_sql"]
-    assert (t.lines_read, t.loaded, t.rejected, t.duplicates) == (len(lines), 64, 7, 1)
+    assert (t.lines_read, t.loaded, t.rejected, t.duplicates) == (len(lines), 65, 7, 1)
     ((n,),) = con.execute("SELECT max(len(last_user_message)) FROM requests").fetchall()
     assert n == 20_000
     got = con.execute("SELECT request_id, source_line FROM requests").fetchall()

@@ -442,6 +442,9 @@ def test_serve_model_refuses_a_missing_key_or_model(monkeypatch: pytest.MonkeyPa
         "malformed_sse": 0.0,
         "omit_usage": False,
         "fault_seed": 0,
+        "insecure_no_auth": False,
+        "max_body_bytes": 1024,
+        "max_inflight": 4,
     }
     with pytest.raises(UserError, match="NO_SUCH_KEY_VAR"):
         serve_model(None, echo=True, api_key_env="NO_SUCH_KEY_VAR", **options)
