@@ -26,6 +26,7 @@ from flows.cli_common import (
     warehouse_path,
 )
 from pipeline.classify import default_model_dir, train_with_settings
+from pipeline.endpoints import check_endpoints
 from pipeline.predict import evaluate_file, predict_one, predict_warehouse
 from warehouse.connection import open_warehouse
 
@@ -109,6 +110,8 @@ def train(
     if labels not in LABEL_CHOICES:
         raise UserError(f"--labels must be one of {', '.join(LABEL_CHOICES)}; got {labels!r}")
     settings = settings_from(config)
+    if labels in ("relay", "all"):
+        check_endpoints(settings, [])  # the annotator, when one is configured
     path = warehouse_path(settings, warehouse)
     folder = _model_dir(model_dir, path)
     load_taxonomy(taxonomy)  # a bad taxonomy file is one clear error before anything starts

@@ -21,6 +21,7 @@ from flows.cli_common import (
     settings_from,
     warehouse_path,
 )
+from pipeline.endpoints import check_endpoints
 from warehouse.connection import open_warehouse
 
 EXIT_INTERRUPTED = 130
@@ -131,6 +132,7 @@ def replay(
     names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
     for name in names or []:
         settings.candidate(name)  # an unknown name is one clear error before anything starts
+    check_endpoints(settings, names)  # an external relay without a data policy: one line
     path = warehouse_path(settings, warehouse)
     open_warehouse(path, create=False).close()  # missing or locked: one line, before Prefect
     from flows.replay_flow import replay_flow, request_stop

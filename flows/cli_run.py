@@ -9,6 +9,7 @@ import typer
 
 from flows.cli_common import ConfigOption, JsonOption, print_json, progress, settings_from
 from flows.lock import run_lock
+from pipeline.endpoints import check_endpoints
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -58,6 +59,7 @@ def run(
     out/index.html, and posts to the webhook in [alerts] when something needs attention.
     One run at a time per warehouse: a second one waits [run] lock_wait_s, then refuses."""
     settings = settings_from(config)
+    check_endpoints(settings)  # an external endpoint without a data policy: one line, now
     wait = settings.run.lock_wait_s
     with run_lock(settings.warehouse.path, wait_s=wait, run="starting"):  # refuse before Prefect
         from flows.nightly import nightly_flow

@@ -110,7 +110,7 @@ def annotator_from_settings(settings: PlannerSettings) -> tuple[Annotator, Relay
     cand = settings.candidate(name)
     if cand.kind != "relay" or not cand.base_url or not cand.model:
         raise ClassifierError(f"classifier.annotator {name!r} must name a relay candidate")
-    backend = relay_backend(cand, CostBudget(settings.replay.max_cost_usd))
+    backend = relay_backend(cand, CostBudget(settings.replay.max_cost_usd), settings.privacy.names)
     annotator = Annotator(
         name=f"{cand.name}:{cand.model}", max_requests=settings.classifier.annotate_max
     )

@@ -99,7 +99,7 @@ def score_replays(
             cand = settings.candidate(judge)
             if cand.kind != "relay":
                 raise ConfigError(settings.source, f"judge {judge!r} must be a relay candidate")
-            backend = relay_backend(cand)
+            backend = relay_backend(cand, names=settings.privacy.names)
             setup = JudgeSetup(
                 completion_function(backend, max_tokens=JUDGE_MAX_TOKENS, purpose="judge"),
                 name=judge,

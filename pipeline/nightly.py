@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from pipeline.endpoints import check_endpoints
 from planner.errors import ConfigError
 from planner.report.pages import summary_markdown, write_diff_page, write_index
 from planner.runs.diff import (
@@ -153,6 +154,7 @@ def run_nightly(
     settings: PlannerSettings, paths: list[str], run_id: str, steps: NightlySteps, trigger: str
 ) -> NightlyRun:
     """One whole run, recorded in the history (failed runs too) and in ``out/index.html``."""
+    check_endpoints(settings)  # refuse to start with an endpoint that may not see the prompts
     Path(settings.warehouse.path).parent.mkdir(parents=True, exist_ok=True)
     run = NightlyRun(run_id, Path(settings.output.dir))
     history = open_history(settings.history_url())

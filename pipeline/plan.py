@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.endpoints import check_endpoints
 from pipeline.evidence import device_fits, read_plan_inputs, score_replays
 from pipeline.stage import Stage, direct
 from planner.errors import ConfigError, PlanError
@@ -350,6 +351,9 @@ def make_plan(
     fits, power, device_notes = stage("device-fit", device_fits, settings, warehouse)
     inputs = stage("read-evidence", read_plan_inputs, warehouse, candidates)
     notes = list(device_notes)
+    endpoints = check_endpoints(settings, strict=False)  # planning sends nothing to them
+    if endpoints:
+        notes.append("Production prompts went to: " + "; ".join(e.line() for e in endpoints) + ".")
     if inputs.dropped_candidates:
         notes.append(
             "Replays of candidates no longer configured were left out: "

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from pipeline.endpoints import check_endpoints, redactor_for
 from pipeline.stage import Progress, Stage, direct, quiet
 from planner.errors import CircuitOpenError, ConfigError
 from planner.replay.engine import RETRY_NEXT_RUN_KINDS, replay_candidate
@@ -45,8 +46,11 @@ from warehouse.sampling import SampledRequest, draw_sample, sampled_requests
 _FIGURES = ("error_kind", "ttft_ms", "latency_ms", "tokens_per_s")
 
 
-def relay_backend(c: CandidateSettings, budget: CostBudget | None = None) -> RelayBackend:
-    """A relay candidate's backend from its settings (the key read from its env var, now)."""
+def relay_backend(
+    c: CandidateSettings, budget: CostBudget | None = None, names: Sequence[str] = ()
+) -> RelayBackend:
+    """A relay candidate's backend from its settings (the key read from its env var, now),
+    redacting what it sends when its data policy says so (``names``: ``[privacy] names``)."""
     if c.kind != "relay" or not c.base_url or not c.model:
         raise ConfigError(f"candidate {c.name!r}", "not a relay (needs base_url and model)")
     return RelayBackend(
@@ -64,6 +68,7 @@ def relay_backend(c: CandidateSettings, budget: CostBudget | None = None) -> Rel
         max_retries=c.max_retries,
         stream=c.stream,
         budget=budget,
+        redactor=redactor_for(c, names),
     )
 
 
@@ -158,7 +163,7 @@ def replay_relay(
             return answered.intersection(keys)
         return final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS)
 
-    backend = relay_backend(c, budget)
+    backend = relay_backend(c, budget, settings.privacy.names)
     con = open_warehouse(warehouse)
     writer = con.cursor()  # the engine stores from a thread of its own: a connection for it
     try:
@@ -340,6 +345,7 @@ def make_replay(
     shard counts."""
     clear_stop()
     chosen = select_candidates(settings, candidates)
+    check_endpoints(settings, [c.name for c in chosen])  # before anything is sent
     size = shard_size or settings.run.shard_size
     if size < 1:
         raise ConfigError("[run] shard_size", f"must be at least 1, got {size}")

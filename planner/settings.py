@@ -82,6 +82,20 @@ class CandidateSettings(_Section):
     threads: int | None = Field(
         None, gt=0, description="local: intra-op threads (default: all cores)."
     )
+    send_production_data: bool = Field(
+        False,
+        description=(
+            "relay outside this machine: may receive production prompts as logged (else it "
+            "needs redact = true, or the run refuses to start)."
+        ),
+    )
+    redact: bool = Field(
+        False,
+        description=(
+            "relay outside this machine: receives prompts with e-mails, phones, cards, keys and "
+            "[privacy] names replaced by typed placeholders."
+        ),
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -121,6 +135,22 @@ class CandidateSettings(_Section):
             return None
         value = os.environ.get(self.api_key_env)
         return SecretStr(value) if value else None
+
+
+KEY_ENV_SUFFIXES = ("_KEY", "_TOKEN", "_API_KEY")
+
+
+class PrivacySettings(_Section):
+    names: list[str] = Field(
+        default_factory=list,
+        description="Names (people, customers, products) redacted as [NAME_n] before a redacted "
+        "endpoint sees a prompt.",
+    )
+    allowed_key_envs: list[str] = Field(
+        default_factory=list,
+        description="Environment variables that may be sent as a bearer key although their name "
+        "does not end in _KEY, _TOKEN or _API_KEY.",
+    )
 
 
 class ObjectivesSettings(_Section):
@@ -250,6 +280,7 @@ class PlannerSettings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     run: RunSettings = Field(default_factory=RunSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     prices: dict[str, PriceSettings] = Field(
         default_factory=dict, description="Overrides of the shipped price table, by model name."
     )
@@ -266,6 +297,23 @@ class PlannerSettings(BaseSettings):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"candidate names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _key_variables(self) -> PlannerSettings:
+        """A key variable is named like one: a changed planner.toml must not be able to send,
+        say, AWS_SECRET_ACCESS_KEY's neighbour DATABASE_URL as a bearer token to any URL."""
+        for cand in self.candidates:
+            env = cand.api_key_env
+            if (
+                env
+                and not env.endswith(KEY_ENV_SUFFIXES)
+                and env not in self.privacy.allowed_key_envs
+            ):
+                raise ValueError(
+                    f"candidate {cand.name!r}: api_key_env {env!r} must end in _KEY, _TOKEN or "
+                    "_API_KEY, or be listed in [privacy] allowed_key_envs"
+                )
         return self
 
     def candidate(self, name: str) -> CandidateSettings:

@@ -32,13 +32,17 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
 
-from planner.errors import AuthError, BudgetExceeded, CircuitOpenError
+from planner.errors import AuthError, BudgetExceeded, CircuitOpenError, ConfigError
 from planner.messages import estimate_tokens, message_text
+from planner.models.guards import is_loopback
+from planner.replay.privacy import Redactor
 from planner.replay.protocol import ReplayRequest, ReplayResult
 from planner.replay.ratelimit import CircuitBreaker, CostBudget, SlidingWindowLimiter
 from planner.replay.wire import (
@@ -140,6 +144,7 @@ class RelayBackend:
         rate_window_s: float = 60.0,
         jitter_seed: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         if max_concurrency <= 0:
             raise ValueError(f"candidate {name!r}: max_concurrency must be positive")
@@ -164,6 +169,14 @@ class RelayBackend:
         self._transport = transport
         self._ssl: ssl.SSLContext | None = None
         self._prompt_ratio = 1.0  # real prompt tokens / estimate, the worst seen (>= 1)
+        self.redactor = redactor  # set: production text goes out redacted (planner.replay.privacy)
+        if api_key is not None and urlsplit(self.base_url).scheme == "http":
+            host = urlsplit(self.base_url).hostname or ""
+            if not is_loopback(host):
+                raise ConfigError(
+                    f"candidate {name!r}",
+                    f"refusing to send an API key over plain http to {host}; use https",
+                )
 
     def __repr__(self) -> str:
         return f"RelayBackend(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -306,6 +319,10 @@ class RelayBackend:
         return self._rng.uniform(cap / 2, cap)
 
     async def _replay_one(self, client: httpx.AsyncClient, request: ReplayRequest) -> ReplayResult:
+        redaction = None
+        if self.redactor is not None:  # what leaves the machine is redacted; the answer restored
+            messages, redaction = self.redactor.messages(request.messages)
+            request = replace(request, messages=messages)
         estimate = self._prompt_tokens_bound(request) + request.max_tokens
         attempt = 0
         while True:
@@ -332,6 +349,8 @@ class RelayBackend:
                 await asyncio.sleep(delay)
                 continue
             result = self._result(request, answer, attempt)
+            if redaction is not None:
+                result.output_text = redaction.restore(result.output_text)
             self.limiter.settle(
                 admission, (result.prompt_tokens or 0) + (result.completion_tokens or 0)
             )

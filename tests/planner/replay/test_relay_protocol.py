@@ -45,7 +45,7 @@ def replay_with(
     handler: Callable[[httpx.Request], httpx.Response], **kwargs: object
 ) -> ReplayResult:
     backend = RelayBackend(
-        "mock", "http://relay.test/v1", "m", transport=httpx.MockTransport(handler),
+        "mock", "https://relay.test/v1", "m", transport=httpx.MockTransport(handler),
         backoff_base_s=0.001, **kwargs,  # type: ignore[arg-type]
     )  # fmt: skip
     out: list[ReplayResult] = []
@@ -68,7 +68,7 @@ def test_request_body_and_headers() -> None:
     result = replay_with(handler, api_key=SecretStr("sk-x"))
     assert result.ok and result.output_text == "Hi" and result.tokens_estimated
     (request,) = seen
-    assert request.url == "http://relay.test/v1/chat/completions"
+    assert request.url == "https://relay.test/v1/chat/completions"
     assert request.headers["authorization"] == "Bearer sk-x"
     body = json.loads(request.content)
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
@@ -229,7 +229,7 @@ def test_budget_learns_when_prompts_have_more_tokens_than_estimated() -> None:
 
     budget = CostBudget(80.0)  # USD; at 1 USD a token the first request spends 61
     backend = RelayBackend(
-        "mock", "http://relay.test/v1", "m", transport=httpx.MockTransport(handler),
+        "mock", "https://relay.test/v1", "m", transport=httpx.MockTransport(handler),
         price_in=1e6, price_out=1e6, budget=budget, max_concurrency=1,
     )  # fmt: skip
     second = ReplayRequest("r2", REQUEST.messages, max_tokens=5)  # estimated at 6 prompt tokens
