@@ -13,6 +13,8 @@ Behaviour a client can rely on:
 - ``api_key`` set: every ``/v1`` request without ``Authorization: Bearer <key>`` gets 401.
 - A ``model`` other than the engine's ``model_name`` gets 404 (``model_not_found``); a malformed
   body gets 400 (``invalid_request_error``). Neither is ever subject to fault injection.
+- Answers name ``app.state.served_model`` (default: the requested name) as their ``model``, and
+  carry ``app.state.system_fingerprint`` when set: a relay whose alias moves to another model.
 - Faults apply to chat completions only, decided per request in arrival order by a
   ``random.Random(seed)`` (same seed, same sequence): one draw ``u`` picks 429 if
   ``u < rate_429``, else 503 if ``u < rate_429 + rate_503``, else a hang if below that plus
@@ -238,6 +240,14 @@ def create_app(
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="model-server")
     app.state.engine = engine
     app.state.faults = faults
+    # What answers say served them: the requested name unless set (a provider moving an alias to
+    # another model is ``app.state.served_model = "other"`` on a running server).
+    app.state.served_model = None
+    app.state.system_fingerprint = None
+
+    def fingerprint_field() -> dict[str, str]:
+        fp = app.state.system_fingerprint
+        return {"system_fingerprint": fp} if fp else {}
 
     def refused(request: Request) -> JSONResponse | None:
         """401 unless the request carries the configured key."""
@@ -313,7 +323,8 @@ def create_app(
                 "id": completion_id,
                 "object": "chat.completion",
                 "created": created,
-                "model": engine.model_name,
+                **fingerprint_field(),
+                "model": app.state.served_model or engine.model_name,
                 "choices": [
                     {
                         "index": 0,
@@ -344,7 +355,8 @@ def create_app(
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": engine.model_name,
+                "model": app.state.served_model or engine.model_name,
+                **fingerprint_field(),
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
             return f"data: {json.dumps(data)}\n\n"
@@ -372,11 +384,11 @@ def create_app(
                     prompt = await loop.run_in_executor(
                         executor, _prompt_tokens, engine, call.messages
                     )
-                    usage = {
+                    usage: dict[str, Any] = {
                         "id": completion_id,
                         "object": "chat.completion.chunk",
                         "created": created,
-                        "model": engine.model_name,
+                        "model": app.state.served_model or engine.model_name,
                         "choices": [],
                         "usage": {
                             "prompt_tokens": prompt,
