@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.evidence import device_fits, read_plan_inputs, score_replays
+from pipeline.replay import current_evidence, stale_notes
 from pipeline.stage import Stage, direct
 from planner.errors import ConfigError, PlanError
 from planner.evaluate.conversations import Conversations, Stickiness, stickiness_impact
@@ -348,8 +349,9 @@ def make_plan(
 
     scored = stage("score", score_replays, settings, warehouse, judge, rescore)
     fits, power, device_notes = stage("device-fit", device_fits, settings, warehouse)
-    inputs = stage("read-evidence", read_plan_inputs, warehouse, candidates)
-    notes = list(device_notes)
+    current = current_evidence(settings)
+    inputs = stage("read-evidence", read_plan_inputs, warehouse, candidates, current)
+    notes = list(device_notes) + stale_notes(inputs.stale, current.unreadable)
     if inputs.dropped_candidates:
         notes.append(
             "Replays of candidates no longer configured were left out: "

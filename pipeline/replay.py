@@ -587,6 +587,26 @@ def current_evidence(settings: PlannerSettings) -> CurrentEvidence:
     return CurrentEvidence(fingerprints, fresh_after, unreadable)
 
 
+_STALE_WHY = {
+    "fingerprint": "only replays of an older model folder or endpoint (another fingerprint)",
+    "expired": "only relay answers older than [replay] relay_ttl_days",
+    "served_model": "only answers of a model the relay no longer serves",
+}
+
+
+def stale_notes(stale: dict[str, dict[str, int]], unreadable: dict[str, str]) -> list[str]:
+    """The plan's lines about replays that are not evidence (they count as not replayed)."""
+    notes = [f"{name} has no evidence: its fingerprint cannot be read ({why})." for name, why in
+             sorted(unreadable.items())]  # fmt: skip
+    for name, reasons in sorted(stale.items()):
+        for why, n in sorted(reasons.items()):
+            notes.append(
+                f"{name}: {n} sampled request(s) have {_STALE_WHY.get(why, why)}; they count as "
+                "not replayed until the next replay."
+            )
+    return notes
+
+
 def shard_parameters(spec: LocalModelSpec, fingerprint: str, shard: Shard) -> dict[str, Any]:
     """A shard's work as plain parameters (what travels to a worker)."""
     return {"spec": asdict(spec), "fingerprint": fingerprint, "requests": shard.requests}

@@ -226,9 +226,7 @@ def record_serving(
     )
 
 
-def store_content_keys(
-    con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]
-) -> None:
+def store_content_keys(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, str]]) -> None:
     """Record each (request_id, content_key), replacing the request's earlier one."""
     if not pairs:
         return

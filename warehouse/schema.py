@@ -217,9 +217,7 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS.get(step, ()):
                 con.execute(statement)
-        con.execute(
-            "UPDATE schema_info SET value = ? WHERE key = 'version'", [str(SCHEMA_VERSION)]
-        )
+        con.execute("UPDATE schema_info SET value = ? WHERE key = 'version'", [str(SCHEMA_VERSION)])
         con.commit()
     except BaseException:
         con.rollback()
