@@ -1,9 +1,10 @@
 """Storage of replay results: one ``replays`` row per cache key, written as results arrive; and
 which of them are current evidence.
 
-Each store is one small transaction (delete the keys' old rows, insert the new ones), so a run
-killed midway keeps everything answered before the kill and a retried key replaces its earlier
-failure instead of piling up rows. Rows are plain mappings with the ``replays`` columns: the
+Each store is one small transaction (delete the keys' old rows and their scores, insert the new
+ones), so a run killed midway keeps everything answered before the kill, a retried key replaces
+its earlier failure instead of piling up rows, and a renewed answer is never read with the old
+answer's score. Rows are plain mappings with the ``replays`` columns: the
 warehouse knows nothing of the planner's result classes.
 
 Current evidence (:data:`SAMPLE_REPLAYS`): a replay counts for a sampled request when it asked
@@ -51,19 +52,19 @@ _ROW = f"({', '.join('?' for _ in REPLAY_COLUMNS)}, now()::TIMESTAMP)"
 
 
 def store_replays(con: duckdb.DuckDBPyConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write replays in one transaction, each replacing any earlier row with its ``replay_id``."""
+    """Write replays in one transaction, each replacing any earlier row with its ``replay_id``
+    (and that row's scores: a renewed answer is scored again)."""
     if not rows:
         return
     for row in rows:
         missing = [c for c in ("replay_id", "request_id", "candidate") if not row.get(c)]
         if missing:
             raise WarehouseError(f"replay row lacks {', '.join(missing)}")
+    ids = [row["replay_id"] for row in rows]
     con.begin()
     try:
-        con.execute(
-            "DELETE FROM replays WHERE replay_id IN (SELECT unnest(?::VARCHAR[]))",
-            [[row["replay_id"] for row in rows]],
-        )
+        con.execute("DELETE FROM replays WHERE replay_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+        con.execute("DELETE FROM scores WHERE replay_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
         con.execute(
             _INSERT + ", ".join(_ROW for _ in rows),
             [row.get(c) for row in rows for c in REPLAY_COLUMNS],
