@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.replay import CurrentEvidence
+from pipeline.current import CurrentEvidence
 from planner.errors import ConfigError, PlannerError
 from planner.evaluate.conversations import Conversations
 from planner.evaluate.evidence import (
@@ -94,7 +94,8 @@ def score_replays(
 ) -> dict[str, Any]:
     """Score every current replay not scored yet (or scored by a stand-in, when a judge is now
     set); replays of older fingerprints are not evidence, so they are not scored."""
-    from pipeline.replay import current_evidence, relay_backend
+    from pipeline.current import current_evidence
+    from pipeline.replay import relay_backend
 
     current = current_evidence(settings)
 

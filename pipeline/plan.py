@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.current import current_evidence, stale_notes
 from pipeline.evidence import device_fits, read_plan_inputs, score_replays
-from pipeline.replay import current_evidence, stale_notes
 from pipeline.stage import Stage, direct
 from planner.errors import ConfigError, PlanError
 from planner.evaluate.conversations import Conversations, Stickiness, stickiness_impact

@@ -16,7 +16,11 @@ each night (:mod:`planner.replay.freshness`). A lane notes what its answers say 
 that is not what the relay served before, the change is recorded (``relay_serving``), reported in
 the candidate's summary, and every answer of the old model is sent again in the same lane.
 Every sampled request's content key is stored, so a replay counts for each request that asked
-the same (:func:`current_evidence` names what counts).
+the same (:mod:`pipeline.current` names what counts).
+
+This module is long because the relay lanes, the local shards and the composition that runs
+them side by side share one sample, one budget and one connection's bookkeeping; split, each
+part would need the others' internals.
 """
 
 from __future__ import annotations
@@ -24,13 +28,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.stage import Progress, Stage, direct, quiet
-from planner.errors import CircuitOpenError, ConfigError, PlannerError
-from planner.models.folder import fingerprint as folder_fingerprint
+from planner.errors import CircuitOpenError, ConfigError
 from planner.replay.engine import RETRY_NEXT_RUN_KINDS, CandidateRun, content_key, replay_candidate
 from planner.replay.freshness import Identity, Renewal, dominant_identity, served_by, utc_now
 from planner.replay.protocol import ReplayRequest
@@ -169,7 +170,7 @@ def relay_final_ids(
         if state.error_kind in RETRY_NEXT_RUN_KINDS:
             continue
         if renewal.due(key, state.created_at) or not served_by(
-            state.served_model, state.system_fingerprint, state.error_kind, current
+            state.served_model, state.system_fingerprint, current
         ):
             renewed += 1
             continue
@@ -552,59 +553,6 @@ def make_replay(
             "replayed_requests": sum(r.get("sent", 0) for r in report),
         },
     }
-
-
-@dataclass(frozen=True)
-class CurrentEvidence:
-    """Which replays are evidence now: each candidate's current fingerprint, and for relays the
-    oldest answer still fresh. Candidates whose fingerprint cannot be read (a missing folder)
-    are in ``unreadable`` with the reason, and have no evidence."""
-
-    fingerprints: dict[str, str]
-    fresh_after: dict[str, datetime]
-    unreadable: dict[str, str]
-
-
-def current_evidence(settings: PlannerSettings) -> CurrentEvidence:
-    """What the plan may read: replays of the candidates' current fingerprints (every byte of a
-    local folder, hashed only when it changed; a relay's endpoint and model), relays' answers
-    not older than ``[replay] relay_ttl_days``. What a relay serves now is the warehouse's
-    record (``relay_serving``), applied where the replays are read."""
-    fingerprints: dict[str, str] = {}
-    unreadable: dict[str, str] = {}
-    fresh = Renewal(settings.replay.relay_ttl_days, utc_now()).fresh_after()
-    fresh_after: dict[str, datetime] = {}
-    for c in settings.candidates:
-        if c.kind == "local" and c.path is not None:
-            try:
-                fingerprints[c.name] = "local-" + folder_fingerprint(Path(c.path))
-            except PlannerError as exc:
-                unreadable[c.name] = str(exc)
-        elif c.kind == "relay" and c.base_url and c.model:
-            fingerprints[c.name] = RelayBackend(c.name, c.base_url, c.model).fingerprint()
-            if fresh is not None:
-                fresh_after[c.name] = fresh
-    return CurrentEvidence(fingerprints, fresh_after, unreadable)
-
-
-_STALE_WHY = {
-    "fingerprint": "only replays of an older model folder or endpoint (another fingerprint)",
-    "expired": "only relay answers older than [replay] relay_ttl_days",
-    "served_model": "only answers of a model the relay no longer serves",
-}
-
-
-def stale_notes(stale: dict[str, dict[str, int]], unreadable: dict[str, str]) -> list[str]:
-    """The plan's lines about replays that are not evidence (they count as not replayed)."""
-    notes = [f"{name} has no evidence: its fingerprint cannot be read ({why})." for name, why in
-             sorted(unreadable.items())]  # fmt: skip
-    for name, reasons in sorted(stale.items()):
-        for why, n in sorted(reasons.items()):
-            notes.append(
-                f"{name}: {n} sampled request(s) have {_STALE_WHY.get(why, why)}; they count as "
-                "not replayed until the next replay."
-            )
-    return notes
 
 
 def shard_parameters(spec: LocalModelSpec, fingerprint: str, shard: Shard) -> dict[str, Any]:

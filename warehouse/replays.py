@@ -11,7 +11,8 @@ Current evidence (:data:`SAMPLE_REPLAYS`): a replay counts for a sampled request
 the same (its ``content_key`` is the request's, from ``request_content``; rows stored before
 content keys were kept match by request id), is of the candidate's current fingerprint, is not
 older than the candidate's ``fresh_after`` (a relay's answers expire), and — for a relay — was
-served by what the relay serves now (``relay_serving``). Everything else is stale:
+served by what the relay serves now (``relay_serving``; an answer that named no model says
+nothing about it and counts until it expires). Everything else is stale:
 :func:`stale_replays` counts it by reason, so the plan can say what it left out.
 """
 
@@ -284,7 +285,7 @@ judged AS (
            (SELECT count(*) FROM wanted) = 0 OR w.candidate IS NOT NULL AS fingerprint_ok,
            w.fresh_after IS NULL OR rp.created_at >= w.fresh_after AS fresh_ok,
            sv.candidate_fingerprint IS NULL
-               OR (rp.error_kind IS NOT NULL AND rp.served_model IS NULL)
+               OR (rp.served_model IS NULL AND rp.system_fingerprint IS NULL)
                OR (rp.served_model IS NOT DISTINCT FROM sv.served_model
                    AND rp.system_fingerprint IS NOT DISTINCT FROM sv.system_fingerprint)
                AS serving_ok

@@ -240,14 +240,11 @@ def create_app(
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="model-server")
     app.state.engine = engine
     app.state.faults = faults
-    # What answers say served them: the requested name unless set (a provider moving an alias to
-    # another model is ``app.state.served_model = "other"`` on a running server).
-    app.state.served_model = None
+    app.state.served_model = None  # what answers say served them (default: the name asked for)
     app.state.system_fingerprint = None
 
     def fingerprint_field() -> dict[str, str]:
-        fp = app.state.system_fingerprint
-        return {"system_fingerprint": fp} if fp else {}
+        return {"system_fingerprint": fp} if (fp := app.state.system_fingerprint) else {}
 
     def refused(request: Request) -> JSONResponse | None:
         """401 unless the request carries the configured key."""

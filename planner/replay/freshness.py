@@ -69,12 +69,12 @@ class Renewal:
 def served_by(
     served_model: str | None,
     system_fingerprint: str | None,
-    error_kind: str | None,
     current: Identity | None,
 ) -> bool:
-    """Whether an answer is of what the relay serves now (no record yet: any; a failure that
-    named no model: any, it says nothing about the model)."""
-    if current is None or (error_kind is not None and served_model is None):
+    """Whether an answer is of what the relay serves now. No record yet: any answer is. An answer
+    that named nothing (a failure, a server that does not say, a replay stored before answers
+    were noted) says nothing about the model: it counts until it expires."""
+    if current is None or (served_model is None and system_fingerprint is None):
         return True
     return (served_model, system_fingerprint) == current
 

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from demo.logs import generate_records, write_chat_log
+from pipeline.current import current_evidence, stale_notes
 from pipeline.evidence import read_plan_inputs, score_replays
 from pipeline.plan import plan_candidates
-from pipeline.replay import current_evidence, make_replay, stale_notes
+from pipeline.replay import make_replay
 from planner.errors import BackendError
 from planner.models.server import ServerThread
 from planner.replay.freshness import Renewal, utc_now
