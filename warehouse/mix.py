@@ -86,28 +86,18 @@ def mix_windows(
     if end is None:
         return None
     if new_count:
-        last = MixWindow(
-            f"this run's {new_count:,} new requests",
-            first_new,
-            last_new,
-            _counts(con, "new", [since]),
-        )
         start = first_new
-        old = "NOT new AND "
+        last = MixWindow(
+            f"this run's {new_count:,} new requests", start, last_new, _counts(con, "new", [since])
+        )
+        earlier = _counts(con, "NOT new AND ts >= ? AND ts < ?", [since, start - width, start])
     else:
         start = end - width
         last = MixWindow(
             f"the last {_days(window_days)}", start, end, _counts(con, "ts > ?", [since, start])
         )
-        old = ""
-    before = MixWindow(
-        f"the {_days(window_days)} before",
-        start - width,
-        start,
-        _counts(con, old + "ts >= ? AND ts < ?", [since, start - width, start])
-        if new_count
-        else _counts(con, "ts > ? AND ts <= ?", [since, start - width, start]),
-    )
+        earlier = _counts(con, "ts > ? AND ts <= ?", [since, start - width, start])
+    before = MixWindow(f"the {_days(window_days)} before", start - width, start, earlier)
     if not last.requests or not before.requests:
         return None
     return MixWindows(last, before)
