@@ -43,6 +43,11 @@ def format_report(result: dict[str, Any]) -> str:
         f"({len(sample['counts'])} task types, {sample['uncertain_extra']} uncertain extra)",
         f"cost this run ${result['spent_usd']:.4f} of a ${result['max_cost_usd']:.2f} cap",
     ]
+    if sample.get("multi_model_prompts"):
+        lines.append(
+            f"{sample['multi_model_prompts']} prompts were logged under several production "
+            "models; each is sampled once"
+        )
     shards = result.get("shards")
     if shards:
         lines.append(
@@ -71,6 +76,17 @@ def format_report(result: dict[str, Any]) -> str:
             notes.append(f"{run['candidate']}: skipped (budget): {run['skipped_budget']}")
         if run.get("stopped"):
             notes.append(f"{run['candidate']}: stopped ({run['stopped']}): {run.get('message')}")
+        if run.get("renewed"):
+            notes.append(
+                f"{run['candidate']}: {run['renewed']} stored answers renewed (expired, tonight's "
+                "slice, or served by another model)"
+            )
+        serving = run.get("serving") or {}
+        if serving.get("changed_from"):
+            notes.append(
+                f"{run['candidate']}: the relay now serves {serving.get('served_model')} (was "
+                f"{serving['changed_from']}); its answers were replayed"
+            )
     return "\n".join(lines + (["", *notes] if notes else []))
 
 

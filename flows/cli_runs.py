@@ -3,7 +3,9 @@
 A run is named by its id, a unique prefix of it, ``latest`` (the newest completed run) or
 ``previous`` (the completed run before that). The history is the one ``planner.toml`` points to
 (``[history] url``, else ``history.sqlite`` in the output folder) unless ``--history`` names
-another SQLAlchemy URL. Reading never creates a database.
+another SQLAlchemy URL. Only the runs of this setup's scope are seen (``[history] scope``, else
+the warehouse's absolute path; ``--scope`` names another, ``runs list --all-scopes`` lists every
+run). Reading never creates a database.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import typer
 
 from flows.cli_common import ConfigOption, JsonOption, new_app, print_json, settings_from
 from planner.report.pages import arrow, ms, pct, score, usd
-from planner.runs.diff import RunDiff, Signal, attention_signals, diff_runs
+from planner.runs.alerts import flip_signals
+from planner.runs.diff import RunDiff, Signal, diff_runs, signals_from_dicts
 from planner.runs.history import HistoryError, HistoryStore, RunRecord, open_history
 
 app = new_app("Past runs: list them, show one, and say what changed between two.")
@@ -29,14 +32,24 @@ HistoryOption = typer.Option(
     "<output dir>/history.sqlite).",
     show_default=False,
 )
+ScopeOption = typer.Option(
+    None,
+    "--scope",
+    help="Whose runs: a warehouse path or a [history] scope (default: this setup's).",
+    show_default=False,
+)
 LATEST, PREVIOUS = "latest", "previous"
 MIX_SHOWN_MIN = 0.005  # task-mix changes smaller than half a point are left out of the text
 
 
 @contextmanager
-def _history(config: Path | None, history: str | None) -> Iterator[HistoryStore]:
-    url = history if history is not None else settings_from(config).history_url()
-    store = open_history(url, create=False)
+def _history(
+    config: Path | None, history: str | None, scope: str | None, all_scopes: bool = False
+) -> Iterator[HistoryStore]:
+    settings = settings_from(config)
+    url = history if history is not None else settings.history_url()
+    chosen = None if all_scopes else (scope or settings.history_scope())
+    store = open_history(url, create=False, scope=chosen)
     try:
         yield store
     finally:
@@ -79,9 +92,10 @@ def _table(header: list[str], rows: list[list[str]], right: set[int] | None = No
     return [line(header), *(line(r) for r in rows)]
 
 
-def format_list(runs: list[RunRecord]) -> str:
+def format_list(runs: list[RunRecord], scope: str | None = None) -> str:
     if not runs:
-        return "no runs recorded yet"
+        where = f" in scope {scope} (--all-scopes lists every run)" if scope else ""
+        return f"no runs recorded yet{where}"
     rows = [
         [
             r.run_id,
@@ -97,7 +111,13 @@ def format_list(runs: list[RunRecord]) -> str:
         for r in runs
     ]
     header = ["RUN", "STARTED UTC", "STATUS", "TRIGGER", "SAVED/MO", "MIGRATED", "QUALITY"]
-    return "\n".join(_table([*header, "P95 AFTER", "ATTENTION"], rows, {4, 5, 6, 7, 8}))
+    header += ["P95 AFTER", "ATTENTION"]
+    if scope is None:  # every scope: say whose each run is
+        header.append("SCOPE")
+        for row, run in zip(rows, runs, strict=True):
+            row.append(run.scope or "(none)")
+    lines = _table(header, rows, {4, 5, 6, 7, 8})
+    return "\n".join(lines if scope is None else [f"scope {scope}", *lines])
 
 
 def format_show(record: RunRecord) -> str:
@@ -106,6 +126,7 @@ def format_show(record: RunRecord) -> str:
     lines = [
         f"run {record.run_id}: {record.status} ({record.trigger})",
         f"started {record.started_at.isoformat()}{took}; config {record.config_hash}",
+        f"scope {record.scope or '(none)'}",
     ]
     if record.error:
         lines.append(f"error: {record.error}")
@@ -207,15 +228,21 @@ def list_command(
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many runs, newest first."),
     config: Path | None = ConfigOption,
     history: str | None = HistoryOption,
+    scope: str | None = ScopeOption,
+    all_scopes: bool = typer.Option(
+        False, "--all-scopes", help="Every run in the history, whatever it belongs to."
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """List recorded runs, newest first, with their headline figures."""
-    with _history(config, history) as store:
+    with _history(config, history, scope, all_scopes) as store:
         runs = store.list_runs(limit)
         if json_output:
-            print_json({"history": store.url, "runs": [r.to_dict() for r in runs]})
+            print_json(
+                {"history": store.url, "scope": store.scope, "runs": [r.to_dict() for r in runs]}
+            )
         else:
-            typer.echo(format_list(runs))
+            typer.echo(format_list(runs, store.scope))
 
 
 @app.command("show")
@@ -223,10 +250,11 @@ def show_command(
     run: str = typer.Argument(..., help="Run id, unique prefix, 'latest' or 'previous'."),
     config: Path | None = ConfigOption,
     history: str | None = HistoryOption,
+    scope: str | None = ScopeOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Show one run: status, headline figures, attention signals, routes and files."""
-    with _history(config, history) as store:
+    with _history(config, history, scope) as store:
         record = resolve_run(store, run)
     if json_output:
         print_json(record.to_dict())
@@ -240,12 +268,12 @@ def diff_command(
     b: str = typer.Argument(LATEST, help="The later run (id, prefix, 'latest', 'previous')."),
     config: Path | None = ConfigOption,
     history: str | None = HistoryOption,
+    scope: str | None = ScopeOption,
     json_output: bool = JsonOption,
 ) -> None:
-    """Say what changed from run A to run B: flipped decisions, quality, latency, mix, cost."""
-    settings = settings_from(config)
-    url = history if history is not None else settings.history_url()
-    with _history(config, url) as store:
+    """Say what changed from run A to run B (both of one scope): flipped decisions, quality,
+    latency, mix, cost; and what run B itself found needed attention."""
+    with _history(config, history, scope) as store:
         records = [resolve_run(store, ref) for ref in (a, b)]
         figures = []
         for record in records:
@@ -257,7 +285,8 @@ def diff_command(
             figures.append(fig)
     ra, rb = records
     diff = diff_runs(ra.run_id, figures[0], rb.run_id, figures[1])
-    signals = attention_signals(figures[1], diff, settings.alerts.drift_threshold)
+    recorded = [s for s in signals_from_dicts(rb.signals) if s.kind != "decision_flipped"]
+    signals = flip_signals(diff) + recorded
     if json_output:
         print_json(diff.to_dict() | {"signals": [s.to_dict() for s in signals]})
     else:

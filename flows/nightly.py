@@ -2,8 +2,10 @@
 Prefect (ingest and classify as tasks, replay and plan as subflows), the run published as Prefect
 artifacts, and a final state named "Needs attention" when something does.
 
-One run at a time per warehouse (:mod:`flows.lock`). The flow's parameters are the config path,
-the logs and the trigger: the settings are loaded once here and handed to the pipeline.
+One run at a time per warehouse (:mod:`flows.lock`); the run history is shared by scope (the
+warehouse, or ``[history] scope``), so runs of other warehouses are neither marked interrupted
+nor compared with. The flow's parameters are the config path, the logs and the trigger: the
+settings are loaded once here and handed to the pipeline.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def nightly_flow(
     """One nightly run; its result holds the run id, its folder, status and headline figures.
 
     The flow's final state is Completed, named "Needs attention" (with the reasons as its
-    message) when a decision flipped, a migrated route fell below its floor, or the task mix
-    drifted past ``[alerts] drift_threshold``."""
+    message) when a decision flipped, a route the previous run deployed fails tonight's evidence
+    (below its floor, or otherwise), a relay now serves another model, the task mix of the last
+    window drifted past ``[alerts] drift_threshold``, or a retrained classifier moved the mix."""
     settings = load_settings(config_path)
     warehouse = str(settings.warehouse.path)
     paths = resolve_logs(list(logs) if logs else list(settings.run.logs), settings.source)

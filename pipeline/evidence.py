@@ -6,10 +6,11 @@ conversation shape and sample answers the plan is assembled from (:mod:`pipeline
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.current import CurrentEvidence
 from planner.errors import ConfigError, PlannerError
 from planner.evaluate.conversations import Conversations
 from planner.evaluate.evidence import (
@@ -25,6 +26,8 @@ from planner.replay.completion import completion_function
 from planner.report.render import SampleOutput
 from planner.settings import PlannerSettings
 from warehouse.connection import open_warehouse
+from warehouse.replays import stale_replays
+from warehouse.sampling import latest_sample_id
 from warehouse.scores import (
     conversation_shape,
     evidence_rows,
@@ -89,8 +92,12 @@ def observations_from(
 def score_replays(
     settings: PlannerSettings, warehouse: str, judge: str | None, rescore: bool
 ) -> dict[str, Any]:
-    """Score every replay not scored yet (or scored by a stand-in, when a judge is now set)."""
+    """Score every current replay not scored yet (or scored by a stand-in, when a judge is now
+    set); replays of older fingerprints are not evidence, so they are not scored."""
+    from pipeline.current import current_evidence
     from pipeline.replay import relay_backend
+
+    current = current_evidence(settings)
 
     setup: JudgeSetup | None = None
     con = open_warehouse(warehouse, create=False)
@@ -109,7 +116,7 @@ def score_replays(
                 ),
                 task_types=JUDGED_TYPES,
             )
-        rows = scoring_inputs(con)
+        rows = scoring_inputs(con, None, current.fingerprints, current.fresh_after)
         todo = [
             r
             for r in rows
@@ -196,13 +203,24 @@ class PlanInputs:
     conversations: Conversations
     samples: tuple[SampleOutput, ...]
     dropped_candidates: tuple[str, ...]
+    stale: dict[str, dict[str, int]] = field(default_factory=dict)  # candidate -> why -> requests
 
 
-def read_plan_inputs(warehouse: str, candidates: Mapping[str, Candidate]) -> PlanInputs:
-    """Replays with their scores, traffic per task type, conversation shape, sample answers."""
+def read_plan_inputs(
+    warehouse: str,
+    candidates: Mapping[str, Candidate],
+    current: CurrentEvidence | None = None,
+) -> PlanInputs:
+    """Current replays with their scores, traffic per task type, conversation shape, sample
+    answers; and, per candidate, the sampled requests whose replays are stale (``current``: the
+    candidates' fingerprints; None reads every replay)."""
+    fps = current.fingerprints if current is not None else None
+    fresh = current.fresh_after if current is not None else None
     con = open_warehouse(warehouse, read_only=True, create=False)
     try:
-        observations, dropped = observations_from(evidence_rows(con), candidates)
+        observations, dropped = observations_from(evidence_rows(con, None, fps, fresh), candidates)
+        stale = stale_replays(con, latest_sample_id(con) or "", fps, fresh) if fps else {}
+        dropped |= {name for name in stale if name not in candidates}
         traffic_rows = traffic_by_type(con)
         shape = conversation_shape(con)
         conversations = Conversations(
@@ -220,7 +238,7 @@ def read_plan_inputs(warehouse: str, candidates: Mapping[str, Candidate]) -> Pla
                     if a["candidate"] in candidates
                 ),
             )
-            for s in sample_outputs(con, per_type=3)
+            for s in sample_outputs(con, 3, None, fps, fresh)
         )
     finally:
         con.close()
@@ -231,4 +249,11 @@ def read_plan_inputs(warehouse: str, candidates: Mapping[str, Candidate]) -> Pla
             for t in traffic_rows["types"]
         ),
     )
-    return PlanInputs(tuple(observations), traffic, conversations, samples, tuple(sorted(dropped)))
+    return PlanInputs(
+        tuple(observations),
+        traffic,
+        conversations,
+        samples,
+        tuple(sorted(dropped)),
+        {k: v for k, v in stale.items() if k in candidates},
+    )

@@ -9,6 +9,13 @@ requests the current classifier has not seen; the sample is drawn by a stable ha
 yesterday's sampled requests mostly stay and their replays are reused; scores are cached per
 replay.
 
+Attention (:mod:`planner.runs.alerts`): a decision that flipped; a route the previous run deployed
+that tonight's evidence, judged by the plan's own rule (:func:`route_check`), no longer supports;
+a relay now serving another model; task-mix drift between the last window of traffic (the run's
+new requests, else the last ``[alerts] drift_window_days``) and the window before; a retrained
+classifier that types the same requests differently. The history, "previous run" and the
+interrupted-run marking stay within the run's scope (``[history] scope``, else the warehouse).
+
 Faults: the run folder is written beside ``out/`` and renamed into place only when complete
 (:func:`planner.runs.folder.run_folder`); a run killed anywhere leaves the warehouse as its last
 committed stage left it, and its history record "running", which the next run marks
@@ -23,28 +30,31 @@ import hashlib
 import json
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pipeline.endpoints import check_endpoints
 from planner.errors import ConfigError
+from planner.evaluate.decision import Objectives, check
+from planner.evaluate.evidence import DeviceFit, Evidence
 from planner.report.pages import summary_markdown, write_diff_page, write_index
-from planner.runs.diff import (
-    RunDiff,
-    RunFigures,
-    Signal,
+from planner.runs.alerts import (
+    Relabel,
+    RouteCheck,
+    ServingChange,
+    WindowDrift,
     attention_signals,
-    diff_runs,
-    figures_from_metrics,
 )
+from planner.runs.diff import RunDiff, RunFigures, Signal, diff_runs, figures_from_metrics
 from planner.runs.folder import run_folder
-from planner.runs.history import HistoryStore, open_history
+from planner.runs.history import HistoryStore, RunRecord, open_history
 from planner.runs.webhook import post_webhook, webhook_url_from_env
 from planner.settings import PlannerSettings
 from warehouse.connection import open_warehouse
+from warehouse.mix import mix_windows, relabel_counts
 from warehouse.predictions import count_requests
 
 T = TypeVar("T")
@@ -93,6 +103,7 @@ class NightlyRun:
 
     run_id: str
     out_dir: Path
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
     clock: StageClock = field(default_factory=StageClock)
     inputs: dict[str, int] = field(default_factory=dict)
     classified: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +111,10 @@ class NightlyRun:
     figures: RunFigures | None = None
     diff: RunDiff | None = None
     signals: list[Signal] = field(default_factory=list)
+    drift: WindowDrift | None = None
+    relabel: Relabel | None = None
+    checks: list[RouteCheck] = field(default_factory=list)
+    serving: list[ServingChange] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
     index: Path | None = None
     webhook: dict[str, Any] | None = None
@@ -123,6 +138,17 @@ class NightlyRun:
             "diff_html": self.artifacts.get("diff"),
             "previous_run": self.diff.a_run_id if self.diff else None,
             "attention": [s.message for s in self.signals],
+            "drift": None
+            if self.drift is None
+            else {
+                "distance": self.drift.distance,
+                "p_value": self.drift.p_value,
+                "last": self.drift.last_label,
+                "before": self.drift.before_label,
+            },
+            "deployed_checks": [
+                {"task_type": c.task_type, "route": c.route, "holds": c.holds} for c in self.checks
+            ],
             "webhook": self.webhook,
             "inputs": self.inputs,
             "stage_seconds": self.clock.seconds,
@@ -157,14 +183,14 @@ def run_nightly(
     check_endpoints(settings)  # refuse to start with an endpoint that may not see the prompts
     Path(settings.warehouse.path).parent.mkdir(parents=True, exist_ok=True)
     run = NightlyRun(run_id, Path(settings.output.dir))
-    history = open_history(settings.history_url())
+    history = open_history(settings.history_url(), scope=settings.history_scope())
     try:
         interrupted = history.mark_interrupted()
         if interrupted:
             steps.warning(f"earlier runs were interrupted: {', '.join(interrupted)}")
         history.start_run(
             run_id,
-            started_at=datetime.now(UTC),
+            started_at=run.started,
             config_hash=config_hash(settings),
             trigger=trigger,
         )
@@ -200,6 +226,9 @@ def _stages(
     con = open_warehouse(warehouse, read_only=True)
     try:
         inputs["requests"] = count_requests(con)
+        run.drift, run.relabel = traffic_changes(
+            con, run.started, settings.alerts.drift_window_days, run.classified
+        )
     finally:
         con.close()
     inputs["new_requests"] = inputs.get("loaded", 0)
@@ -207,6 +236,7 @@ def _stages(
     shards = replayed.get("shards", {})
     inputs["replayed"] = int(shards.get("replayed_requests", 0))
     inputs["replays_cached"] = int(shards.get("cached_requests", 0))
+    run.serving = serving_changes(replayed)
 
     previous = history.previous_completed(run.run_id)
     previous_figures = history.figures(previous.run_id) if previous else None
@@ -217,7 +247,15 @@ def _stages(
         run.figures = figures_from_metrics(metrics)
         if previous is not None and previous_figures is not None:
             run.diff = diff_runs(previous.run_id, previous_figures, run.run_id, run.figures)
-        run.signals = attention_signals(run.figures, run.diff, settings.alerts.drift_threshold)
+        run.checks = deployed_checks(previous, metrics)
+        run.signals = attention_signals(
+            run.diff,
+            deployed=run.checks,
+            serving=run.serving,
+            drift=run.drift,
+            relabel=run.relabel,
+            drift_threshold=settings.alerts.drift_threshold,
+        )
         if run.diff is not None:
             write_diff_page(scratch / "diff.html", run.diff, run.signals)
     run.artifacts = {"run_dir": str(run.run_dir)}
@@ -225,6 +263,108 @@ def _stages(
         run.artifacts[name] = str(run.run_dir / Path(run.planned[name]).name)
     if run.diff is not None:
         run.artifacts["diff"] = str(run.run_dir / "diff.html")
+
+
+# ---------------------------------------------------------------- what needs attention
+
+
+def route_check(
+    task_type: str,
+    route: str,
+    deployed_by: str,
+    evidence: Mapping[str, Any] | None,
+    objectives: Mapping[str, Any],
+) -> RouteCheck:
+    """A deployed route judged on tonight's evidence (one row of metrics.json's ``evidence``) by
+    the plan's own rule, :func:`planner.evaluate.decision.check` with the run's objectives.
+
+    The one place the nightly run applies the decision rule: when the rule changes, this is
+    what follows it."""
+    if evidence is None:
+        return RouteCheck(
+            task_type,
+            route,
+            deployed_by,
+            ("no current evidence tonight (not replayed, or stale: see the plan's notes)",),
+            below_floor=False,
+        )
+    names = {f.name for f in fields(Evidence)} - {"latency_samples", "fit"}
+    fit = evidence.get("fit")
+    ev = Evidence(
+        **{k: v for k, v in evidence.items() if k in names},
+        fit=DeviceFit(**fit) if isinstance(fit, Mapping) else None,
+    )
+    wanted = {f.name for f in fields(Objectives)}
+    rule = Objectives(**{k: v for k, v in objectives.items() if k in wanted})
+    reasons = check(ev, rule)
+    below = ev.quality_low is not None and ev.quality_low < rule.quality_floor
+    figures = None
+    if ev.quality_low is not None and ev.quality_mean is not None:
+        figures = (
+            f"quality {ev.quality_mean:.2f}, lower bound {ev.quality_low:.2f} against the floor "
+            f"{rule.quality_floor:.2f}, over {ev.n} replays"
+        )
+    return RouteCheck(task_type, route, deployed_by, reasons, below, figures)
+
+
+def deployed_checks(previous: RunRecord | None, metrics: Mapping[str, Any]) -> list[RouteCheck]:
+    """Each route the previous run deployed (off production), judged on tonight's evidence."""
+    if previous is None:
+        return []
+    tonight = {(e["task_type"], e["candidate"]): e for e in metrics.get("evidence", [])}
+    objectives = metrics.get("objectives", {})
+    return [
+        route_check(
+            r.task_type,
+            r.route,
+            previous.run_id,
+            tonight.get((r.task_type, r.route)),
+            objectives,
+        )
+        for r in previous.routes
+        if r.migrated
+    ]
+
+
+def serving_changes(replayed: Mapping[str, Any]) -> list[ServingChange]:
+    """The relays whose answers tonight named another model than before."""
+    out = []
+    for c in replayed.get("candidates", []):
+        serving = c.get("serving") or {}
+        if serving.get("changed_from"):
+            after = serving.get("served_model") or "(model not named)"
+            if serving.get("system_fingerprint"):
+                after += f" ({serving['system_fingerprint']})"
+            out.append(ServingChange(c["candidate"], serving["changed_from"], after))
+    return out
+
+
+def traffic_changes(
+    con: Any, started: datetime, window_days: float, classified: Mapping[str, Any]
+) -> tuple[WindowDrift | None, Relabel | None]:
+    """The task mix of the last window against the window before (read with the current
+    classifier), and, when the classifier was retrained, how it types the same requests."""
+    windows = mix_windows(
+        con, new_since=started.astimezone(UTC).replace(tzinfo=None), window_days=window_days
+    )
+    drift = None
+    if windows is not None:
+        drift = WindowDrift(
+            windows.last.label, windows.before.label, windows.last.counts, windows.before.counts
+        )
+    relabel = None
+    version = (classified.get("train") or {}).get("classifier_version")
+    if classified.get("trained") and version:
+        counts = relabel_counts(con, str(version))
+        if counts is not None:
+            relabel = Relabel(
+                counts.previous_version,
+                counts.version,
+                counts.before,
+                counts.after,
+                str(classified.get("why", "")),
+            )
+    return drift, relabel
 
 
 def _record(history: HistoryStore, run: NightlyRun, status: str, error: str | None) -> Path:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.current import current_evidence, stale_notes
 from pipeline.endpoints import check_endpoints
 from pipeline.evidence import device_fits, read_plan_inputs, score_replays
 from pipeline.stage import Stage, direct
@@ -349,8 +350,9 @@ def make_plan(
 
     scored = stage("score", score_replays, settings, warehouse, judge, rescore)
     fits, power, device_notes = stage("device-fit", device_fits, settings, warehouse)
-    inputs = stage("read-evidence", read_plan_inputs, warehouse, candidates)
-    notes = list(device_notes)
+    current = current_evidence(settings)
+    inputs = stage("read-evidence", read_plan_inputs, warehouse, candidates, current)
+    notes = list(device_notes) + stale_notes(inputs.stale, current.unreadable)
     endpoints = check_endpoints(settings, strict=False)  # planning sends nothing to them
     if endpoints:
         notes.append("Production prompts went to: " + "; ".join(e.line() for e in endpoints) + ".")

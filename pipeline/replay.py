@@ -10,6 +10,17 @@ each answer as it arrives. Local candidates are CPU work: their uncached request
 shards (:mod:`planner.replay.shards`) that return their rows, stored here as each shard
 completes. Where lanes and shards run is the caller's: a :class:`RelayRunner` and a
 :class:`ShardRunner` (the Prefect flow runs lanes as retried tasks and shards inline or on Dask).
+
+A relay's answers expire (``[replay] relay_ttl_days``) and a rotating slice of them is sent again
+each night (:mod:`planner.replay.freshness`). A lane notes what its answers say served them; when
+that is not what the relay served before, the change is recorded (``relay_serving``), reported in
+the candidate's summary, and every answer of the old model is sent again in the same lane.
+Every sampled request's content key is stored, so a replay counts for each request that asked
+the same (:mod:`pipeline.current` names what counts).
+
+This module is long because the relay lanes, the local shards and the composition that runs
+them side by side share one sample, one budget and one connection's bookkeeping; split, each
+part would need the others' internals.
 """
 
 from __future__ import annotations
@@ -22,7 +33,8 @@ from typing import Any, Protocol
 from pipeline.endpoints import check_endpoints, redactor_for
 from pipeline.stage import Progress, Stage, direct, quiet
 from planner.errors import CircuitOpenError, ConfigError
-from planner.replay.engine import RETRY_NEXT_RUN_KINDS, replay_candidate
+from planner.replay.engine import RETRY_NEXT_RUN_KINDS, CandidateRun, content_key, replay_candidate
+from planner.replay.freshness import Identity, Renewal, dominant_identity, served_by, utc_now
 from planner.replay.protocol import ReplayRequest
 from planner.replay.ratelimit import CostBudget
 from planner.replay.relay import RelayBackend
@@ -39,7 +51,16 @@ from planner.replay.shards import (
 )
 from planner.settings import CandidateSettings, PlannerSettings
 from warehouse.connection import open_warehouse
-from warehouse.replays import final_replay_ids, replay_stats, store_replays
+from warehouse.replays import (
+    Serving,
+    current_serving,
+    final_replay_ids,
+    record_serving,
+    replay_states,
+    replay_stats,
+    store_content_keys,
+    store_replays,
+)
 from warehouse.sampling import SampledRequest, draw_sample, sampled_requests
 
 # What a local shard's rows keep in memory once stored: enough for the run's percentiles.
@@ -121,6 +142,7 @@ def draw(warehouse: str, per_type: int, uncertain: int, seed: int) -> dict[str, 
         "uncertain_extra": sample.uncertain_extra,
         "total": sample.total,
         "new": sample.created,
+        "multi_model_prompts": sample.multi_model_prompts,
     }
 
 
@@ -129,11 +151,51 @@ def draw(warehouse: str, per_type: int, uncertain: int, seed: int) -> dict[str, 
 
 @dataclass(frozen=True)
 class RelayLane:
-    """One relay candidate's uncached requests of this run."""
+    """One relay candidate's work of this run: every sampled request (the lane sends what is not
+    answered, fresh and of the current model yet; ``cached`` counts none twice)."""
 
     candidate: str
     requests: list[ReplayRequest]
     cached: int
+
+
+def _identity(serving: Serving | None) -> Identity | None:
+    return None if serving is None else (serving.served_model, serving.system_fingerprint)
+
+
+def relay_final_ids(
+    con: Any, keys: Sequence[str], renewal: Renewal, serving: Serving | None
+) -> tuple[set[str], int]:
+    """The keys a relay need not send again (answered for good, fresh, not in tonight's slice,
+    of what it serves now) and how many stored answers are due for renewal."""
+    done: set[str] = set()
+    renewed = 0
+    current = _identity(serving)
+    for key, state in replay_states(con, keys).items():
+        if state.error_kind in RETRY_NEXT_RUN_KINDS:
+            continue
+        if renewal.due(key, state.created_at) or not served_by(
+            state.served_model, state.system_fingerprint, current
+        ):
+            renewed += 1
+            continue
+        done.add(key)
+    return done, renewed
+
+
+def _add_runs(first: CandidateRun, second: CandidateRun) -> dict[str, Any]:
+    """One lane's two passes (before and after a change of served model) as one summary."""
+    out = first.to_dict()
+    for name in ("sent", "ok", "retries", "cost_usd", "skipped_budget", "seconds"):
+        out[name] += getattr(second, name)
+    errors = dict(first.errors)
+    for kind, n in second.errors.items():
+        errors[kind] = errors.get(kind, 0) + n
+    out["errors"] = dict(sorted(errors.items()))
+    out["cached"] = max(first.cached - second.sent, 0)
+    if second.stopped and not first.stopped:
+        out["stopped"], out["message"] = second.stopped, second.message
+    return out
 
 
 def replay_relay(
@@ -150,22 +212,38 @@ def replay_relay(
 
     ``answered`` outlives a retry: with ``refresh`` the warehouse cannot tell this run's answers
     from older ones, so a retried attempt skips what the failed one answered from that set.
+    Stored answers that expired, fall in tonight's renewal slice or were served by another
+    model than the relay serves now are sent again. When this run's answers name another model
+    (or system fingerprint) than the one recorded, the change is recorded and reported
+    (``serving.changed_from``), and the rest of the sample is sent again to the new model.
     Raises :class:`CircuitOpenError` when the relay looked down (a retry may recover).
     """
     c = settings.candidate(candidate)
+    renewal = Renewal(settings.replay.relay_ttl_days, utc_now())
+    seen: list[Identity] = []
+    renewed: list[int] = []
+    backend = relay_backend(c, budget, settings.privacy.names)
+    fingerprint = backend.fingerprint()
+    con = open_warehouse(warehouse)
+    writer = con.cursor()  # the engine stores from a thread of its own: a connection for it
+    serving = before = current_serving(con, fingerprint)
 
     def store(batch: Any) -> None:
-        store_replays(writer, [replay_row(k.result, k.key, k.fingerprint) for k in batch])
+        store_replays(
+            writer, [replay_row(k.result, k.key, k.fingerprint, k.content) for k in batch]
+        )
         answered.update(k.key for k in batch if k.result.error_kind not in RETRY_NEXT_RUN_KINDS)
+        seen.extend(
+            (k.result.served_model, k.result.system_fingerprint) for k in batch if k.result.ok
+        )
 
     def already_done(keys: Sequence[str]) -> set[str]:
         if refresh:
             return answered.intersection(keys)
-        return final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS)
+        done, due = relay_final_ids(con, keys, renewal, serving)
+        renewed.append(due)
+        return done
 
-    backend = relay_backend(c, budget, settings.privacy.names)
-    con = open_warehouse(warehouse)
-    writer = con.cursor()  # the engine stores from a thread of its own: a connection for it
     try:
         run = replay_candidate(
             backend,
@@ -175,13 +253,45 @@ def replay_relay(
             should_stop=stop_requested,
             report=report,
         )
+        summary = run.to_dict()
+        found = dominant_identity(seen)
+        changed_from = None
+        if found is not None and found[0] != _identity(serving):
+            serving = Serving(*found[0])
+            record_serving(con, fingerprint, c.name, serving, found[1])
+            if before is not None:
+                changed_from = before.label()
+                report(
+                    f"replay {c.name}: the relay now serves {serving.label()} (was "
+                    f"{changed_from}); sending the rest of the sample again"
+                )
+                again = replay_candidate(
+                    backend,
+                    requests,
+                    store=store,
+                    already_done=already_done,
+                    should_stop=stop_requested,
+                    report=report,
+                )
+                summary = _add_runs(run, again)
+                run = again if again.stopped else run
     finally:
         backend.close()
         writer.close()
         con.close()
     if run.stopped == "circuit_open":
         raise CircuitOpenError(c.name, run.message or "circuit breaker open")
-    return run.to_dict()
+    summary["renewed"] = renewed[0] if renewed else 0
+    summary["serving"] = (
+        None
+        if serving is None
+        else {
+            "served_model": serving.served_model,
+            "system_fingerprint": serving.system_fingerprint,
+            "changed_from": changed_from,
+        }
+    )
+    return summary
 
 
 def failed_run(candidate: str, exc: BaseException) -> dict[str, Any]:
@@ -369,19 +479,28 @@ def make_replay(
     con = open_warehouse(warehouse)
     try:
         requests = replay_requests(sampled_requests(con, sample["sample_id"]), max_new)
+        store_content_keys(con, [(r.request_id, content_key(r)) for r in requests])
 
         def already_done(keys: Sequence[str]) -> set[str]:
             return final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS)
 
+        renewal = Renewal(settings.replay.relay_ttl_days, utc_now())
         lanes: list[tuple[RelayLane, Any]] = []
         for c in relays:
             assert c.base_url and c.model
-            fingerprints[c.name] = RelayBackend(c.name, c.base_url, c.model).fingerprint()
-            todo, cached = pending_requests(fingerprints[c.name], requests, already_done, refresh)
+            fp = RelayBackend(c.name, c.base_url, c.model).fingerprint()
+            fingerprints[c.name] = fp
+            serving = current_serving(con, fp)
+
+            def relay_done(keys: Sequence[str], s: Serving | None = serving) -> set[str]:
+                return relay_final_ids(con, keys, renewal, s)[0]
+
+            todo, cached = pending_requests(fp, requests, relay_done, refresh)
             if not todo:
-                results[c.name] = merge_runs(c.name, fingerprints[c.name], cached, cached, [], [])
+                results[c.name] = merge_runs(c.name, fp, cached, cached, [], [])
+                results[c.name]["renewed"] = 0
                 continue
-            lane = RelayLane(c.name, todo, cached)
+            lane = RelayLane(c.name, requests, 0)  # the lane skips what is done itself
             lanes.append((lane, relays_runner.submit(lane, budget)))
 
         def wait_relays() -> None:
@@ -412,7 +531,13 @@ def make_replay(
         if shards_runner.concurrent_with_relays:
             wait_relays()
         fingerprints.update(local_runs.fingerprint)
-        stats = replay_stats(con, sample["sample_id"], fingerprints)
+        fresh = renewal.fresh_after()
+        stats = replay_stats(
+            con,
+            sample["sample_id"],
+            fingerprints,
+            {c.name: fresh for c in relays} if fresh is not None else None,
+        )
     finally:
         con.close()
         release_models()

@@ -191,6 +191,14 @@ class ReplaySettings(_Section):
         gt=0,
         description="Cap on generated tokens (the logged max_tokens is respected below it).",
     )
+    relay_ttl_days: float = Field(
+        14.0,
+        ge=0,
+        description=(
+            "A relay's answers expire after this many days (its provider may move the model "
+            "behind a name); a nightly run renews a rotating slice of them. 0: never expire."
+        ),
+    )
 
 
 class OutputSettings(_Section):
@@ -203,6 +211,13 @@ class HistorySettings(_Section):
         description=(
             "SQLAlchemy URL of the run history (e.g. postgresql+psycopg://host/db); "
             "default: a SQLite file history.sqlite in [output] dir."
+        ),
+    )
+    scope: str | None = Field(
+        None,
+        description=(
+            "What this setup's runs belong to in a shared history: previous run, diffs, alerts "
+            "and interrupted-run marking stay within it. Default: the warehouse's absolute path."
         ),
     )
 
@@ -219,7 +234,18 @@ class AlertSettings(_Section):
         0.15,
         ge=0,
         le=1,
-        description="Task-mix drift (total variation distance from the previous run) that alerts.",
+        description=(
+            "Task-mix drift that alerts: total variation distance between the last window of "
+            "requests and the window before it."
+        ),
+    )
+    drift_window_days: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "The drift windows' length: the run's new requests (else the last this many days "
+            "of logged requests) against the this many days before them."
+        ),
     )
     timeout_s: float = Field(10.0, gt=0, description="Webhook request timeout, seconds.")
 
@@ -328,6 +354,13 @@ class PlannerSettings(BaseSettings):
         if self.history.url:
             return self.history.url
         return f"sqlite:///{(self.output.dir / 'history.sqlite').resolve()}"
+
+    def history_scope(self) -> str:
+        """What this setup's runs belong to: ``[history] scope``, else the warehouse file's
+        absolute path (two warehouses may share one history without touching each other's runs)."""
+        if self.history.scope:
+            return self.history.scope
+        return str(Path(self.warehouse.path).resolve())
 
     def price_overrides(self) -> dict[str, tuple[float, float]]:
         """Model -> (USD/1M in, USD/1M out): the [prices] table plus the baseline's own prices."""

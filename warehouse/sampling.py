@@ -5,8 +5,10 @@ the reference every replay is scored against. Each request's task type is its la
 else its human label, else ``'unknown'``. Within a task type, requests are ordered by
 ``md5(request_id || ':' || seed)``, so the same seed on the same data draws the same sample, and
 a warehouse that grew keeps most of yesterday's sample (new requests only displace old ones they
-outrank) — which is what lets a nightly replay send only what is new. Exact repeats (same
-``prompt_hash``) are sampled once, through a copy that has a task type if any copy has one.
+outrank) — which is what lets a nightly replay send only what is new. Exact repeats (the same
+messages, whichever production model they were logged under) are sampled once, through a copy
+that has a task type if any copy has one; :attr:`SampleDraw.multi_model_prompts` says how many
+prompts were logged under several models.
 Multi-turn requests are sampled like any other, with the full history as logged. On top of the
 per-type quota come ``uncertain`` extra requests the classifier was unsure of.
 """
@@ -42,9 +44,18 @@ eligible AS (
     WHERE coalesce(r.status_code, 200) < 400
       AND r.response_text IS NOT NULL AND r.response_text <> ''
     QUALIFY row_number() OVER (
-        PARTITION BY coalesce(r.prompt_hash, r.request_id)
+        PARTITION BY md5(r.messages::VARCHAR)
         ORDER BY coalesce(p.task_type, r.label_task_type) IS NULL, md5(r.request_id || ':' || ?)
     ) = 1
+)
+"""
+
+# Prompts (the same messages) logged under more than one production model among the eligible.
+_MULTI_MODEL = """
+SELECT count(*)::INTEGER FROM (
+    SELECT md5(messages::VARCHAR) FROM requests
+    WHERE coalesce(status_code, 200) < 400 AND response_text IS NOT NULL AND response_text <> ''
+    GROUP BY 1 HAVING count(DISTINCT coalesce(model, response_model, '')) > 1
 )
 """
 
@@ -58,6 +69,7 @@ class SampleDraw:
     counts: dict[str, int]
     uncertain_extra: int
     created: bool  # False when the same draw already existed (same seed, sizes and data)
+    multi_model_prompts: int = 0  # prompts logged under several production models, sampled once
 
     @property
     def total(self) -> int:
@@ -181,7 +193,10 @@ def draw_sample(
         "SELECT count(*)::INTEGER FROM samples WHERE sample_id = ? AND stratum = 'uncertain'",
         [sample_id],
     ).fetchone()
-    return SampleDraw(sample_id, seed, counts, int(extra), created=not exists)
+    (multi,) = con.execute(_MULTI_MODEL).fetchone()  # type: ignore[misc]
+    return SampleDraw(
+        sample_id, seed, counts, int(extra), created=not exists, multi_model_prompts=int(multi)
+    )
 
 
 def sampled_requests(con: duckdb.DuckDBPyConnection, sample_id: str) -> list[SampledRequest]:

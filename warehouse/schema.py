@@ -2,13 +2,22 @@
 meanings are a contract (see ARCHITECTURE.md), so add columns rather than change them.
 
 Time columns are UTC ``TIMESTAMP`` (no zone); token counts are integers; money is USD.
+
+Versions: ``schema_info`` holds the version a file was last written with. Opening a file of an
+older version for writing upgrades it in place, one step at a time (:data:`MIGRATIONS`: columns
+added with ``ADD COLUMN IF NOT EXISTS``, new tables by their ``CREATE TABLE IF NOT EXISTS``);
+rows are never rewritten, so an upgraded file's old replays keep NULL in the new columns.
+
+- 2: ``replays.content_key`` (what was asked, whoever answered: one replay serves every sampled
+  request that asked the same), ``replays.served_model`` and ``replays.system_fingerprint`` (what
+  a relay said answered); tables ``request_content`` and ``relay_serving``.
 """
 
 from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 DDL: tuple[str, ...] = (
     """
@@ -136,7 +145,32 @@ DDL: tuple[str, ...] = (
         error_kind            VARCHAR,  -- NULL when the replay succeeded
         error_message         VARCHAR,
         attempts              INTEGER,
-        created_at            TIMESTAMP
+        created_at            TIMESTAMP,
+        content_key           VARCHAR,  -- request hash + params without the fingerprint (v2)
+        served_model          VARCHAR,  -- relay: the response's model, e.g. an alias resolved (v2)
+        system_fingerprint    VARCHAR   -- relay: the response's system_fingerprint (v2)
+    )
+    """,
+    # Each sampled request's content key as the last replay computed it (v2): the evidence maps a
+    # replay to every sampled request with its content key.
+    """
+    CREATE TABLE IF NOT EXISTS request_content (
+        request_id  VARCHAR,
+        content_key VARCHAR,
+        updated_at  TIMESTAMP
+    )
+    """,
+    # What a relay candidate serves (v2): one row each time its answers name another model or
+    # system fingerprint; the latest row per candidate_fingerprint is current, and only replays
+    # served by it are evidence.
+    """
+    CREATE TABLE IF NOT EXISTS relay_serving (
+        candidate_fingerprint VARCHAR,
+        candidate             VARCHAR,
+        served_model          VARCHAR,
+        system_fingerprint    VARCHAR,
+        since                 TIMESTAMP,
+        answers               INTEGER   -- answers of the run that saw it that named it
     )
     """,
     """
@@ -151,10 +185,40 @@ DDL: tuple[str, ...] = (
 )
 
 
+# Version -> the statements that bring a file of the version before up to it.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE replays ADD COLUMN IF NOT EXISTS content_key VARCHAR",
+        "ALTER TABLE replays ADD COLUMN IF NOT EXISTS served_model VARCHAR",
+        "ALTER TABLE replays ADD COLUMN IF NOT EXISTS system_fingerprint VARCHAR",
+    ),
+}
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The version a warehouse was last written with (None: a new file)."""
+    rows = con.execute("SELECT value FROM schema_info WHERE key = 'version'").fetchall()
+    return int(rows[0][0]) if rows else None
+
+
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create every table that is missing; existing tables and rows are left alone."""
+    """Create every table that is missing and upgrade an older file in place; existing rows are
+    left alone."""
     for statement in DDL:
         con.execute(statement)
-    ((count,),) = con.execute("SELECT count(*) FROM schema_info WHERE key = 'version'").fetchall()
-    if count == 0:
+    version = schema_version(con)
+    if version is None:
         con.execute("INSERT INTO schema_info VALUES ('version', ?)", [str(SCHEMA_VERSION)])
+        return
+    if version >= SCHEMA_VERSION:
+        return
+    con.begin()
+    try:
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS.get(step, ()):
+                con.execute(statement)
+        con.execute("UPDATE schema_info SET value = ? WHERE key = 'version'", [str(SCHEMA_VERSION)])
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise

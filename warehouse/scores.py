@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import duckdb
 
 from warehouse.errors import EmptyWarehouseError, WarehouseError
+from warehouse.replays import SAMPLE_REPLAYS, sample_replays_params
 
 JUDGE_CACHE_DDL = """
 CREATE TABLE IF NOT EXISTS judge_cache (
@@ -37,31 +39,16 @@ latest_prediction AS (
 )
 """
 
-# The replays of one sample: the latest row per (request, candidate), of the wanted fingerprints.
-_SAMPLE_REPLAYS = """
-sampled AS (
-    SELECT request_id, any_value(task_type) AS task_type, bool_or(uncertain) AS uncertain
-    FROM samples WHERE sample_id = ? GROUP BY request_id
-),
-fingerprints AS (
-    SELECT unnest(?::VARCHAR[]) AS candidate, unnest(?::VARCHAR[]) AS candidate_fingerprint
-),
-replayed AS (
-    SELECT rp.*, s.task_type, s.uncertain FROM replays AS rp
-    JOIN sampled AS s USING (request_id)
-    WHERE (SELECT count(*) FROM fingerprints) = 0
-       OR EXISTS (SELECT 1 FROM fingerprints AS f
-                  WHERE f.candidate = rp.candidate
-                    AND f.candidate_fingerprint = rp.candidate_fingerprint)
-    QUALIFY row_number() OVER (
-        PARTITION BY rp.request_id, rp.candidate ORDER BY rp.created_at DESC, rp.replay_id
-    ) = 1
-),
+# The current replays of one sample (warehouse.replays.SAMPLE_REPLAYS) and their latest scores.
+_SAMPLE_REPLAYS = (
+    SAMPLE_REPLAYS
+    + """,
 quality AS (
     SELECT replay_id, value, scorer FROM scores WHERE metric = 'quality'
     QUALIFY row_number() OVER (PARTITION BY replay_id ORDER BY created_at DESC) = 1
 )
 """
+)
 
 
 def _sample(con: duckdb.DuckDBPyConnection, sample_id: str | None) -> str:
@@ -80,11 +67,6 @@ def _sample(con: duckdb.DuckDBPyConnection, sample_id: str | None) -> str:
     return str(row[0])
 
 
-def _fp_params(fingerprints: Mapping[str, str] | None) -> list[list[str]]:
-    items = sorted((fingerprints or {}).items())
-    return [[k for k, _ in items], [v for _, v in items]]
-
-
 def messages_from_json(raw: Any) -> list[dict[str, Any]]:
     """A request's stored messages as a list (an empty one for anything else)."""
     value = json.loads(raw) if isinstance(raw, str) else raw
@@ -95,12 +77,15 @@ def scoring_inputs(
     con: duckdb.DuckDBPyConnection,
     sample_id: str | None = None,
     fingerprints: Mapping[str, str] | None = None,
+    fresh_after: Mapping[str, datetime] | None = None,
 ) -> list[dict[str, Any]]:
-    """Successful replays of the sample next to production's answer, with their current score.
+    """Successful current replays of the sample next to production's answer, with their score.
 
     Keys: replay_id, request_id, candidate, task_type, messages_json (the request's messages as
     logged: the caller parses only those it scores), reference, output_text, quality_scorer (None
-    when not scored yet). Failed replays are not scored (they count as 0).
+    when not scored yet). Failed replays are not scored (they count as 0). A replay shared by
+    several sampled requests (same content key) is listed once, against production's answer to
+    the request it was sent for when that one is sampled.
     """
     sid = _sample(con, sample_id)
     rows = con.execute(
@@ -113,9 +98,12 @@ def scoring_inputs(
         JOIN requests AS r USING (request_id)
         LEFT JOIN quality AS q USING (replay_id)
         WHERE rp.error_kind IS NULL
+        QUALIFY row_number() OVER (
+            PARTITION BY rp.replay_id ORDER BY rp.request_id = rp.sent_for DESC, rp.request_id
+        ) = 1
         ORDER BY rp.task_type, rp.request_id, rp.candidate
         """,
-        [sid, *_fp_params(fingerprints)],
+        sample_replays_params(sid, fingerprints, fresh_after),
     ).fetchall()
     return [
         {
@@ -157,8 +145,14 @@ def evidence_rows(
     con: duckdb.DuckDBPyConnection,
     sample_id: str | None = None,
     fingerprints: Mapping[str, str] | None = None,
+    fresh_after: Mapping[str, datetime] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every replay of the sample and production's logged call for each sampled request.
+    """Every current replay of the sample and production's logged call for each sampled request.
+
+    ``fingerprints`` (candidate -> current fingerprint) and ``fresh_after`` (candidate -> oldest
+    replay still fresh) say which replays are current (warehouse.replays.SAMPLE_REPLAYS); the
+    rest are left out (:func:`warehouse.replays.stale_replays` counts them). A replay counts for
+    every sampled request with its content key.
 
     Production rows have candidate ``'production'`` and quality 1.0 (the reference). Keys:
     request_id, task_type, candidate, quality, scorer, error_kind, ttft_ms, latency_ms,
@@ -166,7 +160,7 @@ def evidence_rows(
     conversation_id, turn_index.
     """
     sid = _sample(con, sample_id)
-    params = [sid, *_fp_params(fingerprints)]
+    params = sample_replays_params(sid, fingerprints, fresh_after)
     replayed = con.execute(
         "WITH "
         + _SAMPLE_REPLAYS
@@ -311,6 +305,7 @@ def sample_outputs(
     per_type: int = 3,
     sample_id: str | None = None,
     fingerprints: Mapping[str, str] | None = None,
+    fresh_after: Mapping[str, datetime] | None = None,
 ) -> list[dict[str, Any]]:
     """A few sampled requests per task type with production's answer and every candidate's.
 
@@ -334,7 +329,7 @@ def sample_outputs(
         LEFT JOIN quality AS q ON q.replay_id = rp.replay_id
         ORDER BY p.task_type, md5(p.request_id), rp.candidate
         """,
-        [sid, *_fp_params(fingerprints), per_type],
+        [*sample_replays_params(sid, fingerprints, fresh_after), per_type],
     ).fetchall()
     out: list[dict[str, Any]] = []
     index: dict[str, dict[str, Any]] = {}

@@ -1,17 +1,20 @@
-"""onnxruntime-genai model folders: checking one, describing it, and fingerprinting it cheaply.
+"""onnxruntime-genai model folders: checking one, describing it, and fingerprinting its content.
 
 A folder is ``genai_config.json`` + the decoder graph it names (``model.onnx``, usually with its
 weights as external data beside it) + the tokenizer (``tokenizer.json`` or ``tokenizer.model``,
 and ``tokenizer_config.json``, which onnxruntime-genai requires and where the chat template
 lives). :func:`open_model_folder` names the first missing piece in a
 :class:`planner.errors.ModelFolderError`; :func:`inspect_model` reads the graph's structure
-(never its weights) to report parameters and quantization.
+(never its weights) to report parameters and quantization; :func:`fingerprint` hashes every
+byte of the folder, remembering each file's digest by its size, times and inode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
 import threading
 from collections import Counter
@@ -264,42 +267,115 @@ def inspect_model(path: Path | str) -> ModelInfo:
     )
 
 
-_fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
-_fingerprint_lock = threading.Lock()
+# A model folder's fingerprint covers every byte of it. Hashing gigabytes takes seconds, so each
+# file's digest is remembered by what the kernel says about it: absolute path, size, mtime,
+# ctime and inode. A rewrite changes mtime and ctime (ctime cannot be set back, so even a copy
+# that preserves mtime is seen); a replaced file changes the inode. The memory is a JSON file
+# (``fingerprint_cache_file``), shared by every process of the user on the machine.
+FINGERPRINT_CACHE_VERSION = 1
+_CHUNK = 1 << 22
+_memo: dict[tuple[str, tuple[tuple[str, int, int, int, int], ...]], str] = {}
+_memo_lock = threading.Lock()
+_log = logging.getLogger("planner.models")
 
 
-def fingerprint(path: Path | str) -> str:
-    """Content hash of a model folder, cheap enough to call per run.
+def fingerprint_cache_file() -> Path:
+    """Where file digests are remembered: ``$XDG_CACHE_HOME/migration-planner/fingerprints.json``
+    (default ``~/.cache/migration-planner/fingerprints.json``), keyed by absolute path, so a
+    read-only model folder is fine and one cache serves every project of the user."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "migration-planner" / "fingerprints.json"
 
-    sha256 over: every file's relative name and size, plus the full bytes of
-    ``genai_config.json`` and of the graph file it names (with external data, a few MB at
-    most). The external weight files are represented by their sizes only: rewriting weights
-    in place at the same size is the one change this does not see. Cached per folder while no
-    file's name, size or mtime changes.
+
+@dataclass(frozen=True)
+class _Stat:
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> _Stat:
+        st = path.stat()
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _load_digests(cache: Path) -> dict[str, list[Any]]:
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != FINGERPRINT_CACHE_VERSION:
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _save_digests(cache: Path, fresh: dict[str, list[Any]]) -> None:
+    """Merge ``fresh`` into the cache file (re-read, so other processes' entries stay) and drop
+    entries of files that are gone; written beside and renamed, so a reader never sees half."""
+    try:
+        files = _load_digests(cache)
+        files.update(fresh)
+        files = {k: v for k, v in files.items() if os.path.exists(k)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(
+            json.dumps({"version": FINGERPRINT_CACHE_VERSION, "files": files}, sort_keys=True),
+            encoding="utf-8",
+        )
+        os.replace(tmp, cache)
+    except OSError as exc:  # an unwritable cache costs time next run, never a wrong answer
+        _log.warning("cannot keep file digests in %s: %s", cache, exc)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def fingerprint(path: Path | str, *, cache_file: Path | None = None) -> str:
+    """Content hash of a model folder: every file's relative name, size and sha256.
+
+    Any change of any byte (a retrain of the same architecture rewrites the weights at the same
+    size) gives another fingerprint, and replays of the old one stop counting. A file's digest
+    is reused while its size, mtime, ctime and inode are unchanged (``cache_file``, default
+    :func:`fingerprint_cache_file`), so a nightly run reads gigabytes only after they changed.
     """
     folder = open_model_folder(path)
-    entries = []
-    for p in sorted(folder.path.rglob("*")):
+    root = folder.path.resolve()
+    entries: list[tuple[str, Path, _Stat]] = []
+    for p in sorted(root.rglob("*")):
         if p.is_file():
-            st = p.stat()
-            entries.append((str(p.relative_to(folder.path)), st.st_size, st.st_mtime_ns))
-    key = (str(folder.path.resolve()), tuple(entries))
-    with _fingerprint_lock:
-        cached = _fingerprints.get(key)
-    if cached is not None:
-        return cached
+            entries.append((p.relative_to(root).as_posix(), p, _Stat.of(p)))
+    memo_key = (
+        str(root),
+        tuple((n, s.size, s.mtime_ns, s.ctime_ns, s.inode) for n, _, s in entries),
+    )
+    with _memo_lock:
+        known = _memo.get(memo_key)
+    if known is not None:
+        return known
+    cache = cache_file if cache_file is not None else fingerprint_cache_file()
+    stored = _load_digests(cache)
+    fresh: dict[str, list[Any]] = {}
     digest = hashlib.sha256()
-    for name, size, _mtime in entries:
-        digest.update(f"{name}\0{size}\n".encode())
-    for p in (folder.path / CONFIG_FILE, folder.model_file):
-        file_hash = hashlib.sha256()
-        with p.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                file_hash.update(block)
-        digest.update(file_hash.digest())
+    for name, p, stat in entries:
+        state = [stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode]
+        hit = stored.get(str(p))
+        if isinstance(hit, list) and len(hit) == 5 and hit[:4] == state:
+            file_hash = str(hit[4])
+        else:
+            file_hash = file_digest(p)
+            if _Stat.of(p) == stat:  # not written to while it was read
+                fresh[str(p)] = [*state, file_hash]
+        digest.update(f"{name}\0{stat.size}\0{file_hash}\n".encode())
+    if fresh:
+        _save_digests(cache, fresh)
     result = digest.hexdigest()[:16]
-    with _fingerprint_lock:
-        _fingerprints[key] = result
+    with _memo_lock:
+        _memo[memo_key] = result
     return result
 
 

@@ -19,6 +19,8 @@ Behaviour a client can rely on:
   once past the cap, so no more than the cap (plus one chunk) is ever held.
 - A ``model`` other than the engine's ``model_name`` gets 404 (``model_not_found``); a malformed
   body gets 400 (``invalid_request_error``). Neither is ever subject to fault injection.
+- Answers name ``app.state.served_model`` (default: the requested name) as their ``model``, and
+  carry ``app.state.system_fingerprint`` when set: a relay whose alias moves to another model.
 - Faults apply to chat completions only, decided per request in arrival order by a
   ``random.Random(seed)`` (same seed, same sequence): one draw ``u`` picks 429 if
   ``u < rate_429``, else 503 if ``u < rate_429 + rate_503``, else a hang if below that plus
@@ -217,6 +219,11 @@ def create_app(
     app.state.engine = engine
     app.state.faults = faults
     expected = None if api_key is None else b"Bearer " + api_key.encode()
+    app.state.served_model = None  # what answers say served them (default: the name asked for)
+    app.state.system_fingerprint = None
+
+    def fingerprint_field() -> dict[str, str]:
+        return {"system_fingerprint": fp} if (fp := app.state.system_fingerprint) else {}
 
     def refused(request: Request) -> JSONResponse | None:
         """401 unless the request carries the configured key (constant time: how much of a
@@ -304,7 +311,8 @@ def create_app(
                 "id": completion_id,
                 "object": "chat.completion",
                 "created": created,
-                "model": engine.model_name,
+                **fingerprint_field(),
+                "model": app.state.served_model or engine.model_name,
                 "choices": [
                     {
                         "index": 0,
@@ -335,7 +343,8 @@ def create_app(
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": engine.model_name,
+                "model": app.state.served_model or engine.model_name,
+                **fingerprint_field(),
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
             return f"data: {json.dumps(data)}\n\n"
@@ -363,11 +372,11 @@ def create_app(
                     prompt = await loop.run_in_executor(
                         executor, _prompt_tokens, engine, call.messages
                     )
-                    usage = {
+                    usage: dict[str, Any] = {
                         "id": completion_id,
                         "object": "chat.completion.chunk",
                         "created": created,
-                        "model": engine.model_name,
+                        "model": app.state.served_model or engine.model_name,
                         "choices": [],
                         "usage": {
                             "prompt_tokens": prompt,

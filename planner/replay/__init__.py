@@ -10,7 +10,9 @@
 - :mod:`planner.replay.engine` — a sample through one backend with the cache keys that make runs
   resumable;
 - :mod:`planner.replay.local` — the local backend over :mod:`planner.models.runtime`;
-- :mod:`planner.replay.shards` — a local candidate's work in shards that can run anywhere.
+- :mod:`planner.replay.shards` — a local candidate's work in shards that can run anywhere;
+- :mod:`planner.replay.freshness` — when a relay's answers expire, tonight's renewal slice, and
+  what a relay serves now.
 
 May import: the ``planner`` root modules and :mod:`planner.models`.
 """

@@ -2,7 +2,9 @@
 runs resumable and nightly runs incremental.
 
 A replay is keyed by the candidate's fingerprint, a hash of the request's messages and the
-generation parameters (:func:`cache_key`, stored as ``replays.replay_id``). Before sending, the
+generation parameters (:func:`cache_key`, stored as ``replays.replay_id``); the same key without
+the fingerprint is the request's :func:`content_key`, which maps one replay to every sampled
+request that asked the same. Before sending, the
 engine asks ``already_done(keys)`` which keys hold a final answer and skips them; results are
 handed to ``store(batch)`` as they arrive — on a writer thread of their own, so a slow disk never
 stalls the requests in flight, in small batches of whatever queued up during the previous write —
@@ -50,11 +52,13 @@ _log = logging.getLogger("planner.replay")
 
 @dataclass(frozen=True)
 class KeyedResult:
-    """A result with its cache key (the ``replay_id``) and the candidate's fingerprint."""
+    """A result with its cache key (the ``replay_id``), the candidate's fingerprint and the
+    request's content key."""
 
     result: ReplayResult
     key: str
     fingerprint: str
+    content: str | None = None
 
 
 _END = object()
@@ -117,17 +121,21 @@ def request_hash(request: ReplayRequest) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _asked(request: ReplayRequest) -> tuple[str, str, str]:
+    return request_hash(request), str(request.max_tokens), repr(float(request.temperature))
+
+
 def cache_key(fingerprint: str, request: ReplayRequest) -> str:
     """The replay's identity: who answers, what was asked, and how (max_tokens, temperature)."""
-    ident = "\n".join(
-        (
-            fingerprint,
-            request_hash(request),
-            str(request.max_tokens),
-            repr(float(request.temperature)),
-        )
-    )
+    ident = "\n".join((fingerprint, *_asked(request)))
     return "rp-" + hashlib.sha256(ident.encode("utf-8")).hexdigest()[:32]
+
+
+def content_key(request: ReplayRequest) -> str:
+    """What was asked and how, whoever answers: two requests with the same content key share
+    every candidate's replay (the evidence maps a replay to every sampled request with its
+    content key, not only to the one it was sent for)."""
+    return "ck-" + hashlib.sha256("\n".join(_asked(request)).encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass
@@ -197,12 +205,14 @@ def _to_stderr_and_log(line: str) -> None:
 
 def _dedupe(
     requests: Iterable[ReplayRequest], fingerprint: str
-) -> tuple[list[ReplayRequest], dict[str, str]]:
-    """Requests with a distinct cache key (first wins), and request_id -> key."""
+) -> tuple[list[ReplayRequest], dict[str, str], dict[str, str]]:
+    """Requests with a distinct cache key (first wins), request_id -> key, request_id -> content
+    key."""
     keyed: dict[str, ReplayRequest] = {}
     for request in requests:
         keyed.setdefault(cache_key(fingerprint, request), request)
-    return list(keyed.values()), {r.request_id: k for k, r in keyed.items()}
+    key_of = {r.request_id: k for k, r in keyed.items()}
+    return list(keyed.values()), key_of, {r.request_id: content_key(r) for r in keyed.values()}
 
 
 def replay_candidate(
@@ -222,7 +232,7 @@ def replay_candidate(
     done is stored and the reason is in ``CandidateRun.stopped``/``message``.
     """
     fingerprint = backend.fingerprint()
-    unique, key_of = _dedupe(requests, fingerprint)
+    unique, key_of, content_of = _dedupe(requests, fingerprint)
     run = CandidateRun(backend.name, fingerprint, planned=len(unique))
     done = set() if refresh else already_done(list(key_of.values()))
     todo = [r for r in unique if key_of[r.request_id] not in done]
@@ -243,7 +253,7 @@ def replay_candidate(
         key = key_of.get(result.request_id)
         if key is None:
             raise BackendError(backend.name, f"answered unknown request {result.request_id!r}")
-        writer.put(KeyedResult(result, key, fingerprint))
+        writer.put(KeyedResult(result, key, fingerprint, content_of[result.request_id]))
         if result.attempts > 0:
             run.sent += 1
         run.retries += max(result.attempts - 1, 0)

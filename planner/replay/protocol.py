@@ -59,6 +59,8 @@ class ReplayResult:
     error_kind: str | None = None
     error_message: str | None = None
     attempts: int = 1
+    served_model: str | None = None  # relay: the response's ``model`` (an alias resolved)
+    system_fingerprint: str | None = None  # relay: the response's ``system_fingerprint``
 
     @property
     def ok(self) -> bool:

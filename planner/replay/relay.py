@@ -12,6 +12,8 @@ What the world does to a relay, and what this client does about it:
 - 400/404/422 are the request's fault: recorded (``client_error``/``context_overflow``), never
   retried. 401/403 stop the candidate at once (:class:`AuthError` naming the key's variable).
 - Malformed SSE or JSON is recorded on that sample as ``protocol``.
+- The response's ``model`` and ``system_fingerprint`` are kept on each result: a provider that
+  moves an alias (``gpt-4o-mini``, ``deepseek-chat``) to another model shows there.
 - After ``breaker_threshold`` consecutive failed samples the candidate stops; the rest are
   reported ``circuit_open`` without being sent (:class:`CircuitOpenError`).
 - A shared :class:`CostBudget` is asked before each send for the worst case (prompt estimate +
@@ -53,6 +55,7 @@ from planner.replay.wire import (
     failure_for_exception,
     failure_for_status,
     parse_completion,
+    served_identity,
     take_event,
     usage_counts,
 )
@@ -381,6 +384,8 @@ class RelayBackend:
             tokens_per_s=tokens_per_s,
             cost_usd=cost_usd(prompt_tokens, completion_tokens, self.price_in, self.price_out),
             attempts=attempts,
+            served_model=answer.model,
+            system_fingerprint=answer.system_fingerprint,
         )
         if not answer.text.strip():
             result.error_kind = "empty_output"
@@ -440,7 +445,7 @@ class RelayBackend:
                 "protocol", f"response body is not JSON: {response.text[:80]!r}"
             ) from exc
         text, usage = parse_completion(data)
-        return Answer(text, None, latency_ms, usage)
+        return Answer(text, None, latency_ms, usage, *served_identity(data))
 
     @staticmethod
     async def _streamed_answer(response: httpx.Response, started: float) -> Answer:
@@ -473,4 +478,11 @@ class RelayBackend:
         end = ended if ended is not None else time.perf_counter()
         first = state.first_token_at if state.first_token_at is not None else state.first_event_at
         ttft_ms = (first - started) * 1000 if first is not None else None
-        return Answer("".join(state.pieces), ttft_ms, (end - started) * 1000, state.usage)
+        return Answer(
+            "".join(state.pieces),
+            ttft_ms,
+            (end - started) * 1000,
+            state.usage,
+            state.model,
+            state.system_fingerprint,
+        )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import BackendError, ConfigError
+from planner.models.folder import fingerprint as folder_fingerprint
 from planner.replay.engine import cache_key, replay_candidate
 from planner.replay.protocol import ReplayBackend, ReplayRequest, ReplayResult
 from planner.stats import percentile
@@ -64,13 +65,18 @@ class Shard:
     requests: list[dict[str, Any]]
 
 
-def replay_row(result: ReplayResult, key: str, fingerprint: str) -> dict[str, Any]:
-    """A ``replays`` row from a result (the key is the replay_id)."""
+def replay_row(
+    result: ReplayResult, key: str, fingerprint: str, content: str | None = None
+) -> dict[str, Any]:
+    """A ``replays`` row from a result (the key is the replay_id; ``content`` its content key)."""
     return {
         "replay_id": key,
         "request_id": result.request_id,
         "candidate": result.candidate,
         "candidate_fingerprint": fingerprint,
+        "content_key": content,
+        "served_model": result.served_model,
+        "system_fingerprint": result.system_fingerprint,
         "output_text": result.output_text,
         "ttft_ms": result.ttft_ms,
         "latency_ms": result.latency_ms,
@@ -118,12 +124,21 @@ _loaded_lock = threading.Lock()
 _replaying = threading.Lock()  # one shard at a time per process: latencies on an unshared CPU
 
 
+def current_fingerprint(spec: LocalModelSpec) -> str:
+    """What the folder holds now (every byte; cheap when nothing changed since it was hashed)."""
+    return "local-" + folder_fingerprint(spec.path)
+
+
 def backend_for(spec: LocalModelSpec) -> ReplayBackend:
-    """This process's backend for ``spec``; the model loaded before (another spec) is released."""
+    """This process's backend for ``spec``; the model loaded before (another spec, or the same
+    folder before its content changed) is released."""
     from planner.replay.local import LocalBackend  # onnxruntime-genai: imported where used
 
+    now = current_fingerprint(spec)
     with _loaded_lock:
         backend = _loaded.get(spec)
+        if backend is not None and backend.fingerprint() != now:
+            backend = None  # the weights changed under the loaded model: load them again
         if backend is None:
             release_models()
             backend = LocalBackend(
@@ -144,7 +159,7 @@ def release_models() -> None:
 
 
 def fingerprint_of(spec: dict[str, Any]) -> str:
-    """The fingerprint of the model a worker would replay with (it loads the model)."""
+    """The fingerprint of the model folder as a worker sees it (every byte of it)."""
     return backend_for(LocalModelSpec(**spec)).fingerprint()
 
 
@@ -156,7 +171,8 @@ def replay_shard(
 ) -> dict[str, Any]:
     """One shard through this process's model: ``{"run": figures, "rows": replays rows}``.
 
-    A worker whose folder is not the one the run planned with (another fingerprint) refuses."""
+    A worker whose folder is not the one the run planned with refuses: its content (every byte,
+    not only names and sizes) must have the fingerprint the run planned with."""
     model = LocalModelSpec(**spec)
     rows: list[dict[str, Any]] = []
     with _replaying:
@@ -172,7 +188,7 @@ def replay_shard(
             backend,
             [ReplayRequest(**r) for r in requests],
             store=lambda batch: rows.extend(
-                replay_row(k.result, k.key, k.fingerprint) for k in batch
+                replay_row(k.result, k.key, k.fingerprint, k.content) for k in batch
             ),
             already_done=lambda keys: set(),  # the flow sent only what is not done
             should_stop=stop_requested,

@@ -73,6 +73,19 @@ class Answer:
     ttft_ms: float | None
     latency_ms: float
     usage: dict[str, Any] | None
+    model: str | None = None  # what the server says answered (an alias resolved)
+    system_fingerprint: str | None = None
+
+
+def served_identity(data: Any) -> tuple[str | None, str | None]:
+    """The ``model`` and ``system_fingerprint`` a completion (or a stream chunk) names."""
+    if not isinstance(data, dict):
+        return None, None
+    model, fp = data.get("model"), data.get("system_fingerprint")
+    return (
+        model if isinstance(model, str) and model else None,
+        fp if isinstance(fp, str) and fp else None,
+    )
 
 
 def error_text(response: httpx.Response) -> str:
@@ -153,6 +166,8 @@ class StreamState:
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
     done: bool = False
+    model: str | None = None
+    system_fingerprint: str | None = None
 
 
 def take_event(data: str, state: StreamState, now: float) -> None:
@@ -175,6 +190,9 @@ def take_event(data: str, state: StreamState, now: float) -> None:
     usage = chunk.get("usage")
     if isinstance(usage, dict):
         state.usage = usage
+    model, system_fingerprint = served_identity(chunk)
+    state.model = state.model or model
+    state.system_fingerprint = state.system_fingerprint or system_fingerprint
     choices = chunk.get("choices") or []
     if not isinstance(choices, list):
         raise WireFailure("protocol", "SSE chunk 'choices' is not a list")

@@ -2,10 +2,8 @@
 
 Pure functions over plain data: :func:`figures_from_metrics` reads the few figures a comparison
 needs out of a run's ``metrics.json`` (as written by
-:meth:`planner.report.render.PlanReport.metrics`), :func:`diff_runs` compares two of them, and
-:func:`attention_signals` turns a run (and its diff with the previous one) into the short list of
-things that need a person: a decision that flipped, a migrated route below the quality floor, a
-task mix that drifted.
+:meth:`planner.report.render.PlanReport.metrics`) and :func:`diff_runs` compares two of them. A
+:class:`Signal` is one thing a person must look at; :mod:`planner.runs.alerts` builds them.
 """
 
 from __future__ import annotations
@@ -43,7 +41,14 @@ HEADLINE_DIFF_KEYS = (
 
 DRIFT_EPSILON = 1e-9  # shares are floats: a drift equal to the threshold must not alert
 
-SignalKind = Literal["decision_flipped", "quality_below_floor", "drift"]
+SignalKind = Literal[
+    "decision_flipped",
+    "quality_below_floor",
+    "deployed_route_failing",
+    "relay_serving_changed",
+    "drift",
+    "classifier_changed",
+]
 
 
 class FiguresError(PlannerError):
@@ -389,72 +394,6 @@ class Signal:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Signal:
         return cls(kind=data["kind"], task_type=data.get("task_type"), message=data["message"])
-
-
-def _pct(value: float) -> str:
-    return f"{value * 100:.0f}%"
-
-
-def _flip_message(change: RouteChange, previous_id: str) -> str:
-    a, b = change.route_a, change.route_b
-    if change.kind_b == PRODUCTION_KIND:
-        what = f"{change.task_type} goes back to production (was {a})"
-    elif change.kind_a == PRODUCTION_KIND:
-        what = f"{change.task_type} now moves to {b} (was production)"
-    else:
-        what = f"{change.task_type} moves from {a} to {b}"
-    quality = change.quality
-    if quality.a is not None and quality.b is not None:
-        what += f"; quality {quality.a:.2f} → {quality.b:.2f}"
-    return f"Decision flipped since run {previous_id}: {what}."
-
-
-def attention_signals(
-    current: RunFigures, diff: RunDiff | None, drift_threshold: float
-) -> list[Signal]:
-    """What needs a person, most serious first: flipped decisions, quality below floor, drift.
-
-    The quality check needs no previous run: any migrated route (kind other than production)
-    whose mean quality is below the run's floor is reported.
-    """
-    signals: list[Signal] = []
-    if diff is not None:
-        for change in diff.flipped:
-            signals.append(
-                Signal("decision_flipped", change.task_type, _flip_message(change, diff.a_run_id))
-            )
-    for route in current.routes:
-        if not route.migrated or route.quality_mean is None:
-            continue
-        if route.quality_mean < current.quality_floor:
-            was = ""
-            if diff is not None:
-                prior = next(
-                    (c for c in diff.route_changes if c.task_type == route.task_type), None
-                )
-                if prior is not None and prior.quality.a is not None:
-                    was = f" (was {prior.quality.a:.2f} in run {diff.a_run_id})"
-            signals.append(
-                Signal(
-                    "quality_below_floor",
-                    route.task_type,
-                    f"Quality of {route.task_type} on its migrated route {route.route} is "
-                    f"{route.quality_mean:.2f}, below the floor {current.quality_floor:.2f}"
-                    f"{was}.",
-                )
-            )
-    if diff is not None and diff.drift > drift_threshold + DRIFT_EPSILON:
-        moved = [m for m in diff.mix_changes if abs(m.delta) >= 0.005][:3]
-        detail = ", ".join(f"{m.task_type} {_pct(m.share_a)} → {_pct(m.share_b)}" for m in moved)
-        signals.append(
-            Signal(
-                "drift",
-                None,
-                f"The task mix drifted {_pct(diff.drift)} since run {diff.a_run_id} "
-                f"(threshold {_pct(drift_threshold)})" + (f": {detail}." if detail else "."),
-            )
-        )
-    return signals
 
 
 def signals_from_dicts(rows: Sequence[Mapping[str, Any]]) -> list[Signal]:

@@ -10,6 +10,13 @@ PostgreSQL), timezone-aware timestamps stored as UTC. The decisions sit in their
     WHERE d.task_type = 'summarization' ORDER BY r.started_at;
 
 Callers get frozen :class:`RunRecord` views, never ORM rows (those are bound to a session).
+
+Scopes: every run records the warehouse (or ``[history] scope``) it belongs to, so several
+warehouses can share one history. A store opened with a scope sees only that scope's runs:
+interrupted-run marking, "previous run", listing, lookups and diffs never cross into another
+warehouse's runs. Opened without one (``runs list --all-scopes``) it sees every run. A history
+written before scopes existed gains the column on open; its runs have no scope and are seen only
+without one.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class RunRow(SQLModel, table=True):
     __tablename__ = "planner_runs"
 
     run_id: str = Field(primary_key=True, max_length=128)
+    scope: str | None = Field(default=None, max_length=1024, index=True)
     started_at: datetime = Field(sa_type=sa.DateTime(timezone=True), index=True)
     finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     status: str = Field(max_length=16, index=True)
@@ -101,6 +109,7 @@ class RunRecord:
     signals: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     routes: tuple[RouteFigures, ...] = ()
+    scope: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -138,6 +147,7 @@ class RunRecord:
             "signals": list(self.signals),
             "error": self.error,
             "routes": [r.to_dict() for r in self.routes],
+            "scope": self.scope,
         }
 
 
@@ -194,15 +204,26 @@ def _record(row: RunRow, decisions: Sequence[DecisionRow]) -> RunRecord:
         signals=list(row.signals or []),
         error=row.error,
         routes=routes,
+        scope=row.scope,
     )
 
 
-class HistoryStore:
-    """Reads and writes the run history; every write is one transaction."""
+def _in_scope(scope: str | None) -> Any:
+    """The runs of one scope (NULL-safe: runs recorded before scopes have none)."""
+    return col(RunRow.scope).is_(None) if scope is None else col(RunRow.scope) == scope
 
-    def __init__(self, engine: Engine, url: str) -> None:
+
+class HistoryStore:
+    """Reads and writes the run history; every write is one transaction. With a ``scope`` it
+    sees and touches only that scope's runs; without one, every run (and records none)."""
+
+    def __init__(self, engine: Engine, url: str, scope: str | None = None) -> None:
         self._engine = engine
         self.url = url  # redacted: safe to print
+        self.scope = scope
+
+    def _scoped(self, query: Any) -> Any:
+        return query if self.scope is None else query.where(_in_scope(self.scope))
 
     @contextmanager
     def _session(self, action: str) -> Iterator[Session]:
@@ -217,7 +238,16 @@ class HistoryStore:
         row = session.get(RunRow, run_id)
         if row is None:
             raise HistoryError(self.url, f"no run named {run_id!r} is recorded")
+        self._own(row)
         return row
+
+    def _own(self, row: RunRow) -> None:
+        if self.scope is not None and row.scope != self.scope:
+            raise HistoryError(
+                self.url,
+                f"run {row.run_id!r} belongs to another scope ({row.scope or 'none'}), not "
+                f"{self.scope}",
+            )
 
     def start_run(
         self, run_id: str, *, started_at: datetime, config_hash: str, trigger: str
@@ -229,6 +259,7 @@ class HistoryStore:
             session.add(
                 RunRow(
                     run_id=run_id,
+                    scope=self.scope,
                     started_at=_utc(started_at),
                     status="running",
                     config_hash=config_hash,
@@ -281,12 +312,14 @@ class HistoryStore:
                 )
 
     def mark_interrupted(self) -> list[str]:
-        """Runs still ``running`` become ``interrupted``; call it only while holding the run lock.
+        """This scope's runs still ``running`` become ``interrupted``; call it only while holding
+        the run lock (of this scope's warehouse: another warehouse's run may well be running).
 
         Their process was killed before it could record an end, so nobody else will.
         """
         with self._session("mark interrupted runs") as session:
-            rows = session.exec(select(RunRow).where(col(RunRow.status) == "running")).all()
+            query = self._scoped(select(RunRow).where(col(RunRow.status) == "running"))
+            rows = session.exec(query).all()
             for row in rows:
                 row.status = "interrupted"
                 row.error = "the run's process ended before it recorded a result"
@@ -305,7 +338,7 @@ class HistoryStore:
     def list_runs(self, limit: int = 50, *, status: str | None = None) -> list[RunRecord]:
         """The newest ``limit`` runs, newest first (only those with ``status`` if given)."""
         with self._session("list runs") as session:
-            query = select(RunRow)
+            query = self._scoped(select(RunRow))
             if status is not None:
                 query = query.where(col(RunRow.status) == status)
             query = query.order_by(col(RunRow.started_at).desc(), col(RunRow.run_id).desc())
@@ -316,9 +349,11 @@ class HistoryStore:
         """The run with this id, or the only run whose id starts with it."""
         with self._session(f"read run {run_id!r}") as session:
             row = session.get(RunRow, run_id)
+            if row is not None:
+                self._own(row)
             if row is None and run_id:
                 query = (
-                    select(RunRow)
+                    self._scoped(select(RunRow))
                     .where(col(RunRow.run_id).startswith(run_id, autoescape=True))
                     .order_by(col(RunRow.started_at).desc())
                     .limit(KNOWN_SHOWN + 1)
@@ -333,7 +368,7 @@ class HistoryStore:
                 row = matches[0] if matches else None
             if row is None:
                 recent = session.exec(
-                    select(RunRow.run_id)
+                    self._scoped(select(RunRow.run_id))
                     .order_by(col(RunRow.started_at).desc())
                     .limit(KNOWN_SHOWN + 1)
                 ).all()
@@ -343,7 +378,8 @@ class HistoryStore:
             return self._records(session, [row])[0]
 
     def previous_completed(self, before_run_id: str) -> RunRecord | None:
-        """The newest completed run that started before ``before_run_id`` (None: there is none)."""
+        """The newest completed run of the same scope that started before ``before_run_id``
+        (None: there is none)."""
         with self._session(f"find the run before {before_run_id!r}") as session:
             current = self._row(session, before_run_id)
             started = _utc(current.started_at)
@@ -353,7 +389,7 @@ class HistoryStore:
             )
             query = (
                 select(RunRow)
-                .where(col(RunRow.status) == "completed", earlier)
+                .where(col(RunRow.status) == "completed", earlier, _in_scope(current.scope))
                 .order_by(col(RunRow.started_at).desc(), col(RunRow.run_id).desc())
                 .limit(1)
             )
@@ -382,8 +418,21 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def open_history(url: str, *, create: bool = True) -> HistoryStore:
-    """Connect to the history at ``url`` and create its tables when missing.
+def _add_scope_column(engine: Engine) -> None:
+    """A history written before scopes: add ``planner_runs.scope`` and its index."""
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(RunRow.__tablename__)}
+    if "scope" in columns:
+        return
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE planner_runs ADD COLUMN scope VARCHAR(1024)"))
+    for index in RunRow.__table__.indexes:  # type: ignore[attr-defined]
+        if [c.name for c in index.columns] == ["scope"]:
+            index.create(engine, checkfirst=True)
+
+
+def open_history(url: str, *, create: bool = True, scope: str | None = None) -> HistoryStore:
+    """Connect to the history at ``url`` and create its tables when missing (a history written
+    before scopes gains the column). The store sees only ``scope``'s runs, or all when None.
 
     For a SQLite file the parent folder is created too; with ``create=False`` a missing SQLite
     file is an error instead (reading commands should not leave empty databases behind).
@@ -415,7 +464,8 @@ def open_history(url: str, *, create: bool = True) -> HistoryStore:
         raise HistoryError(shown, f"cannot open: {exc}") from exc
     try:
         SQLModel.metadata.create_all(engine, tables=[RunRow.__table__, DecisionRow.__table__])  # type: ignore[attr-defined]
+        _add_scope_column(engine)
     except SQLAlchemyError as exc:
         engine.dispose()
         raise HistoryError(shown, f"cannot open: {_reason(exc)}") from exc
-    return HistoryStore(engine, shown)
+    return HistoryStore(engine, shown, scope)

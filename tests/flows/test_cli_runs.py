@@ -1,4 +1,5 @@
-"""`runs list|show|diff` on two constructed runs stored in a real SQLite history."""
+"""`runs list|show|diff` on two constructed runs stored in a real SQLite history, which another
+warehouse's runs share."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli_runs import app
-from planner.runs.diff import attention_signals, diff_runs, figures_from_metrics
+from planner.runs.alerts import RouteCheck, WindowDrift, attention_signals
+from planner.runs.diff import diff_runs, figures_from_metrics
 from planner.runs.history import open_history
 
 runner = CliRunner()
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 RUN_A, RUN_B = "20261120-020000-a1a1", "20261121-020000-b2b2"
+SCOPE, OTHER = "team-eu", "team-us"  # two warehouses' runs in one history
 
 
 def metrics(
@@ -85,7 +88,9 @@ METRICS_B = metrics(  # a flipped route, a quality drop on a migrated route, a m
 @pytest.fixture
 def history(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'out' / 'history.sqlite'}"
-    with open_history(url) as store:
+    with open_history(url, scope=OTHER) as other:  # the other warehouse ran in between
+        other.start_run("20261121-010000-d4d4", started_at=T0, config_hash="h9", trigger="x")
+    with open_history(url, scope=SCOPE) as store:
         previous = None
         for i, (run_id, data) in enumerate(((RUN_A, METRICS_A), (RUN_B, METRICS_B))):
             figs = figures_from_metrics(data)
@@ -101,7 +106,22 @@ def history(tmp_path: Path) -> str:
                 figures=figs,
                 artifacts={"plan": f"out/{run_id}/plan.html"},
                 stage_seconds={"replay": 60.0},
-                signals=attention_signals(figs, diff, 0.15),
+                signals=attention_signals(
+                    diff,
+                    deployed=[
+                        RouteCheck(
+                            "extraction",
+                            "relay-deepseek",
+                            RUN_A,
+                            ("quality lower bound 0.81 below the floor 0.90",),
+                            below_floor=True,
+                        )
+                    ],
+                    drift=WindowDrift("new", "before", {"chatbot": 90, "x": 10}, {"x": 100}),
+                    drift_threshold=0.15,
+                )
+                if diff is not None
+                else [],
                 error=None,
             )
             previous = (run_id, figs)
@@ -127,6 +147,8 @@ def history(tmp_path: Path) -> str:
 
 
 def run(*args: str) -> tuple[int, str, str]:
+    if args and args[0] in ("list", "show", "diff") and "--scope" not in args:
+        args = (*args, "--scope", SCOPE)
     result = runner.invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
 
@@ -182,23 +204,31 @@ def test_runs_diff_text_states_flips_first(history: str) -> None:
     assert run("diff", "--history", history)[1] == out
 
 
-def test_runs_diff_threshold_comes_from_the_config(history: str, tmp_path: Path) -> None:
+def test_runs_stay_within_their_scope(history: str, tmp_path: Path) -> None:
+    # the scope comes from the config ([history] scope), else from --scope
     config = tmp_path / "planner.toml"
-    config.write_text(
-        f'[history]\nurl = "{history}"\n[alerts]\ndrift_threshold = 0.3\n', encoding="utf-8"
-    )
-    code, out, err = run("diff", RUN_A, RUN_B, "-c", str(config), "--json")
-    assert code == 0, err
-    assert [s["kind"] for s in json.loads(out)["signals"]] == [
-        "decision_flipped",
-        "quality_below_floor",
-    ]
+    config.write_text(f'[history]\nurl = "{history}"\nscope = "{SCOPE}"\n', encoding="utf-8")
+    result = runner.invoke(app, ["diff", "-c", str(config), "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["a_run_id"], data["b_run_id"]) == (RUN_A, RUN_B)  # not the other team's run
+    code, out, _ = run("list", "--history", history, "--scope", OTHER, "--json")
+    assert [r["run_id"] for r in json.loads(out)["runs"]] == ["20261121-010000-d4d4"]
+    code, _, err = run("show", "20261121-010000-d4d4", "--history", history)
+    assert code == 2 and "belongs to another scope (team-us)" in err
+    code, out, _ = run("list", "--history", history, "--all-scopes")
+    assert code == 0 and out.splitlines()[0].split()[-1] == "SCOPE"
+    assert sum(1 for line in out.splitlines() if line.rstrip().endswith(OTHER)) == 1
+    code, out, _ = run("list", "--history", history, "--scope", "nobody")
+    assert "no runs recorded yet in scope nobody (--all-scopes lists every run)" in out
 
 
 def test_runs_list_and_show(history: str, tmp_path: Path) -> None:
     # the default history is <[output] dir>/history.sqlite
     config = tmp_path / "planner.toml"
-    config.write_text(f'[output]\ndir = "{tmp_path / "out"}"\n', encoding="utf-8")
+    config.write_text(
+        f'[output]\ndir = "{tmp_path / "out"}"\n[history]\nscope = "{SCOPE}"\n', encoding="utf-8"
+    )
     code, out, err = run("list", "-c", str(config), "--json")
     assert code == 0, err
     runs = json.loads(out)["runs"]
@@ -210,10 +240,10 @@ def test_runs_list_and_show(history: str, tmp_path: Path) -> None:
     assert [len(r["signals"]) for r in runs] == [0, 3, 0]
     code, out, _ = run("list", "-c", str(config), "--limit", "2")
     lines = out.splitlines()
-    assert code == 0 and len(lines) == 3
-    assert lines[0].split()[:3] == ["RUN", "STARTED", "UTC"]
-    assert lines[1].split()[:3] == ["20261122-020000-c3c3", "2026-11-22", "02:00"]
-    assert lines[2].split()[3:] == [
+    assert code == 0 and len(lines) == 4 and lines[0] == f"scope {SCOPE}"
+    assert lines[1].split()[:3] == ["RUN", "STARTED", "UTC"]
+    assert lines[2].split()[:3] == ["20261122-020000-c3c3", "2026-11-22", "02:00"]
+    assert lines[3].split()[3:] == [
         "completed",
         "schedule",
         "$60.00",
@@ -232,9 +262,10 @@ def test_runs_list_and_show(history: str, tmp_path: Path) -> None:
     assert shown["signals"][0]["kind"] == "decision_flipped"
     code, out, _ = run("show", "20261122", "--history", history)
     assert code == 0
-    assert out.splitlines()[:3] == [
+    assert out.splitlines()[:4] == [
         "run 20261122-020000-c3c3: failed (manual)",
         "started 2026-11-22T02:00:00+00:00, took 5 s; config h1",
+        f"scope {SCOPE}",
         "error: ingest: no log files matched",
     ]
 

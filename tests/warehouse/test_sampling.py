@@ -72,12 +72,19 @@ def test_sizes_per_type_and_only_successful_calls(tmp_path: Path) -> None:
         ).fetchall()
     }
     assert failed and not (sampled & failed)
-    # exact repeats are sampled once: one per distinct prompt among successful calls
-    (distinct,) = con.execute(  # type: ignore[misc]
-        "SELECT count(DISTINCT coalesce(prompt_hash, request_id)) FROM requests "
-        "WHERE status_code < 400 AND response_text IS NOT NULL"
+    # exact repeats are sampled once, whichever production model they were logged under: one
+    # per distinct list of messages among successful calls
+    (distinct, per_model) = con.execute(  # type: ignore[misc]
+        "SELECT count(DISTINCT md5(messages::VARCHAR)), count(DISTINCT prompt_hash) "
+        "FROM requests WHERE status_code < 400 AND response_text IS NOT NULL"
     ).fetchone()
-    assert len(sampled) == distinct < len(eligible_ids(con))
+    assert len(sampled) == distinct < per_model < len(eligible_ids(con))
+    (multi,) = con.execute(  # type: ignore[misc]
+        "SELECT count(*) FROM (SELECT md5(messages::VARCHAR) FROM requests "
+        "WHERE status_code < 400 AND response_text IS NOT NULL GROUP BY 1 "
+        "HAVING count(DISTINCT model) > 1)"
+    ).fetchone()
+    assert everything.multi_model_prompts == multi > 0  # and the draw says so
 
 
 def test_multi_turn_requests_keep_their_full_history(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ quantized variants; the `models` CLI."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -123,6 +124,88 @@ def test_fingerprint_is_stable_and_sees_changes(tiny_model_dir: Path, tmp_path: 
     config["search"]["top_k"] = 5
     (folder / "genai_config.json").write_text(json.dumps(config))
     assert fingerprint(folder) != first
+
+
+def rewrite_weights_in_place(folder: Path) -> None:
+    """A retrain of the same architecture: other weights, same file sizes, same graph."""
+    data = folder / "model.onnx.data"
+    size = data.stat().st_size
+    floats = np.frombuffer(data.read_bytes(), dtype=np.float32).copy()
+    floats *= np.float32(0.5)
+    with data.open("r+b") as fh:  # in place: same inode
+        fh.write(floats.tobytes())
+    assert data.stat().st_size == size
+
+
+def test_fingerprint_sees_a_weights_only_change(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = copy_of(tiny_model_dir, tmp_path)
+    before = fingerprint(folder)
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+    graph = (folder / "model.onnx").read_bytes()
+    data = folder / "model.onnx.data"
+    times = (data.stat().st_atime_ns, data.stat().st_mtime_ns)
+    rewrite_weights_in_place(folder)
+    os.utime(data, ns=times)  # even with its old mtime put back (as `cp -p` or rsync -t would)
+    assert {p.name: p.stat().st_size for p in folder.iterdir()} == sizes
+    assert (folder / "model.onnx").read_bytes() == graph  # names, sizes, config, graph: same
+    after = fingerprint(folder)
+    assert after != before
+    assert fingerprint(folder) == after
+
+
+def test_fingerprint_reads_each_file_once_until_it_changes(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import planner.models.folder as folder_module
+
+    cache = tmp_path / "cache" / "fingerprints.json"
+    folder = copy_of(tiny_model_dir, tmp_path)
+    read: list[str] = []
+    real_digest = folder_module.file_digest
+
+    def counting(path: Path) -> str:
+        read.append(path.name)
+        return real_digest(path)
+
+    monkeypatch.setattr(folder_module, "file_digest", counting)
+    first = fingerprint(folder, cache_file=cache)
+    files = sorted(p.name for p in folder.iterdir())
+    assert sorted(read) == files
+    entries = json.loads(cache.read_text())["files"]
+    assert sorted(entries) == sorted(str(folder.resolve() / name) for name in files)
+
+    folder_module._memo.clear()  # as a new process would start
+    read.clear()
+    assert fingerprint(folder, cache_file=cache) == first
+    assert read == []  # every digest came from the cache file
+
+    folder_module._memo.clear()
+    rewrite_weights_in_place(folder)
+    assert fingerprint(folder, cache_file=cache) != first
+    assert read == ["model.onnx.data"]  # only what changed is read again
+
+    # a copy elsewhere has other paths and inodes: hashed, and the same content, same print
+    other = tmp_path / "elsewhere"
+    shutil.copytree(tiny_model_dir, other)
+    read.clear()
+    assert fingerprint(other, cache_file=cache) == fingerprint(tiny_model_dir, cache_file=cache)
+    shutil.rmtree(other)
+    rewrite_weights_in_place(folder)  # the next write of the cache drops what is gone
+    fingerprint(folder, cache_file=cache)
+    assert not any(k.startswith(str(other)) for k in json.loads(cache.read_text())["files"])
+
+
+def test_an_unwritable_fingerprint_cache_costs_time_not_answers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    assert fingerprint(tiny_model_dir, cache_file=blocker / "fingerprints.json") == fingerprint(
+        tiny_model_dir, cache_file=tmp_path / "ok.json"
+    )
 
 
 def test_fingerprints_differ_between_variants(

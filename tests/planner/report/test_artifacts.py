@@ -335,15 +335,19 @@ def test_litellm_router_loads_the_config_and_routes_to_a_real_server(
 # ---------------------------------------------------------------- the flow, end to end
 
 
-def _warehouse(path: Path, log: Path) -> dict[str, int]:
-    """A real warehouse: a synthetic chat log ingested, a sample drawn, replays stored."""
+def _warehouse(path: Path, log: Path, config: Path) -> dict[str, int]:
+    """A real warehouse: a synthetic chat log ingested, a sample drawn, replays stored under the
+    candidates' current fingerprints (the plan reads no other)."""
     from demo.logs import write_chat_log
+    from pipeline.current import current_evidence
+    from planner.settings import load_settings
     from warehouse.connection import open_warehouse
     from warehouse.ingest import ingest_paths
     from warehouse.replays import store_replay
     from warehouse.sampling import draw_sample, sampled_requests
 
     write_chat_log(log, 300, seed=3)
+    fingerprints = current_evidence(load_settings(config)).fingerprints
     con = open_warehouse(path)
     try:
         ingest_paths(con, [log])
@@ -364,7 +368,7 @@ def _warehouse(path: Path, log: Path) -> dict[str, int]:
                         "replay_id": f"{cand}:{row.request_id}",
                         "request_id": row.request_id,
                         "candidate": cand,
-                        "candidate_fingerprint": f"fp-{cand}",
+                        "candidate_fingerprint": fingerprints[cand],
                         "output_text": text,
                         "ttft_ms": 80.0,
                         "latency_ms": 400.0 if cand != "phone" else 900.0,
@@ -434,8 +438,8 @@ def test_plan_flow_end_to_end(tmp_path: Path, prefect_harness: None) -> None:
     from flows.plan_flow import plan_flow
 
     warehouse = tmp_path / "planner.duckdb"
-    counts = _warehouse(warehouse, tmp_path / "log.jsonl")
     config = _config(tmp_path, warehouse)
+    counts = _warehouse(warehouse, tmp_path / "log.jsonl", config)
     result = plan_flow(config_path=str(config), out_dir=str(tmp_path / "run"))
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [
@@ -511,8 +515,8 @@ def test_plan_command(tmp_path: Path, prefect_harness: None) -> None:
     app.command("noop")(lambda: None)
     runner = CliRunner()
     warehouse = tmp_path / "planner.duckdb"
-    _warehouse(warehouse, tmp_path / "log.jsonl")
     config = _config(tmp_path, warehouse)
+    _warehouse(warehouse, tmp_path / "log.jsonl", config)
     out = tmp_path / "cli-run"
     done = runner.invoke(app, ["plan", "-c", str(config), "--out", str(out), "--json"])
     assert done.exit_code == 0, done.output

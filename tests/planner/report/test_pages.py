@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from planner.report.pages import md, summary_markdown, write_diff_page, write_index
-from planner.runs.diff import RouteFigures, RunFigures, attention_signals, diff_runs
+from planner.runs.alerts import RouteCheck, WindowDrift, attention_signals
+from planner.runs.diff import RouteFigures, RunDiff, RunFigures, Signal, diff_runs
 from planner.runs.history import open_history
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -40,6 +41,24 @@ A = figures("edge-small-int4", 0.97, 60.0, {HOSTILE: 0.5, "chatbot": 0.5})
 B = figures("edge-base-int4", 0.8, 45.5, {HOSTILE: 0.2, "chatbot": 0.8})
 
 
+def attention(diff: RunDiff) -> list[Signal]:
+    """A flip, a deployed route below its floor tonight, and a drift of the last window."""
+    below = RouteCheck(
+        "chatbot",
+        "edge-base-int4",
+        "run-a",
+        ("quality lower bound 0.70 below the floor 0.90",),
+        below_floor=True,
+    )
+    drift = WindowDrift(
+        "this run's 500 new requests",
+        "the 1 day before",
+        {HOSTILE: 400, "chatbot": 100},
+        {HOSTILE: 100, "chatbot": 400},
+    )
+    return attention_signals(diff, deployed=[below], drift=drift, drift_threshold=0.15)
+
+
 def test_index_lists_runs_newest_first_with_relative_links(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with open_history("sqlite://") as store:
@@ -55,9 +74,7 @@ def test_index_lists_runs_newest_first_with_relative_links(tmp_path: Path) -> No
                 figures=figs,
                 artifacts={},
                 stage_seconds={},
-                signals=attention_signals(B, diff_runs("run-a", A, "run-b", B), 0.15)
-                if run_id == "run-b"
-                else [],
+                signals=attention(diff_runs("run-a", A, "run-b", B)) if run_id == "run-b" else [],
                 error=None if figs else "ingest: no logs",
             )
         runs = store.list_runs()
@@ -81,7 +98,7 @@ def test_index_lists_runs_newest_first_with_relative_links(tmp_path: Path) -> No
 
 def test_diff_page_puts_attention_first_and_escapes_log_text(tmp_path: Path) -> None:
     diff = diff_runs("run-a", A, "run-b", B)
-    signals = attention_signals(B, diff, 0.15)
+    signals = attention(diff)
     assert [s.kind for s in signals] == ["decision_flipped", "quality_below_floor", "drift"]
     path = write_diff_page(tmp_path / "run-b" / "diff.html", diff, signals)
     page = path.read_text(encoding="utf-8")
@@ -100,7 +117,7 @@ def test_diff_page_puts_attention_first_and_escapes_log_text(tmp_path: Path) -> 
 
 def test_summary_markdown_attention_first_and_inert_text() -> None:
     diff = diff_runs("run-a", A, "run-b", B)
-    signals = attention_signals(B, diff, 0.15)
+    signals = attention(diff)
     text = summary_markdown("run-b", B, diff, signals)
     lines = text.splitlines()
     assert lines[0] == "# Migration plan run run-b"

@@ -1,4 +1,4 @@
-"""Figures out of metrics.json, the diff of two runs, and the attention signals."""
+"""Figures out of metrics.json and the diff of two runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from planner.runs.diff import (
     FiguresError,
     RouteFigures,
     RunFigures,
-    attention_signals,
     diff_runs,
     figures_from_metrics,
     mix_drift,
@@ -160,43 +159,3 @@ def test_diff_runs_reports_flips_quality_mix_and_cost() -> None:
     assert data["route_changes"][0]["route_a"] == "edge-small-int4"
     assert data["route_changes"][0]["route_b"] == "production"
     assert data["cost"]["savings_usd"]["delta"] == pytest.approx(-30.0)
-
-
-def test_attention_signals_order_and_messages() -> None:
-    a, b = two_runs()
-    diff = diff_runs("run-a", a, "run-b", b)
-    signals = attention_signals(b, diff, drift_threshold=0.15)
-    assert [(s.kind, s.task_type) for s in signals] == [
-        ("decision_flipped", "classification"),
-        ("quality_below_floor", "summarization"),
-        ("drift", None),
-    ]
-    assert signals[0].message == (
-        "Decision flipped since run run-a: classification goes back to production "
-        "(was edge-small-int4); quality 0.98 → 1.00."
-    )
-    assert "0.81, below the floor 0.90 (was 0.95 in run run-a)" in signals[1].message
-    assert signals[2].message.startswith("The task mix drifted 20% since run run-a (threshold 15%)")
-    assert "classification 50% → 30%" in signals[2].message
-    # drift at the threshold is not "past" it
-    assert [s.kind for s in attention_signals(b, diff, drift_threshold=0.2)] == [
-        "decision_flipped",
-        "quality_below_floor",
-    ]
-
-
-def test_quality_below_floor_without_a_previous_run_skips_production() -> None:
-    figures = figures_from_metrics(
-        make_metrics(
-            mix={"x": 0.5, "y": 0.5},
-            routes=[
-                ("x", "edge-small-int4", "local", 0.7, 5.0, 0.0),
-                ("y", "production", "production", 0.5, 800.0, 0.2),
-            ],
-        )
-    )
-    signals = attention_signals(figures, None, drift_threshold=0.1)
-    assert [(s.kind, s.task_type) for s in signals] == [("quality_below_floor", "x")]
-    assert signals[0].message == (
-        "Quality of x on its migrated route edge-small-int4 is 0.70, below the floor 0.90."
-    )

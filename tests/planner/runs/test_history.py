@@ -234,3 +234,65 @@ def test_in_memory_sqlite_keeps_its_tables() -> None:
     with open_history("sqlite://") as history:
         record_run(history, "r1", T0, figs=figures())
         assert [r.run_id for r in history.list_runs()] == ["r1"]
+
+
+def test_two_warehouses_share_one_history_without_touching_each_others_runs(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    a = open_history(url, scope="/data/eu/planner.duckdb")
+    b = open_history(url, scope="/data/us/planner.duckdb")
+    everything = open_history(url)
+    try:
+        record_run(a, "a1", T0, figs=figures())
+        record_run(b, "b1", T0 + timedelta(hours=1), figs=figures("relay-x"))
+        record_run(a, "a2", T0 + timedelta(days=1), figs=figures())
+        record_run(a, "a3", T0 + timedelta(days=1, hours=2), status="running")  # live, in EU
+        record_run(b, "b2", T0 + timedelta(days=1, hours=3), status="running")  # killed, in US
+
+        # US's next run marks only its own dead run; Europe's live run is left alone
+        assert b.mark_interrupted() == ["b2"]
+        assert a.get_run("a3").status == "running"
+        record_run(b, "b3", T0 + timedelta(days=2), figs=figures("relay-x"))
+
+        # "previous run" stays within the warehouse, though Europe ran more recently
+        previous = b.previous_completed("b3")
+        assert previous is not None and previous.run_id == "b1"
+        assert a.previous_completed("a2").run_id == "a1"  # type: ignore[union-attr]
+        assert [r.run_id for r in b.list_runs()] == ["b3", "b2", "b1"]
+        assert [r.run_id for r in a.list_runs(status="completed")] == ["a2", "a1"]
+        assert {r.scope for r in a.list_runs()} == {"/data/eu/planner.duckdb"}
+
+        # lookups (and so diffs) refuse a run of another warehouse, and say whose it is
+        with pytest.raises(HistoryError, match="belongs to another scope"):
+            b.get_run("a1")
+        with pytest.raises(HistoryError, match="no run named 'a'"):
+            b.get_run("a")  # a prefix matches only within the scope
+        # without a scope, every run is seen
+        assert len(everything.list_runs()) == 6
+        assert everything.get_run("a1").scope == "/data/eu/planner.duckdb"
+    finally:
+        a.close()
+        b.close()
+        everything.close()
+
+
+def test_a_history_from_before_scopes_gains_the_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    with open_history(url) as history:
+        record_run(history, "old-1", T0, figs=figures())
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # as the history was before runs had a scope
+        conn.execute(sa.text("DROP INDEX ix_planner_runs_scope"))
+        conn.execute(sa.text("ALTER TABLE planner_runs DROP COLUMN scope"))
+    engine.dispose()
+
+    with open_history(url, scope="/data/eu/planner.duckdb") as scoped:
+        assert scoped.list_runs() == []  # an unscoped old run is no warehouse's previous run
+        record_run(scoped, "new-1", T0 + timedelta(days=1), figs=figures())
+        assert scoped.previous_completed("new-1") is None
+    with open_history(url) as history:
+        runs = {r.run_id: r.scope for r in history.list_runs()}
+        assert runs == {"new-1": "/data/eu/planner.duckdb", "old-1": None}
+    indexes = {i["name"] for i in sa.inspect(sa.create_engine(url)).get_indexes("planner_runs")}
+    assert "ix_planner_runs_scope" in indexes
