@@ -1,30 +1,54 @@
 """What the warehouse holds, as the planner's evidence: scores of the replays (with the judge
-where configured), each local candidate's fit on the device tier, and the observations, traffic,
-conversation shape and sample answers the plan is assembled from (:mod:`pipeline.plan`).
+where configured), production's ceiling, each local candidate's fit and latency factor on the
+device tier, and the observations, traffic, conversation shape and sample answers the plan is
+assembled from (:mod:`pipeline.plan`).
+
+The judge is ``[judge]`` of the settings: an OpenAI-compatible endpoint that is not a judged
+candidate, asked through the same relay client as the replays (rate limits, retries, breaker,
+its own cost cap, the warehouse's judge cache), concurrently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from planner.errors import ConfigError, PlannerError
+from pydantic import SecretStr
+
+from planner.errors import BudgetExceeded, CircuitOpenError, ConfigError, PlannerError
 from planner.evaluate.conversations import Conversations
-from planner.evaluate.evidence import (
-    Candidate,
-    Observation,
+from planner.evaluate.evidence import NOT_SENT, Candidate, Method, Observation
+from planner.evaluate.projection import Traffic, TypeTraffic
+from planner.evaluate.scoring import (
+    Asked,
+    AskMany,
+    JudgeCache,
+    JudgeSetup,
+    ScoreItem,
+    score_items,
+    score_without_judge,
 )
-from planner.evaluate.projection import (
-    Traffic,
-    TypeTraffic,
+from planner.evaluate.verdict import (
+    Ceiling,
+    PassRules,
+    is_judge,
+    judge_ceiling,
+    measure_ceiling,
+    outcome_of,
 )
-from planner.evaluate.scoring import JUDGED_TYPES, JudgeCache, JudgeSetup, ScoreItem, score_items
-from planner.replay.completion import completion_function
+from planner.replay.protocol import ReplayRequest, ReplayResult
+from planner.replay.ratelimit import CostBudget
+from planner.replay.relay import RelayBackend
 from planner.report.render import SampleOutput
 from planner.settings import PlannerSettings
 from warehouse.connection import open_warehouse
+from warehouse.pricing import match_price, price_table
+from warehouse.sampling import latest_sample_id, sample_layout, sampled_requests
 from warehouse.scores import (
     conversation_shape,
     evidence_rows,
@@ -32,8 +56,12 @@ from warehouse.scores import (
     judge_cache_put,
     measured_decode_speed,
     messages_from_json,
+    reasked_ids,
+    repeat_pairs,
     sample_outputs,
+    score_metrics,
     scoring_inputs,
+    store_reasks,
     store_scores,
     traffic_by_type,
     workload_tokens,
@@ -41,6 +69,33 @@ from warehouse.scores import (
 
 STAND_IN_PREFIXES = ("similarity (no judge)", "similarity (judge")
 JUDGE_MAX_TOKENS = 8
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+
+
+def method_from(settings: PlannerSettings) -> Method:
+    v = settings.verdict
+    return Method(
+        confidence=v.confidence,
+        first_look=v.first_round,
+        rules=PassRules(similarity_pass=v.similarity_pass, tie_credit=v.tie_credit),
+        resamples=v.bootstrap_resamples,
+        ceiling_min_pairs=v.ceiling_min_pairs,
+        seed=settings.replay.seed,
+    )
+
+
+def baseline_prices(settings: PlannerSettings) -> tuple[float, float]:
+    """Production's USD per 1M input and output tokens: the baseline's, else the price table."""
+    base = settings.baseline
+    hit = match_price(base.model, price_table(settings.price_overrides()))
+    price_in = base.price_in if base.price_in is not None else (hit[1] if hit else 0.0)
+    price_out = base.price_out if base.price_out is not None else (hit[2] if hit else 0.0)
+    return price_in, price_out
+
+
+def is_loopback(url: str | None) -> bool:
+    """A URL on this machine (127.0.0.1, localhost): figures from it are labeled as such."""
+    return bool(url) and (urlsplit(str(url)).hostname or "") in LOOPBACK
 
 
 def fit_row(fit: Any) -> dict[str, Any]:
@@ -50,19 +105,25 @@ def fit_row(fit: Any) -> dict[str, Any]:
         "needed_mb": fit.required_mb,
         "headroom_mb": fit.headroom_mb,
         "est_tokens_per_s": fit.decode_tokens_per_s,
+        "latency_factor": fit.latency_factor,
+        "latency_basis": fit.latency_basis,
     }
 
 
 def observations_from(
-    rows: list[dict[str, Any]], candidates: Mapping[str, Candidate]
+    rows: list[dict[str, Any]],
+    candidates: Mapping[str, Candidate],
+    layout: Mapping[str, tuple[str, str, int]] | None = None,
 ) -> tuple[list[Observation], set[str]]:
-    """Warehouse rows as observations; replays of candidates no longer configured are left out."""
+    """Warehouse rows as observations, placed by the sample's layout (stratum, position);
+    replays of candidates no longer configured are left out."""
     out: list[Observation] = []
     dropped: set[str] = set()
     for row in rows:
         if row["candidate"] not in candidates:
             dropped.add(str(row["candidate"]))
             continue
+        stratum, _, position = (layout or {}).get(str(row["request_id"]), ("type", "", None))
         out.append(
             Observation(
                 request_id=str(row["request_id"]),
@@ -81,35 +142,116 @@ def observations_from(
                 reference_tokens=row["reference_tokens"],
                 conversation_id=row["conversation_id"],
                 turn_index=row["turn_index"],
+                position=position,
+                stratum=stratum,
             )
         )
     return out, dropped
 
 
-def score_replays(
-    settings: PlannerSettings, warehouse: str, judge: str | None, rescore: bool
-) -> dict[str, Any]:
-    """Score every replay not scored yet (or scored by a stand-in, when a judge is now set)."""
-    from pipeline.replay import relay_backend
+# ---------------------------------------------------------------- the judge
 
-    setup: JudgeSetup | None = None
+
+def _relay_ask(backend: RelayBackend) -> AskMany:
+    """Judge prompts as one concurrent batch through the relay client; a stop (budget, open
+    circuit) returns what was answered, an auth failure raises."""
+
+    def ask(prompts: Sequence[tuple[str, list[dict[str, Any]]]]) -> Asked:
+        replies: dict[str, str] = {}
+        failed = [0]
+
+        def on_result(result: ReplayResult) -> None:
+            if result.error_kind is None:
+                replies[result.request_id] = result.output_text or ""
+            elif result.error_kind not in NOT_SENT:
+                failed[0] += 1
+
+        requests = [
+            ReplayRequest(key, messages, max_tokens=JUDGE_MAX_TOKENS, temperature=0.0)
+            for key, messages in prompts
+        ]
+        try:
+            backend.replay(requests, on_result)
+        except (BudgetExceeded, CircuitOpenError) as exc:
+            return Asked(replies, str(exc), failed[0])
+        return Asked(replies, None, failed[0])
+
+    return ask
+
+
+def judge_backend(settings: PlannerSettings, budget: CostBudget | None = None) -> RelayBackend:
+    j = settings.judge
+    assert j.base_url and j.model
+    return RelayBackend(
+        j.name,
+        j.base_url,
+        j.model,
+        j.api_key(),
+        api_key_env=j.api_key_env,
+        price_in=j.price_in,
+        price_out=j.price_out,
+        rpm=j.rpm,
+        tpm=j.tpm,
+        max_concurrency=j.max_concurrency,
+        timeout_s=j.timeout_s,
+        max_retries=j.max_retries,
+        budget=budget if budget is not None else CostBudget(j.max_cost_usd),
+    )
+
+
+def judge_enabled(settings: PlannerSettings, judge: str | None = None) -> bool:
+    """Whether the judge scores this run. ``judge`` names it (the CLI's --judge): it must be the
+    configured ``[judge]``; naming a candidate is refused (it would grade its own answers)."""
+    if judge is None:
+        return settings.judge.enabled
+    if judge in {c.name for c in settings.candidates}:
+        raise ConfigError(
+            settings.source,
+            f"judge {judge!r} is a judged candidate; configure a [judge] that is not one "
+            "(its own base_url and model)",
+        )
+    if not settings.judge.enabled or judge != settings.judge.name:
+        raise ConfigError(
+            settings.source,
+            f"no judge named {judge!r}: configure it as [judge] (name, base_url, model)",
+        )
+    return True
+
+
+def judge_setup(
+    settings: PlannerSettings, con: Any, budget: CostBudget | None = None
+) -> JudgeSetup:
+    """The configured judge as a :class:`JudgeSetup` (its cache in the warehouse)."""
+    backend = judge_backend(settings, budget)
+    j = settings.judge
+    return JudgeSetup(
+        _relay_ask(backend),
+        name=j.name,
+        cache=JudgeCache(
+            lambda key: judge_cache_get(con, key),
+            lambda key, reply: judge_cache_put(con, key, j.name, reply),
+        ),
+        task_types=frozenset(j.task_types),
+        ident=f"{j.name}@{backend.fingerprint()}",
+    )
+
+
+def score_replays(
+    settings: PlannerSettings,
+    warehouse: str,
+    judge: str | None = None,
+    rescore: bool = False,
+    judge_budget: CostBudget | None = None,
+) -> dict[str, Any]:
+    """Score every replay not scored yet (or scored by a stand-in, when the judge is now set).
+
+    Items the judge could not reach (its budget or circuit) stay unscored for a later run."""
+    use_judge = judge_enabled(settings, judge)
     con = open_warehouse(warehouse, create=False)
     try:
-        if judge is not None:
-            cand = settings.candidate(judge)
-            if cand.kind != "relay":
-                raise ConfigError(settings.source, f"judge {judge!r} must be a relay candidate")
-            backend = relay_backend(cand)
-            setup = JudgeSetup(
-                completion_function(backend, max_tokens=JUDGE_MAX_TOKENS, purpose="judge"),
-                name=judge,
-                cache=JudgeCache(
-                    lambda key: judge_cache_get(con, key),
-                    lambda key, reply: judge_cache_put(con, key, judge, reply),
-                ),
-                task_types=JUDGED_TYPES,
-            )
+        setup = judge_setup(settings, con, judge_budget) if use_judge else None
         rows = scoring_inputs(con)
+        current = {setup.scorer(1), setup.scorer(2)} if setup is not None else set()
         todo = [
             r
             for r in rows
@@ -118,7 +260,11 @@ def score_replays(
             or (
                 setup is not None
                 and r["task_type"] in setup.task_types
-                and str(r["quality_scorer"]).startswith(STAND_IN_PREFIXES)
+                and r["quality_scorer"] not in current
+                and (
+                    str(r["quality_scorer"]).startswith(STAND_IN_PREFIXES)
+                    or is_judge(r["quality_scorer"])
+                )
             )
         ]
         items = [
@@ -131,17 +277,205 @@ def score_replays(
             )
             for r in todo
         ]
-        scores = score_items(items, setup)
-        store_scores(con, [(s.replay_id, s.metric, s.value, s.scorer) for s in scores])
+        scoring = score_items(items, setup)
+        store_scores(con, [(s.replay_id, s.metric, s.value, s.scorer) for s in scoring.scores])
     finally:
         con.close()
-    return {"replays": len(rows), "scored": len(items), "rows": len(scores), "judge": judge}
+    return {
+        "replays": len(rows),
+        "scored": len(items) - scoring.awaiting_judge,
+        "rows": len(scoring.scores),
+        "judge": settings.judge.name if use_judge else None,
+        **{k: v for k, v in scoring.summary().items() if k != "rows"},
+    }
+
+
+@dataclass(frozen=True)
+class JudgeStats:
+    """How the judge behaved on one task type: position bias and agreement with similarity."""
+
+    task_type: str
+    judged: int
+    both_orders: int
+    flips: int  # pairs where the two orders disagreed once un-swapped
+    agree: int  # judged items where "not worse" (pass or tie) agrees with similarity >= bar
+    compared: int
+
+    @property
+    def position_bias(self) -> float | None:
+        return self.flips / self.both_orders if self.both_orders else None
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.compared if self.compared else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **vars(self),
+            "position_bias": self.position_bias,
+            "agreement": self.agreement,
+        }
+
+
+def judge_stats(
+    observations: Sequence[Observation], warehouse: str, rules: PassRules
+) -> list[JudgeStats]:
+    """Per judged type: the share of both-order pairs whose orders disagree (position bias) and
+    how often the judge's "not worse" agrees with the similarity scorer's pass."""
+    judged = {
+        (o.request_id, o.candidate): o
+        for o in observations
+        if is_judge(o.scorer) and o.quality is not None
+    }
+    if not judged:
+        return []
+    con = open_warehouse(warehouse, read_only=True, create=False)
+    try:
+        metrics = score_metrics(con, ["judge_order_flip", "similarity"])
+    finally:
+        con.close()
+    extra: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for request_id, candidate, metric, value in metrics:
+        extra[(request_id, candidate)][metric] = value
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for key, obs in judged.items():
+        c = counts[obs.task_type]
+        c[0] += 1
+        got = extra.get(key, {})
+        if "judge_order_flip" in got:
+            c[1] += 1
+            c[2] += int(got["judge_order_flip"] >= 0.5)
+        if "similarity" in got:
+            outcome = outcome_of(obs.scorer, float(obs.quality or 0.0), rules)
+            sim_pass = got["similarity"] >= rules.similarity_pass - 1e-9
+            c[4] += 1
+            c[3] += int((outcome in ("pass", "tie")) == sim_pass)
+    return [
+        JudgeStats(t, c[0], c[1], c[2], c[3], c[4]) for t, c in sorted(counts.items())
+    ]
+
+
+# ---------------------------------------------------------------- production's ceiling
+
+
+def measure_ceilings(
+    settings: PlannerSettings, warehouse: str, judged: bool, task_types: Sequence[str] = ()
+) -> dict[str, Ceiling]:
+    """Production's ceiling per task type: exact-repeat (and re-asked) pairs scored by the
+    type's own rule; judged types (when the judge scores) by the symmetry of the comparison."""
+    method = method_from(settings)
+    judged_types = set(settings.judge.task_types) if judged else set()
+    con = open_warehouse(warehouse, read_only=True, create=False)
+    try:
+        pairs = repeat_pairs(con)
+    finally:
+        con.close()
+    by_type: dict[str, list[tuple[str | None, float, str]]] = defaultdict(list)
+    for pair in pairs:
+        if pair["task_type"] in judged_types:
+            continue
+        item = ScoreItem(
+            "pair",
+            pair["task_type"],
+            pair["reference"] or "",
+            pair["answer"] or "",
+            tuple(messages_from_json(pair["messages_json"])),
+        )
+        quality = score_without_judge(item)[0]
+        by_type[pair["task_type"]].append((quality[2], float(quality[1]), pair["source"]))
+    out: dict[str, Ceiling] = {}
+    for task_type in sorted(set(by_type) | set(task_types) | judged_types):
+        if task_type in judged_types:
+            out[task_type] = judge_ceiling(task_type, method.rules)
+            continue
+        out[task_type] = measure_ceiling(
+            task_type,
+            by_type.get(task_type, []),
+            method.rules,
+            alpha=method.alpha / 2,
+            min_pairs=method.ceiling_min_pairs,
+        )
+    return out
+
+
+def reask_production(settings: PlannerSettings, warehouse: str) -> dict[str, Any] | None:
+    """Ask production again a few sampled requests per type (``[baseline] reask_per_type``,
+    off by default, within ``reask_max_cost_usd``): its second answers measure its ceiling."""
+    base = settings.baseline
+    if not base.base_url or base.reask_per_type <= 0:
+        return None
+    con = open_warehouse(warehouse, create=False)
+    try:
+        layout = sample_layout(con, settings.replay.seed)
+        done = reasked_ids(con)
+        picked = sorted(
+            (t, pos, rid)
+            for rid, (stratum, t, pos) in layout.items()
+            if stratum == "type" and pos < base.reask_per_type and rid not in done
+        )
+        sid = latest_sample_id(con)
+        sampled = {s.request_id: s for s in sampled_requests(con, sid)} if sid else {}
+    finally:
+        con.close()
+    requests = [
+        ReplayRequest(
+            rid,
+            sampled[rid].messages,
+            max_tokens=min(
+                sampled[rid].max_tokens or settings.replay.max_new_tokens,
+                settings.replay.max_new_tokens,
+            ),
+            temperature=sampled[rid].temperature or 0.0,
+            params=sampled[rid].params,
+        )
+        for _, _, rid in picked
+        if rid in sampled
+    ]
+    if not requests:
+        return {"asked": 0, "answered": 0, "stopped": None}
+    price_in, price_out = baseline_prices(settings)
+    backend = RelayBackend(
+        "production",
+        base.base_url,
+        base.model,
+        _secret(base.api_key_env),
+        api_key_env=base.api_key_env,
+        price_in=price_in,
+        price_out=price_out,
+        timeout_s=base.timeout_s,
+        budget=CostBudget(base.reask_max_cost_usd),
+    )
+    answers: list[tuple[str, str, str | None, float]] = []
+
+    def keep(result: ReplayResult) -> None:
+        if result.error_kind is None:
+            answers.append((result.request_id, base.model, result.output_text, result.cost_usd))
+
+    stopped = None
+    try:
+        backend.replay(requests, keep)
+    except (BudgetExceeded, CircuitOpenError) as exc:
+        stopped = str(exc)
+    con = open_warehouse(warehouse, create=False)
+    try:
+        store_reasks(con, answers)
+    finally:
+        con.close()
+    return {"asked": len(requests), "answered": len(answers), "stopped": stopped}
+
+
+def _secret(env: str | None) -> SecretStr | None:
+    value = os.environ.get(env) if env else None
+    return SecretStr(value) if value else None
+
+
+# ---------------------------------------------------------------- devices
 
 
 def device_fits(
     settings: PlannerSettings, warehouse: str
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, list[str]]:
-    """Each local candidate's fit on the configured device tier (planner.models.devices).
+    """Each local candidate's fit and latency factor on the configured device tier.
 
     Returns (fits by candidate, the device's name/power/battery, notes). A local candidate whose
     folder cannot be inspected has no fit (the plan then keeps it out, and says why).
@@ -177,6 +511,7 @@ def device_fits(
             prompt_tokens=max(1, round(tokens["prompt_mean"])),
             output_tokens=max(1, round(tokens["completion_mean"])),
             host_decode_tokens_per_s=speeds.get(cand.name),
+            device_decode_tokens_per_s=cand.device_tokens_per_s,
         )
         fits[cand.name] = fit_row(fit)
     power = {
@@ -185,6 +520,9 @@ def device_fits(
         "battery_wh": device.battery_wh,
     }
     return fits, power, notes
+
+
+# ---------------------------------------------------------------- the plan's inputs
 
 
 @dataclass(frozen=True)
@@ -196,13 +534,28 @@ class PlanInputs:
     conversations: Conversations
     samples: tuple[SampleOutput, ...]
     dropped_candidates: tuple[str, ...]
+    strata: dict[str, int] = field(default_factory=dict)  # sampled requests per stratum
 
 
-def read_plan_inputs(warehouse: str, candidates: Mapping[str, Candidate]) -> PlanInputs:
-    """Replays with their scores, traffic per task type, conversation shape, sample answers."""
+def read_observations(
+    warehouse: str, candidates: Mapping[str, Candidate], seed: int
+) -> tuple[list[Observation], set[str]]:
+    """The sample's replays (and production's rows) with their scores, placed in sample order."""
     con = open_warehouse(warehouse, read_only=True, create=False)
     try:
-        observations, dropped = observations_from(evidence_rows(con), candidates)
+        layout = sample_layout(con, seed)
+        return observations_from(evidence_rows(con), candidates, layout)
+    finally:
+        con.close()
+
+
+def read_plan_inputs(
+    warehouse: str, candidates: Mapping[str, Candidate], seed: int = 0
+) -> PlanInputs:
+    """Replays with their scores, traffic per task type, conversation shape, sample answers."""
+    observations, dropped = read_observations(warehouse, candidates, seed)
+    con = open_warehouse(warehouse, read_only=True, create=False)
+    try:
         traffic_rows = traffic_by_type(con)
         shape = conversation_shape(con)
         conversations = Conversations(
@@ -231,4 +584,15 @@ def read_plan_inputs(warehouse: str, candidates: Mapping[str, Candidate]) -> Pla
             for t in traffic_rows["types"]
         ),
     )
-    return PlanInputs(tuple(observations), traffic, conversations, samples, tuple(sorted(dropped)))
+    strata: dict[str, int] = defaultdict(int)
+    for o in observations:
+        if o.candidate == "production":
+            strata[o.stratum] += 1
+    return PlanInputs(
+        tuple(observations),
+        traffic,
+        conversations,
+        samples,
+        tuple(sorted(dropped)),
+        dict(strata),
+    )
