@@ -15,7 +15,7 @@ completes. Where lanes and shards run is the caller's: a :class:`RelayRunner` an
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -253,7 +253,7 @@ class LocalRuns:
 def plan_local(
     pool: ShardRunner,
     specs: dict[str, LocalModelSpec],
-    requests: list[ReplayRequest],
+    requests: list[ReplayRequest] | Mapping[str, list[ReplayRequest]],
     already_done: Callable[[Sequence[str]], set[str]],
     refresh: bool,
     size: int,
@@ -268,7 +268,8 @@ def plan_local(
         if not isinstance(found, str):
             runs.failed[name] = found
             continue
-        todo, cached = pending_requests(found, requests, already_done, refresh)
+        mine = requests[name] if isinstance(requests, Mapping) else requests
+        todo, cached = pending_requests(found, mine, already_done, refresh)
         runs.fingerprint[name] = found
         runs.planned[name] = len(todo) + cached
         runs.cached[name] = cached
@@ -332,12 +333,32 @@ def make_replay(
     warehouse: str | None = None,
     shard_size: int | None = None,
     stage: Stage = direct,
+    only: Mapping[str, Collection[str]] | None = None,
+    budget: CostBudget | None = None,
+    adaptive: bool | None = None,
 ) -> dict[str, Any]:
     """Sample, replay through every (or the named) candidates, and summarize from the warehouse.
 
     ``shard_size`` defaults to ``[run] shard_size``. The summary has the sample, the money spent
     against the cap, one row per candidate (this run's figures and the stored ones) and the
-    shard counts."""
+    shard counts. With ``[verdict] adaptive`` (or ``adaptive=True``) the sample is replayed in
+    rounds that stop each (type, candidate) once its verdict is decided
+    (:func:`pipeline.adaptive.replay_in_rounds`); a round is this function with ``only`` (the
+    request ids each candidate replays) and the run's shared ``budget``."""
+    if only is None and (settings.verdict.adaptive if adaptive is None else adaptive):
+        from pipeline.adaptive import replay_in_rounds
+
+        return replay_in_rounds(
+            settings,
+            relays_runner,
+            shards_runner,
+            candidates=candidates,
+            per_type=per_type,
+            refresh=refresh,
+            warehouse=warehouse,
+            shard_size=shard_size,
+            stage=stage,
+        )
     clear_stop()
     chosen = select_candidates(settings, candidates)
     size = shard_size or settings.run.shard_size
@@ -353,7 +374,7 @@ def make_replay(
         settings.replay.seed,
     )
     max_new = settings.replay.max_new_tokens
-    budget = CostBudget(settings.replay.max_cost_usd)
+    budget = budget if budget is not None else CostBudget(settings.replay.max_cost_usd)
     relays = [c for c in chosen if c.kind == "relay"]
     local = [c for c in chosen if c.kind == "local"]
     results: dict[str, dict[str, Any]] = {}
@@ -363,6 +384,12 @@ def make_replay(
     con = open_warehouse(warehouse)
     try:
         requests = replay_requests(sampled_requests(con, sample["sample_id"]), max_new)
+        mine = {
+            c.name: [r for r in requests if r.request_id in set(only.get(c.name, ()))]
+            if only is not None
+            else requests
+            for c in chosen
+        }
 
         def already_done(keys: Sequence[str]) -> set[str]:
             return final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS)
@@ -371,7 +398,7 @@ def make_replay(
         for c in relays:
             assert c.base_url and c.model
             fingerprints[c.name] = RelayBackend(c.name, c.base_url, c.model).fingerprint()
-            todo, cached = pending_requests(fingerprints[c.name], requests, already_done, refresh)
+            todo, cached = pending_requests(fingerprints[c.name], mine[c.name], already_done, refresh)
             if not todo:
                 results[c.name] = merge_runs(c.name, fingerprints[c.name], cached, cached, [], [])
                 continue
@@ -398,7 +425,7 @@ def make_replay(
                 if c.path
             }
             shards = plan_local(
-                shards_runner, specs, requests, already_done, refresh, size, local_runs
+                shards_runner, specs, mine, already_done, refresh, size, local_runs
             )
             run_local(shards_runner, specs, shards, con, local_runs)
             for c in local:

@@ -133,9 +133,13 @@ def _cost_key(ev: Evidence) -> tuple[float, int, float, str]:
 def quality_verdict(ev: Evidence, objectives: Objectives) -> QualityVerdict | None:
     """The rule's verdict on this evidence at the objectives' floor."""
     if ev.passes is not None:
-        if ev.verdict is not None and abs(ev.verdict.required - _required(ev, objectives)) < 1e-12:
+        if (
+            ev.verdict is not None
+            and abs(ev.verdict.required - _required(ev, objectives)) < 1e-12
+            and ev.passes.min_samples == objectives.min_samples
+        ):
             return ev.verdict
-        return ev.verdict_at(objectives.quality_floor)
+        return ev.verdict_at(objectives.quality_floor, objectives.min_samples)
     return None
 
 

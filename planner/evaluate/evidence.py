@@ -29,11 +29,13 @@ import numpy as np
 from planner.errors import PlanError
 from planner.evaluate.verdict import (
     BCA_RESAMPLES,
+    Outcome,
     Budget,
     Ceiling,
     PassEvidence,
     PassRules,
     QualityVerdict,
+    is_judge,
     looks,
     mean_interval,
     outcome_of,
@@ -216,12 +218,15 @@ class Evidence:
             return None
         return self.quality_high - self.quality_low
 
-    def verdict_at(self, floor: float) -> QualityVerdict | None:
+    def verdict_at(self, floor: float, min_samples: int | None = None) -> QualityVerdict | None:
         """The rule's verdict at another floor (the same evidence)."""
         if self.passes is None:
             return None
         ceiling = self.ceiling.value if self.ceiling is not None else 1.0
-        return sequential_verdict(replace(self.passes, required=floor * ceiling))
+        fewest = self.passes.min_samples if min_samples is None else min_samples
+        return sequential_verdict(
+            replace(self.passes, required=floor * ceiling, min_samples=fewest)
+        )
 
     def summary(self) -> dict[str, Any]:
         """Every figure as plain JSON-ready data (latency samples left out)."""
@@ -288,17 +293,17 @@ def price_per_1k(candidate: Candidate, answered: Sequence[Observation]) -> float
     return float(np.mean(priced)) * 1000 if priced else None
 
 
-def credits_in_order(
+def outcomes_in_order(
     observations: Sequence[Observation], size: int, rules: PassRules
-) -> tuple[tuple[float | None, ...], Counter[str]]:
-    """Each sample position's credit (None: no outcome) and the outcome counts."""
-    credits: list[float | None] = [None] * size
+) -> tuple[tuple[Outcome | None, ...], Counter[str]]:
+    """Each sample position's outcome (None: no outcome) and the outcome counts."""
+    outcomes: list[Outcome | None] = [None] * size
     counts: Counter[str] = Counter()
     for obs in observations:
         if obs.error_kind in NOT_SENT:
             continue
         if obs.error_kind is not None:
-            outcome: str | None = "fail"
+            outcome: Outcome | None = "fail"
         elif obs.quality is None:
             continue
         else:
@@ -308,8 +313,8 @@ def credits_in_order(
         counts[outcome] += 1
         pos = obs.position
         if pos is not None and 0 <= pos < size:
-            credits[pos] = rules.credit(outcome)  # type: ignore[arg-type]
-    return tuple(credits), counts
+            outcomes[pos] = outcome
+    return tuple(outcomes), counts
 
 
 def summarize(
@@ -385,16 +390,24 @@ def summarize(
             quality_high=None,
             bound_method="the reference",
         )
-    credits, counts = credits_in_order(observations, size, method.rules)
+    outcomes, counts = outcomes_in_order(observations, size, method.rules)
     schedule = schedule or looks(size, method.first_look)
     budget = Budget(
         method.alpha, candidates_tried, len(schedule), 0.5 if ceiling.measured else 0.0
     )
     evidence = PassEvidence(
-        credits, size, floor * ceiling.value, budget.per_look, schedule, min_samples
+        outcomes,
+        size,
+        floor * ceiling.value,
+        budget.per_look,
+        schedule,
+        min_samples,
+        tie_credit=method.rules.tie_credit,
+        # a tie can occur where the judge scores (the method, never the outcomes, decides)
+        ties=ceiling.method == "judge symmetry" or any(is_judge(o.scorer) for o in observations),
     )
     verdict = sequential_verdict(evidence)
-    measured = [c for c in credits if c is not None]
+    measured = [method.rules.credit(o) for o in outcomes if o is not None]
     pass_rate = (sum(measured) / len(measured)) if measured else None
     ceil = ceiling.value
     return Evidence(

@@ -5,8 +5,10 @@ Every scored replay has a score in [0, 1] and an *outcome*: at least as good as 
 The rule reads the **pass rate**, never the mean score:
 
 - its lower bound is the exact one-sided Clopper–Pearson bound, ``Beta(alpha; x, n - x + 1)``
-  with ``x`` passes (a tie adds ``tie_credit``) in ``n`` measured replays — for ``x = n = 5`` that
-  is ``alpha ** (1/5)``, far below 1, so five right answers out of five say little;
+  with ``x`` passes in ``n`` measured replays — for ``x = n = 5`` that is ``alpha ** (1/5)``, far
+  below 1, so five right answers out of five say little. Where a judge may tie, the pass rate
+  is ``c x P(not worse) + (1 - c) x P(win)`` (a tie counts ``c``), and its bound is the same mix
+  of the two proportions' exact bounds, each at ``alpha / 2`` (if both hold, the mix holds);
 - the floor is read against production's own *ceiling*: the candidate must reach
   ``required = floor x ceiling``, where the ceiling is how often production passes against
   itself (exact-repeat prompts, scored by the same rule; its Clopper–Pearson *upper* bound), 0.5
@@ -354,24 +356,49 @@ class Look:
     upper: float
 
 
+def credit_bounds(
+    wins: Any, not_worse: Any, n: Any, alpha: float, tie_credit: float, ties: bool
+) -> tuple[Any, Any]:
+    """(lower, upper) one-sided bounds of the pass rate ``c x not-worse + (1 - c) x wins``.
+
+    Without ties (every scorer but the judge) ``wins == not_worse`` and this is the plain
+    Clopper–Pearson bound at ``alpha``; with ties, each proportion's exact bound at
+    ``alpha / 2``, mixed. Vectorised."""
+    if not ties:
+        return cp_lower(wins, n, alpha), cp_upper(wins, n, alpha)
+    half = alpha / 2
+    lower = tie_credit * cp_lower(not_worse, n, half) + (1 - tie_credit) * cp_lower(wins, n, half)
+    upper = tie_credit * cp_upper(not_worse, n, half) + (1 - tie_credit) * cp_upper(wins, n, half)
+    return lower, upper
+
+
 @dataclass(frozen=True)
 class PassEvidence:
-    """What the rule reads for one (task type, candidate): the outcomes' credits in sample order.
+    """What the rule reads for one (task type, candidate): the outcomes in sample order.
 
-    ``credits[i]`` is the credit of the request at sample position ``i`` (1 pass, the tie credit,
-    0 fail — a failed replay is a fail), or None where there is no outcome (not replayed yet, not
-    sent, not scored). ``size`` is the type's sample size: the last look is at it."""
+    ``outcomes[i]`` is the outcome of the request at sample position ``i`` (a failed replay is a
+    fail), or None where there is none (not replayed yet, not sent, not scored). ``size`` is the
+    type's sample size: the last look is at it. ``ties`` says whether a tie can occur (the type
+    is judged): the bound is then the mix of :func:`credit_bounds`."""
 
-    credits: tuple[float | None, ...]
+    outcomes: tuple[Outcome | None, ...]
     size: int
     required: float  # floor x ceiling
     alpha_look: float
     schedule: tuple[int, ...]
     min_samples: int = 10
+    tie_credit: float = 0.5
+    ties: bool = False
 
     @property
     def measured(self) -> int:
-        return sum(c is not None for c in self.credits)
+        return sum(o is not None for o in self.outcomes)
+
+    def counts(self, upto: int) -> tuple[int, int, int]:
+        """(measured, wins, not worse) among the first ``upto`` positions."""
+        got = [o for o in self.outcomes[:upto] if o is not None]
+        wins = sum(o == "pass" for o in got)
+        return len(got), wins, wins + sum(o == "tie" for o in got)
 
 
 @dataclass(frozen=True)
@@ -380,7 +407,7 @@ class QualityVerdict:
 
     state: State
     n: int  # measured replays at the deciding (or last) look
-    passes: float
+    passes: float  # wins + tie credit x ties
     lower: float | None
     upper: float | None
     required: float
@@ -409,33 +436,36 @@ class QualityVerdict:
         }
 
 
-def _measured_prefix(credits: Sequence[float | None], upto: int) -> tuple[int, float]:
-    got = [c for c in credits[:upto] if c is not None]
-    return len(got), float(sum(got))
-
-
 def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
     """Walk the looks in order; stop at the first that decides.
 
     At look ``n_k`` the bound reads the measured outcomes among the first ``n_k`` sample
     positions. It qualifies when ``lower >= required`` (and at least ``min_samples`` were
-    measured); it is below when ``upper < required``. When even all remaining positions up to
-    the last look passing would leave the final lower bound short, sampling stops and the pair
-    is undecided ("not enough evidence": the cap is too small for this floor). A look with no
-    new outcome is skipped (it would repeat the last one)."""
+    measured); it is below when ``upper < required``, or when even all remaining positions up
+    to the cap passing would leave the final lower bound short while a flawless record could
+    have reached it (its failures rule it out). When not even a flawless record could, the cap
+    is too small for the floor: sampling stops, undecided ("not enough evidence"). A look with
+    no new outcome is skipped (it would repeat the last one)."""
     made: list[Look] = []
     last_m = -1
     final = ev.schedule[-1] if ev.schedule else 0
     at_cap = False
+    t = ev.tie_credit
+
+    def bounds(wins: int, not_worse: int, m: int) -> tuple[float, float]:
+        low, high = credit_bounds(wins, not_worse, m, ev.alpha_look, t, ev.ties)
+        return float(low), float(high)
+
     for n_k in ev.schedule:
-        m, x = _measured_prefix(ev.credits, n_k)
+        m, wins, not_worse = ev.counts(n_k)
         if m == last_m or m == 0:
             continue
         last_m = m
         at_cap = n_k == final
-        lower = float(cp_lower(x, m, ev.alpha_look))
-        upper = float(cp_upper(x, m, ev.alpha_look))
+        x = wins + t * (not_worse - wins)
+        lower, upper = bounds(wins, not_worse, m)
         made.append(Look(m, x, lower, upper))
+        shown = f"pass rate {x:g}/{m}"
         if lower >= ev.required and m >= ev.min_samples:
             return QualityVerdict(
                 "qualifies",
@@ -446,7 +476,7 @@ def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
                 ev.required,
                 ev.alpha_look,
                 tuple(made),
-                f"pass rate {x:g}/{m}: lower bound {lower:.3f} >= required {ev.required:.3f}",
+                f"{shown}: lower bound {lower:.3f} >= required {ev.required:.3f}",
                 stopped=True,
             )
         if upper < ev.required:
@@ -459,13 +489,16 @@ def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
                 ev.required,
                 ev.alpha_look,
                 tuple(made),
-                f"pass rate {x:g}/{m}: upper bound {upper:.3f} < required {ev.required:.3f}",
+                f"{shown}: upper bound {upper:.3f} < required {ev.required:.3f}",
                 stopped=True,
             )
         left = max(0, final - n_k)
-        if left > 0 and float(cp_lower(x + left, m + left, ev.alpha_look)) < ev.required:
+        if left > 0 and bounds(wins + left, not_worse + left, m + left)[0] < ev.required:
+            # out of reach within the cap: its own failures rule it out ("below") when a
+            # flawless record could still qualify; else the cap is too small for this floor
+            flawless = bounds(m + left, m + left, m + left)[0] >= ev.required
             return QualityVerdict(
-                "undecided",
+                "below" if flawless else "undecided",
                 m,
                 x,
                 lower,
@@ -473,9 +506,16 @@ def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
                 ev.required,
                 ev.alpha_look,
                 tuple(made),
-                f"n = {m}, pass rate {x:g}/{m}, interval [{lower:.3f}, {upper:.3f}]; even if "
-                f"all {left} samples left to the cap of {final} passed, the lower bound would "
-                f"stay under {ev.required:.3f}",
+                (
+                    f"{shown}: even if all {left} samples left to the cap of {final} passed, "
+                    f"the lower bound would stay under {ev.required:.3f}"
+                )
+                if flawless
+                else (
+                    f"n = {m}, {shown}, interval [{lower:.3f}, {upper:.3f}]; the cap of "
+                    f"{final} is too small: even a flawless record would stay under "
+                    f"{ev.required:.3f}"
+                ),
                 stopped=True,
             )
     if not made:
@@ -512,24 +552,28 @@ def simulate_sequential(
     draws: int,
     seed: int,
     min_samples: int = 1,
+    p_tie: float = 0.0,
+    tie_credit: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The sequential rule on ``draws`` simulated pairs with true pass rate ``p`` (vectorised).
+    """The sequential rule on ``draws`` simulated pairs (vectorised): each replay is a win with
+    probability ``p``, a tie with ``p_tie`` (judged types), else a fail.
 
     Returns (qualified: bool per draw, samples used per draw)."""
     rng = np.random.default_rng(seed)
-    outcomes = rng.random((draws, cap)) < p
-    cum = np.cumsum(outcomes, axis=1)
-    schedule = looks(cap, first)
+    u = rng.random((draws, cap))
+    wins = np.cumsum(u < p, axis=1)
+    not_worse = np.cumsum(u < p + p_tie, axis=1)
+    ties = p_tie > 0
     qualified = np.zeros(draws, dtype=bool)
     stopped = np.zeros(draws, dtype=bool)
     used = np.full(draws, cap)
-    for n_k in schedule:
-        x = cum[:, n_k - 1]
-        lower = cp_lower(x, n_k, alpha_look)
-        upper = cp_upper(x, n_k, alpha_look)
-        best = cp_lower(x + (cap - n_k), cap, alpha_look)
+    for n_k in looks(cap, first):
+        w, nw = wins[:, n_k - 1], not_worse[:, n_k - 1]
+        lower, upper = credit_bounds(w, nw, n_k, alpha_look, tie_credit, ties)
+        left = cap - n_k
+        best = credit_bounds(w + left, nw + left, cap, alpha_look, tie_credit, ties)[0]
         yes = ~stopped & (lower >= required) & (n_k >= min_samples)
-        no = ~stopped & ~yes & ((upper < required) | (best < required))
+        no = ~stopped & ~yes & ((upper < required) | ((left > 0) & (best < required)))
         qualified |= yes
         used = np.where(yes | no, n_k, used)
         stopped |= yes | no
