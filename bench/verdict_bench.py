@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from planner.evaluate.verdict import cp_lower, looks, simulate_sequential
+from planner.evaluate.intervals import cp_lower
+from planner.evaluate.verdict import looks, simulate_sequential
 
 ALPHA = 0.05
 SIZES = (5, 12, 30, 100, 400)
@@ -94,7 +95,7 @@ def adaptive_vs_fixed(
     used_adaptive = used_fixed = 0
     same = total = 0
     qualified_a = qualified_f = 0
-    for m in range(mixes):
+    for _ in range(mixes):
         for p in _mix(candidates * types, rng):
             q, used = simulate_sequential(
                 float(p), required=floor, cap=cap, alpha_look=alpha_adaptive, draws=1,

@@ -27,7 +27,7 @@ TIE_MARGIN = 0.1
 
 
 def _between(text: str, start: str, end: str) -> str:
-    head, _, rest = text.partition(start)
+    _, _, rest = text.partition(start)
     return rest.partition(end)[0] if rest else ""
 
 

@@ -22,12 +22,12 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline.evidence import (
-    judge_enabled,
     measure_ceilings,
     method_from,
     read_observations,
     score_replays,
 )
+from pipeline.judge import judge_enabled
 from pipeline.plan import objectives_from, plan_candidates
 from pipeline.replay import RelayRunner, ShardRunner, draw, make_replay, select_candidates
 from pipeline.stage import Stage, direct
@@ -147,9 +147,7 @@ def replay_in_rounds(
         )
         verdicts = stage(f"verdicts-round-{k + 1}", pair_verdicts, settings, warehouse)
         closed = {
-            pair
-            for pair in open_pairs
-            if verdicts.get(pair) is not None and verdicts[pair].stopped
+            pair for pair in open_pairs if verdicts.get(pair) is not None and verdicts[pair].stopped
         }
         open_pairs -= closed
         rounds.append(

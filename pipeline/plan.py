@@ -18,25 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.evidence import (
-    JudgeStats,
     baseline_prices,
+    classifier_figures,
+    data_labels,
     device_fits,
-    is_loopback,
-    judge_enabled,
-    judge_stats,
     measure_ceilings,
     method_from,
     read_plan_inputs,
     reask_production,
     score_replays,
 )
+from pipeline.judge import JudgeStats, judge_enabled, judge_stats
 from pipeline.stage import Stage, direct
 from planner.errors import ConfigError, PlanError
 from planner.evaluate.conversations import Conversations, Stickiness, stickiness_impact
 from planner.evaluate.decision import Decision, Objectives, decide, sweep_floors
 from planner.evaluate.evidence import (
     PRODUCTION,
-    UNCERTAIN,
     Candidate,
     DeviceFit,
     Evidence,
@@ -44,7 +42,6 @@ from planner.evaluate.evidence import (
     Observation,
     build_evidence,
 )
-from planner.evaluate.verdict import Ceiling
 from planner.evaluate.projection import (
     Device,
     FrontierPoint,
@@ -54,6 +51,7 @@ from planner.evaluate.projection import (
     project,
 )
 from planner.evaluate.risks import Risk, assess_risks
+from planner.evaluate.verdict import Ceiling
 from planner.evaluate.views import Fitted, View, compare_views, pick_tiers
 from planner.report.artifacts import Gateway, Triggers, write_artifacts
 from planner.report.render import PlanReport, SampleOutput, write_plan
@@ -111,36 +109,6 @@ def objectives_from(settings: PlannerSettings) -> Objectives:
     )
 
 
-def data_labels(settings: PlannerSettings) -> list[str]:
-    """What the figures come from, when it is not production's real traffic and real endpoints:
-    generated logs, and relays or a judge on this machine (127.0.0.1)."""
-    labels = []
-    if settings.output.synthetic_data:
-        labels.append("synthetic data: the logs were generated, not production's traffic")
-    local = [c.name for c in settings.candidates if c.kind == "relay" and is_loopback(c.base_url)]
-    if local:
-        labels.append(
-            "relay figures from 127.0.0.1 (this machine): " + ", ".join(sorted(local))
-        )
-    if settings.judge.enabled and is_loopback(settings.judge.base_url):
-        labels.append(f"judge {settings.judge.name} on 127.0.0.1 (this machine)")
-    return labels
-
-
-def classifier_figures(classifier_path: Path | None) -> dict[str, Any] | None:
-    """The classifier's evaluation figures from a JSON card beside its .onnx file, if any."""
-    if classifier_path is None:
-        return None
-    for name in (classifier_path.with_suffix(".json"), classifier_path.parent / "model_card.json"):
-        if name.is_file():
-            try:
-                data = json.loads(name.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise PlanError(f"{name}: classifier card is not valid JSON: {exc}") from exc
-            return data if isinstance(data, dict) else None
-    return None
-
-
 def previous_quality(out_root: Path, exclude: Path) -> dict[str, float]:
     """Quality per task type of the newest earlier run's migrated routes (for the drift check)."""
     runs = sorted(
@@ -190,9 +158,7 @@ def route_plan(
             decide(ev, objectives, types).route_map(), pick_tiers(candidates, ev, fit_map)
         )
 
-    ceilings = {
-        e.task_type: e.ceiling.value for e in evidence if e.ceiling is not None
-    }
+    ceilings = {e.task_type: e.ceiling.value for e in evidence if e.ceiling is not None}
     views = compare_views(
         list(observations),
         candidates,

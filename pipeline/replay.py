@@ -398,7 +398,9 @@ def make_replay(
         for c in relays:
             assert c.base_url and c.model
             fingerprints[c.name] = RelayBackend(c.name, c.base_url, c.model).fingerprint()
-            todo, cached = pending_requests(fingerprints[c.name], mine[c.name], already_done, refresh)
+            todo, cached = pending_requests(
+                fingerprints[c.name], mine[c.name], already_done, refresh
+            )
             if not todo:
                 results[c.name] = merge_runs(c.name, fingerprints[c.name], cached, cached, [], [])
                 continue
@@ -424,9 +426,7 @@ def make_replay(
                 for c in local
                 if c.path
             }
-            shards = plan_local(
-                shards_runner, specs, mine, already_done, refresh, size, local_runs
-            )
+            shards = plan_local(shards_runner, specs, mine, already_done, refresh, size, local_runs)
             run_local(shards_runner, specs, shards, con, local_runs)
             for c in local:
                 results[c.name] = local_runs.summary(c.name)

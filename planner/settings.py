@@ -4,6 +4,9 @@ Only ``flows/`` reads settings; it hands plain values to the stage functions. En
 variables win over the file, the file over the defaults. Secrets never live here: a relay
 candidate names the environment variable that holds its key (``api_key_env``) and
 :meth:`CandidateSettings.api_key` reads it at the moment a header is built.
+
+This module is long because it is the one typed object for the whole of ``planner.toml``: every
+section, with its descriptions and checks, in one place.
 """
 
 from __future__ import annotations
@@ -278,9 +281,7 @@ class ReplaySettings(_Section):
     per_type: int = Field(
         50,
         gt=0,
-        description=(
-            "Sampled requests per task type: the cap of the adaptive rounds ([verdict])."
-        ),
+        description=("Sampled requests per task type: the cap of the adaptive rounds ([verdict])."),
     )
     uncertain: int = Field(
         10, ge=0, description="Extra sampled requests the classifier was unsure of."

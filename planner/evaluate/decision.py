@@ -255,7 +255,7 @@ def choose_route(task_type: str, evidence: Sequence[Evidence], objectives: Objec
     low = best.quality_low if verdict is None else verdict.lower
     where = "" if best.latency_basis == "measured" else " on the device"
     reason = (
-        f"cheapest route whose quality verdict qualifies ("
+        "cheapest route whose quality verdict qualifies ("
         + (verdict.reason if verdict is not None else f"lower bound {low:.3f}")
         + f") and p95 {best.latency_p95_ms:.0f} ms{where} <= {objectives.p95_latency_ms:.0f} ms"
     )
@@ -267,11 +267,13 @@ def choose_route(task_type: str, evidence: Sequence[Evidence], objectives: Objec
         fallbacks=tuple(chain),
         reason=reason,
         quality_mean=(
-            best.quality_mean if verdict is None or verdict.pass_rate is None
+            best.quality_mean
+            if verdict is None or verdict.pass_rate is None
             else verdict.pass_rate / ceiling
         ),
         quality_low=(
-            best.quality_low if verdict is None or verdict.lower is None
+            best.quality_low
+            if verdict is None or verdict.lower is None
             else verdict.lower / ceiling
         ),
         latency_p95_ms=best.latency_p95_ms,

@@ -27,17 +27,16 @@ from typing import Any, Literal
 import numpy as np
 
 from planner.errors import PlanError
+from planner.evaluate.intervals import BCA_RESAMPLES, mean_interval
 from planner.evaluate.verdict import (
-    BCA_RESAMPLES,
-    Outcome,
     Budget,
     Ceiling,
+    Outcome,
     PassEvidence,
     PassRules,
     QualityVerdict,
     is_judge,
     looks,
-    mean_interval,
     outcome_of,
     sequential_verdict,
 )
@@ -229,42 +228,16 @@ class Evidence:
         )
 
     def summary(self) -> dict[str, Any]:
-        """Every figure as plain JSON-ready data (latency samples left out)."""
-        return {
-            "task_type": self.task_type,
-            "candidate": self.candidate,
-            "kind": self.kind,
-            "n": self.n,
-            "n_scored": self.n_scored,
-            "n_unscored": self.n_unscored,
-            "n_not_sent": self.n_not_sent,
-            "outcomes": dict(self.outcomes),
-            "pass_rate": self.pass_rate,
-            "quality_mean": self.quality_mean,
-            "quality_low": self.quality_low,
-            "quality_high": self.quality_high,
-            "bound_method": self.bound_method,
-            "verdict": None if self.verdict is None else self.verdict.summary(),
-            "ceiling": None if self.ceiling is None else self.ceiling.summary(),
-            "score_mean": self.score_mean,
-            "score_low": self.score_low,
-            "score_high": self.score_high,
-            "score_note": self.score_note,
-            "score_method": self.score_method,
-            "ttft_p50_ms": self.ttft_p50_ms,
-            "ttft_p95_ms": self.ttft_p95_ms,
-            "latency_p50_ms": self.latency_p50_ms,
-            "latency_p95_ms": self.latency_p95_ms,
-            "host_latency_p95_ms": self.host_latency_p95_ms,
-            "latency_basis": self.latency_basis,
-            "tokens_per_s": self.tokens_per_s,
-            "cost_per_1k_usd": self.cost_per_1k_usd,
-            "peak_memory_mb": self.peak_memory_mb,
-            "fit": None if self.fit is None else vars(self.fit).copy(),
-            "error_rate": self.error_rate,
-            "errors": dict(self.errors),
-            "scorers": dict(self.scorers),
+        """Every figure as plain JSON-ready data (latency samples and outcomes left out)."""
+        data = {
+            k: (dict(v) if isinstance(v, dict) else v)
+            for k, v in vars(self).items()
+            if k not in ("latency_samples", "passes", "verdict", "ceiling", "fit")
         }
+        data["verdict"] = None if self.verdict is None else self.verdict.summary()
+        data["ceiling"] = None if self.ceiling is None else self.ceiling.summary()
+        data["fit"] = None if self.fit is None else vars(self.fit).copy()
+        return data
 
 
 def _tokens_per_s(obs: Observation) -> float | None:
@@ -353,7 +326,7 @@ def summarize(
     ttfts = [o.ttft_ms * factor if factor else o.ttft_ms for o in ok if o.ttft_ms is not None]
     memory = [o.peak_rss_mb for o in ok if o.peak_rss_mb is not None]
     tps = [t for t in (_tokens_per_s(o) for o in ok) if t is not None]
-    base = {
+    base: dict[str, Any] = {
         "task_type": task_type,
         "candidate": candidate.name,
         "kind": candidate.kind,
@@ -366,7 +339,9 @@ def summarize(
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),
         "host_latency_p95_ms": percentile(host_lat, 95),
-        "latency_basis": (fit.latency_basis or "device estimate") if factor else "measured",
+        "latency_basis": ((fit.latency_basis if fit else "") or "device estimate")
+        if factor
+        else "measured",
         "tokens_per_s": float(np.median(tps)) if tps else None,
         "cost_per_1k_usd": price_per_1k(candidate, ok),
         "peak_memory_mb": max(memory) if memory else None,
@@ -392,9 +367,7 @@ def summarize(
         )
     outcomes, counts = outcomes_in_order(observations, size, method.rules)
     schedule = schedule or looks(size, method.first_look)
-    budget = Budget(
-        method.alpha, candidates_tried, len(schedule), 0.5 if ceiling.measured else 0.0
-    )
+    budget = Budget(method.alpha, candidates_tried, len(schedule), 0.5 if ceiling.measured else 0.0)
     evidence = PassEvidence(
         outcomes,
         size,

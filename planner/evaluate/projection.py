@@ -11,6 +11,9 @@ Quality is the relative pass rate of the evidence of each (type, route) actually
 that was never measured is reported as unmeasured traffic, never given another pair's figure.
 Energy is the device's power draw times the generation time at the model's tokens/s (prompt
 processing not counted).
+
+This module is long because the month is one arithmetic over the parts of each type's traffic
+(own route, uncertain, sticky, failover) and the verdicts and frontier drawn from it.
 """
 
 from __future__ import annotations
@@ -256,9 +259,7 @@ def _parts(
     scale = moved_total / sum(moved.values()) if moved else 0.0
     parts = [_Part(sure - moved_total, route.route, route.fallbacks, t.task_type)]
     for sticky_route, count in sorted(moved.items()):
-        fallbacks = next(
-            (r.fallbacks for r in decision.routes if r.route == sticky_route), ()
-        )
+        fallbacks = next((r.fallbacks for r in decision.routes if r.route == sticky_route), ())
         parts.append(_Part(count * scale, sticky_route, fallbacks, t.task_type, sticky=True))
     unsure = UNCERTAIN if decision.uncertain_route != PRODUCTION else t.task_type
     parts.append(
@@ -298,14 +299,20 @@ def project(
     total = traffic.requests
     for t in traffic.types:
         route = decision.route_for(t.task_type) or Route(
-            t.task_type, PRODUCTION, "production", (), "no evidence for this type", 1.0, None,
-            None, None,
+            t.task_type,
+            PRODUCTION,
+            "production",
+            (),
+            "no evidence for this type",
+            1.0,
+            None,
+            None,
+            None,
         )
         parts = _parts(t, route, decision, moves.get(t.task_type, {}))
         before = t.cost_usd * factor
         after = factor * sum(
-            p.requests
-            * _expected_cost(p.route, p.fallbacks, t, candidates, ev, p.evidence_type)
+            p.requests * _expected_cost(p.route, p.fallbacks, t, candidates, ev, p.evidence_type)
             for p in parts
         )
         known: list[tuple[float, float]] = []

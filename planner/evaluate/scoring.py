@@ -3,9 +3,14 @@
 Production's logged answer is the reference: 1.0 means "as good as production" for that request,
 so every score is already relative to production. Each task type has its own scorer (label match,
 JSON field F1, final-answer match, code that parses, ROUGE-L + token F1) and open-ended types go to
-an LLM judge asked pairwise in both orders; without a judge the similarity scorers stand in and
-the scorer name says so. Every value is returned with the name of the scorer that produced it, so
+an LLM judge asked pairwise in both orders (its calls batched, concurrent, through an injected
+:data:`AskMany`); a tie is its own outcome, and an item the judge did not reach stays unscored.
+Without a judge the similarity scorers stand in and the scorer name says so. What counts as "at
+least as good as production" for each scorer is :mod:`planner.evaluate.verdict`'s. Every value is returned with the name of the scorer that produced it, so
 the report can say how each figure was measured.
+
+This module is long because every scorer and the judge live together: the dispatch that picks
+one for a task type, and the judge's fallbacks to the others, read in one place.
 """
 
 from __future__ import annotations
@@ -27,9 +32,7 @@ from planner.messages import message_text
 QUALITY = "quality"  # the primary metric every replay gets; the others explain it
 
 # Types whose answers have no single right form: compared by a judge when one is configured.
-JUDGED_TYPES: frozenset[str] = frozenset(
-    {"text_generation", "brainstorming", "chatbot", "open_qa"}
-)
+JUDGED_TYPES: frozenset[str] = frozenset({"text_generation", "brainstorming", "chatbot", "open_qa"})
 SIMILARITY_TYPES: frozenset[str] = frozenset({"summarization", "rewrite", "closed_qa"})
 
 Judge = Callable[[list[dict[str, Any]]], str]
@@ -432,7 +435,9 @@ JUDGE_SCORER_PREFIX = "judge:"
 _PREFERENCE = {"A": 0.0, "TIE": 0.5, "B": 1.0}  # the candidate shown as B
 
 
-def judged_scores(item: ScoreItem, first: str | None, second: str | None, judge: JudgeSetup) -> Measured:
+def judged_scores(
+    item: ScoreItem, first: str | None, second: str | None, judge: JudgeSetup
+) -> Measured:
     """The scores of one item from the judge's two verdicts: (production, candidate) first, then
     (candidate, production).
 

@@ -12,7 +12,6 @@ relative to production's ceiling on its type (production's own answer: 1), as in
 from __future__ import annotations
 
 import hashlib
-
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +164,9 @@ def _score_request(
     tally.shares[route] += 1
     credit = rules.credit(outcome)  # type: ignore[arg-type]
     tally.credits.append(credit)
-    tally.qualities.append(1.0 if route == PRODUCTION else credit / ceilings.get(obs.task_type, 1.0))
+    tally.qualities.append(
+        1.0 if route == PRODUCTION else credit / ceilings.get(obs.task_type, 1.0)
+    )
     if obs.error_kind is not None:
         return
     cand = candidates.get(route)
@@ -250,9 +251,7 @@ def compare_views(
 ) -> list[View]:
     """The evidence-based plan, routing by output length, and the static rule of thumb,
     cross-fitted: ``fit_half`` decides on one half's observations, the other half scores."""
-    halves = [
-        [o for o in observations if half_of(o.request_id) == h] for h in (0, 1)
-    ]
+    halves = [[o for o in observations if half_of(o.request_id) == h] for h in (0, 1)]
     fitted = [fit_half(half) for half in halves]
 
     def on_half(h: int) -> Callable[[str], bool]:

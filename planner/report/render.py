@@ -25,9 +25,10 @@ from planner.evaluate.evidence import (
     Evidence,
     Method,
 )
-from planner.evaluate.verdict import CP_METHOD, Ceiling
+from planner.evaluate.intervals import CP_METHOD
 from planner.evaluate.projection import Device, FrontierPoint, Projection, Traffic, money
 from planner.evaluate.risks import Risk
+from planner.evaluate.verdict import Ceiling
 from planner.evaluate.views import View
 from planner.redact import redact
 from planner.report import charts
@@ -357,11 +358,7 @@ def classifier_view(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if isinstance(row, Mapping)
     ]
     calibration = evaluation.get("calibration") or {}
-    bins = [
-        b
-        for b in (calibration.get("bins") or [])
-        if isinstance(b, Mapping) and b.get("count")
-    ]
+    bins = [b for b in (calibration.get("bins") or []) if isinstance(b, Mapping) and b.get("count")]
     return {
         "version": card.get("version"),
         "classes": len(card.get("classes") or []) or len(rows),

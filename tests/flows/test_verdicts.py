@@ -255,7 +255,9 @@ def test_a_price_edit_changes_the_chosen_relay(
     route = route_of(second_metrics, "reasoning")
     assert route["route"] == "b"
     b = next(
-        e for e in second_metrics["evidence"] if e["candidate"] == "b" and e["task_type"] == "reasoning"
+        e
+        for e in second_metrics["evidence"]
+        if e["candidate"] == "b" and e["task_type"] == "reasoning"
     )
     assert route["cost_per_1k_usd"] == pytest.approx(b["cost_per_1k_usd"])
     proj = next(t for t in second_metrics["projection"]["types"] if t["task_type"] == "reasoning")
@@ -296,7 +298,11 @@ def test_uncertain_traffic_goes_to_production_unless_a_route_qualifies_on_its_st
         )
         cfg.write_text(cfg.read_text().replace("uncertain = 0", f"uncertain = {unsure}"))
         _, metrics = replay_and_plan(cfg, "run")
-        unc = next(e for e in metrics["evidence"] if e["task_type"] == "(uncertain)" and e["candidate"] == "right")
+        unc = next(
+            e
+            for e in metrics["evidence"]
+            if e["task_type"] == "(uncertain)" and e["candidate"] == "right"
+        )
         assert unc["n"] == unsure
         if unsure == 8:  # 8 right out of 8 cannot show 95%: production takes them
             assert metrics["uncertain_route"] == "production"
@@ -356,7 +362,9 @@ device_tokens_per_s = {speed}
         planned = make_plan(load_settings(cfg), run_dir=tmp_path / label)
         metrics = json.loads(Path(planned["metrics"]).read_text("utf-8"))
         outcomes[label] = metrics
-    edge = {k: next(e for e in m["evidence"] if e["candidate"] == "edge") for k, m in outcomes.items()}
+    edge = {
+        k: next(e for e in m["evidence"] if e["candidate"] == "edge") for k, m in outcomes.items()
+    }
     # host: 400 ms for every request; on the device 40 tok/s / 4 tok/s = 10x slower
     assert edge["slow"]["host_latency_p95_ms"] == pytest.approx(400.0)
     assert edge["slow"]["latency_p95_ms"] == pytest.approx(4000.0)
@@ -364,7 +372,9 @@ device_tokens_per_s = {speed}
     assert "measured on the device" in edge["slow"]["latency_basis"]
     slow = route_of(outcomes["slow"], "classification")
     assert slow["route"] == "production"
-    assert slow["rejected"][0]["reasons"] == ["p95 latency 4000 ms on the device over the SLO 2000 ms"]
+    assert slow["rejected"][0]["reasons"] == [
+        "p95 latency 4000 ms on the device over the SLO 2000 ms"
+    ]
     assert route_of(outcomes["fast"], "classification")["route"] == "edge"
 
 
@@ -436,9 +446,7 @@ max_retries = 0
         first = nightly_flow(config_path=str(cfg), return_state=True)
         assert first.is_completed()
         result = first.result()
-        metrics = json.loads(
-            (Path(result["run_dir"]) / "metrics.json").read_text(encoding="utf-8")
-        )
+        metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text(encoding="utf-8"))
         asked_first = sum(1 for _, path, status in j.request_log if status == 200)
         second = nightly_flow(config_path=str(cfg), return_state=True)
         assert second.is_completed()
@@ -448,7 +456,11 @@ max_retries = 0
     assert "The judge stopped" in notes and "await its verdict" in notes
     assert "judge rule-judge on 127.0.0.1 (this machine)" in metrics["labels"]
     judged_types = {"chatbot", "brainstorming", "text_generation", "open_qa"}
-    judged = [e for e in metrics["evidence"] if e["task_type"] in judged_types and e["candidate"] == "relay"]
+    judged = [
+        e
+        for e in metrics["evidence"]
+        if e["task_type"] in judged_types and e["candidate"] == "relay"
+    ]
     assert judged and sum(e["n_unscored"] for e in judged) > 0  # awaiting the judge
     assert all(
         s.startswith("judge:rule-judge") for e in judged for s in e["scorers"]

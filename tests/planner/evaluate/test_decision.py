@@ -127,7 +127,10 @@ def test_latency_slo_and_sample_size_are_enforced() -> None:
     assert route.route == "production"
     assert route.rejected[0].reasons == ("p95 latency 2100 ms over the SLO 2000 ms",)
     assert route.cost_per_1k_usd == 3.0 and route.latency_p95_ms == 2500.0
-    cands = {"relay": Candidate("relay", "relay"), "production": Candidate("production", "production")}
+    cands = {
+        "relay": Candidate("relay", "relay"),
+        "production": Candidate("production", "production"),
+    }
     rows = [
         Observation(f"r{i}", "summarization", c, 1.0, "rouge_l+token_f1", latency_ms=100.0,
                     prompt_tokens=10, completion_tokens=5, position=i)

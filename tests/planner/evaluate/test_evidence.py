@@ -17,7 +17,8 @@ from planner.evaluate.evidence import (
     percentile,
     summarize,
 )
-from planner.evaluate.verdict import Ceiling, cp_lower
+from planner.evaluate.intervals import cp_lower
+from planner.evaluate.verdict import Ceiling
 
 RELAY = Candidate("relay", "relay", price_in=1.0, price_out=2.0, timeout_s=30.0)
 LOCAL = Candidate("small", "local", timeout_s=20.0)
@@ -116,9 +117,7 @@ def test_local_latency_is_on_the_device_with_the_host_figure_beside() -> None:
 def test_quality_is_the_pass_rate_relative_to_the_ceiling() -> None:
     observations = [obs(i, quality=0.6 if i % 2 else 0.3) for i in range(40)]
     ceiling = Ceiling("summarization", "measured", 0.8, pairs=30, rate=0.7, upper=0.8)
-    ev = summarize(
-        "summarization", RELAY, observations, floor=0.9, ceiling=ceiling, method=QUICK
-    )
+    ev = summarize("summarization", RELAY, observations, floor=0.9, ceiling=ceiling, method=QUICK)
     assert ev.pass_rate == pytest.approx(0.5)
     assert ev.quality_mean == pytest.approx(0.5 / 0.8)
     assert ev.verdict is not None and ev.verdict.required == pytest.approx(0.9 * 0.8)

@@ -187,9 +187,7 @@ def test_position_bias_shows_as_order_flips() -> None:
         return "A"
 
     always_first = judge_of(first_is_better, name="biased")
-    got = {
-        s.metric: s.value for s in score_item(ScoreItem("r", "chatbot", "x", "y"), always_first)
-    }
+    got = {s.metric: s.value for s in score_item(ScoreItem("r", "chatbot", "x", "y"), always_first)}
     assert got["quality"] == 0.5  # loses as B, wins as A: a tie, not a win
     assert got["judge_order_flip"] == 1.0  # the two orders disagree
 
@@ -278,9 +276,7 @@ def test_judge_through_a_relay_on_a_real_server() -> None:
 
     with ServerThread(create_app(_JudgeEngine())) as server:
         backend = RelayBackend("judge", server.base_url, "judge-model", max_retries=0)
-        judge = judge_of(
-            completion_function(backend, max_tokens=8, purpose="judge"), name="judge"
-        )
+        judge = judge_of(completion_function(backend, max_tokens=8, purpose="judge"), name="judge")
         value, scorer = quality("chatbot", "a fine answer", "a better answer", judge)
         assert (value, scorer) == (1.0, "judge:judge both orders")
         assert quality("chatbot", "the better one", "plain", judge)[0] == 0.0

@@ -9,16 +9,13 @@ from scipy import stats
 
 from planner.evaluate.decision import Objectives, decide
 from planner.evaluate.evidence import Candidate, Method, Observation, build_evidence
+from planner.evaluate.intervals import cp_lower, cp_upper, credit_bounds, mean_interval
 from planner.evaluate.verdict import (
     Budget,
     PassEvidence,
     PassRules,
-    cp_lower,
-    cp_upper,
-    credit_bounds,
     judge_ceiling,
     looks,
-    mean_interval,
     measure_ceiling,
     outcome_of,
     sequential_verdict,

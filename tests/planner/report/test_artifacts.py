@@ -16,7 +16,8 @@ from planner.errors import PlanError
 from planner.evaluate.conversations import Stickiness
 from planner.evaluate.decision import Decision, Objectives, Route
 from planner.evaluate.evidence import Candidate
-from planner.evaluate.verdict import cp_lower, looks
+from planner.evaluate.intervals import cp_lower
+from planner.evaluate.verdict import looks
 from planner.report.artifacts import (
     Triggers,
     litellm_config,
@@ -467,12 +468,12 @@ def test_plan_flow_end_to_end(tmp_path: Path, prefect_harness: None) -> None:
         ceiling = metrics["ceilings"][task]
         schedule = looks(n[task])
         alpha = 0.05 * (0.5 if ceiling["method"] == "measured" else 1.0) / 3 / len(schedule)
-        return any(
-            k >= 10 and cp_lower(k, k, alpha) >= 0.8 * ceiling["value"] for k in schedule
-        )
+        return any(k >= 10 and cp_lower(k, k, alpha) >= 0.8 * ceiling["value"] for k in schedule)
 
     expected = {
-        t: ("production" if not qualifies(t) else "good-relay" if t == "classification" else "phone")
+        t: (
+            "production" if not qualifies(t) else "good-relay" if t == "classification" else "phone"
+        )
         for t in n
     }
     assert result["routes"] == expected
