@@ -6,8 +6,9 @@ JSON field F1, final-answer match, code that parses, ROUGE-L + token F1) and ope
 an LLM judge asked pairwise in both orders (its calls batched, concurrent, through an injected
 :data:`AskMany`); a tie is its own outcome, and an item the judge did not reach stays unscored.
 Without a judge the similarity scorers stand in and the scorer name says so. What counts as "at
-least as good as production" for each scorer is :mod:`planner.evaluate.verdict`'s. Every value is returned with the name of the scorer that produced it, so
-the report can say how each figure was measured.
+least as good as production" for each scorer is :mod:`planner.evaluate.verdict`'s. Every value
+is returned with the name of the scorer that produced it, so the report can say how each figure
+was measured.
 
 This module is long because every scorer and the judge live together: the dispatch that picks
 one for a task type, and the judge's fallbacks to the others, read in one place.

@@ -351,10 +351,10 @@ def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
 
     At look ``n_k`` the bound reads the measured outcomes among the first ``n_k`` sample
     positions. It qualifies when ``lower >= required`` (and at least ``min_samples`` were
-    measured); it is below when ``upper < required``, or when even all remaining positions up
-    to the cap passing would leave the final lower bound short while a flawless record could
-    have reached it (its failures rule it out). When not even a flawless record could, the cap
-    is too small for the floor: sampling stops, undecided ("not enough evidence"). A look with
+    measured); it is below when ``upper < required``. When even every position up to the cap
+    that has no outcome yet passing would leave the final lower bound short, sampling stops:
+    "below" if its pass rate so far is under the required rate (its failures rule it out), else
+    undecided ("not enough evidence": the cap is too small to show it qualifies). A look with
     no new outcome is skipped (it would repeat the last one)."""
     made: list[Look] = []
     last_m = -1
@@ -402,13 +402,14 @@ def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
                 f"{shown}: upper bound {upper:.3f} < required {ev.required:.3f}",
                 stopped=True,
             )
-        left = max(0, final - n_k)
+        # positions up to the cap that have no outcome yet (later rounds or runs may fill them)
+        left = max(0, final - m) if n_k < final else 0
         if left > 0 and bounds(wins + left, not_worse + left, m + left)[0] < ev.required:
-            # out of reach within the cap: its own failures rule it out ("below") when a
-            # flawless record could still qualify; else the cap is too small for this floor
-            flawless = bounds(m + left, m + left, m + left)[0] >= ev.required
+            # out of reach within the cap: "below" when its record so far is under the required
+            # rate (its failures rule it out), else the cap is too small to show it qualifies
+            short = x / m < ev.required
             return QualityVerdict(
-                "below" if flawless else "undecided",
+                "below" if short else "undecided",
                 m,
                 x,
                 lower,
@@ -420,11 +421,11 @@ def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
                     f"{shown}: even if all {left} samples left to the cap of {final} passed, "
                     f"the lower bound would stay under {ev.required:.3f}"
                 )
-                if flawless
+                if short
                 else (
                     f"n = {m}, {shown}, interval [{lower:.3f}, {upper:.3f}]; the cap of "
-                    f"{final} is too small: even a flawless record would stay under "
-                    f"{ev.required:.3f}"
+                    f"{final} is too small: even if every sample left passed, the lower bound "
+                    f"would stay under {ev.required:.3f}"
                 ),
                 stopped=True,
             )

@@ -156,15 +156,19 @@ def test_verdict_states_and_the_look_they_stop_at() -> None:
     five = sequential_verdict(_evidence(["pass"] * 5, 5, 0.95, 1))
     assert five.state == "undecided" and five.stopped and "fewer than 10" in five.reason
     poor = sequential_verdict(_evidence((["pass"] * 4 + ["fail"]) * 40, 200, 0.95, 6))
-    assert poor.state == "below" and poor.n == 20  # 16/20: out of reach, a flawless record was not
+    assert poor.state == "below" and poor.n == 20  # 16/20: out of reach, and under 0.95 so far
     awful = sequential_verdict(_evidence(["fail"] * 10, 200, 0.95, 6))
     assert awful.state == "below" and awful.n == 10 and "upper bound" in awful.reason
     # undecided midway: more samples may still decide, so sampling goes on
     half = sequential_verdict(_evidence(["pass"] * 20 + [None] * 180, 200, 0.95, 6))
     assert half.state == "undecided" and not half.stopped and half.n == 20
-    # out of reach within the cap: undecided, and sampling stops
+    # out of reach within the cap with a record at the required rate: undecided, sampling stops
     tight = sequential_verdict(_evidence(["pass"] * 50, 50, 0.95, 4))
     assert tight.state == "undecided" and tight.stopped and "cap of 50 is too small" in tight.reason
+    assert tight.n == 10  # known at the first look: no need to replay the other 40
+    ties = PassEvidence(("tie",) * 27, 27, 0.45, ALPHA / 18, looks(27), 10, 0.5, True)
+    all_ties = sequential_verdict(ties)  # as good as production, but 27 cannot show it
+    assert all_ties.state == "undecided" and "too small" in all_ties.reason
     assert sequential_verdict(_evidence([None] * 10, 10, 0.9, 1)).state == "no data"
 
 
