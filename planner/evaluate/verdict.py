@@ -407,9 +407,9 @@ def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
         if left > 0 and bounds(wins + left, not_worse + left, m + left)[0] < ev.required:
             # out of reach within the cap: "below" when its record so far is under the required
             # rate (its failures rule it out), else the cap is too small to show it qualifies
-            short = x / m < ev.required
+            under = x / m < ev.required
             return QualityVerdict(
-                "below" if short else "undecided",
+                "below" if under else "undecided",
                 m,
                 x,
                 lower,
@@ -421,7 +421,7 @@ def sequential_verdict(ev: PassEvidence) -> QualityVerdict:
                     f"{shown}: even if all {left} samples left to the cap of {final} passed, "
                     f"the lower bound would stay under {ev.required:.3f}"
                 )
-                if short
+                if under
                 else (
                     f"n = {m}, {shown}, interval [{lower:.3f}, {upper:.3f}]; the cap of "
                     f"{final} is too small: even if every sample left passed, the lower bound "
