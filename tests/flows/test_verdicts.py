@@ -500,3 +500,42 @@ def test_a_judge_that_is_a_judged_candidate_is_refused(tmp_path: Path) -> None:
     half = config(tmp_path, '\n[judge]\nbase_url = "http://127.0.0.1:8/v1"\n', per_type=5)
     with pytest.raises(ConfigError, match="judge"):
         load_settings(half)
+
+
+def test_production_re_asked_measures_its_own_ceiling(tmp_path: Path) -> None:
+    """[baseline] base_url + reask_per_type: a few sampled requests are asked of production
+    again (within its budget, once); its self-agreement is the ceiling the floor is read
+    against, and the page shows it where the logs held no exact repeats."""
+    examples = [(m, a, "summarization") for m, a in task_examples("summarization", 60, 4)]
+    key = {message_text(m[-1]["content"]): a for m, a, _ in examples}
+    again = AnswerKeyEngine("gpt-4.1", key, wrong=0.4)  # 40%: a different answer
+    with ServerThread(create_app(again)) as prod:
+        warehouse = ingest(tmp_path, examples)
+        cfg = config(
+            tmp_path,
+            relay_block("relay", prod.base_url, "gpt-4.1-relay", 0.1, 0.1),
+            per_type=40,
+            floor=0.9,
+        )
+        cfg.write_text(
+            cfg.read_text().replace(
+                "price_out = 8.0\n",
+                f'price_out = 8.0\nbase_url = "{prod.base_url}"\nreask_per_type = 20\n'
+                "reask_max_cost_usd = 0.5\n",
+            )
+        )
+        settings = load_settings(cfg)
+        make_replay(settings, DirectRelays(settings, warehouse), NoShards(), adaptive=False)
+        # the relay's model name differs: its answers 404; only the re-asks matter here
+        first = make_plan(settings, run_dir=tmp_path / "run1")
+        asked = sum(1 for _, path, status in prod.request_log if status == 200)
+        make_plan(settings, run_dir=tmp_path / "run2")
+        asked_again = sum(1 for _, path, status in prod.request_log if status == 200)
+    metrics = json.loads(Path(first["metrics"]).read_text("utf-8"))
+    ceiling = metrics["ceilings"]["summarization"]
+    assert ceiling["method"] == "measured" and ceiling["sources"] == {"re-asked": 20}
+    assert 0.3 < ceiling["rate"] < 0.9  # production does not always agree with itself
+    assert ceiling["value"] == pytest.approx(ceiling["upper"]) and ceiling["value"] < 1.0
+    assert asked == asked_again  # asked once: the second plan reuses the stored answers
+    page = Path(first["plan"]).read_text("utf-8")
+    assert "production-vs-production pairs pass (re-asked 20)" in page
