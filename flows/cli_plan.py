@@ -65,7 +65,7 @@ def plan(
     """Decide where each task type's traffic should go, and write plan.html + gateway configs."""
     settings = settings_from(config)
     if judge is not None:  # an unknown or judged name is one clear error before anything starts
-        from pipeline.evidence import judge_enabled
+        from pipeline.judge import judge_enabled
 
         judge_enabled(settings, judge)
     path = warehouse_path(settings, warehouse)

@@ -42,6 +42,12 @@ def format_report(result: dict[str, Any]) -> str:
         f"({len(sample['counts'])} task types, {sample['uncertain_extra']} uncertain extra)",
         f"cost this run ${result['spent_usd']:.4f} of a ${result['max_cost_usd']:.2f} cap",
     ]
+    rounds = result.get("rounds")
+    if rounds:
+        lines.append(
+            f"rounds (cap {result['cap']}): "
+            + ", ".join(f"{r['look']} ({r['open']} pairs left open)" for r in rounds)
+        )
     shards = result.get("shards")
     if shards:
         lines.append(

@@ -74,6 +74,22 @@ def _positions(layout: dict[str, tuple[str, str, int]]) -> tuple[dict[str, list[
     return {t: [r for _, r in sorted(v)] for t, v in by_type.items()}, sorted(uncertain)
 
 
+_SUMMED = ("planned", "sent", "cached", "ok", "retries", "cost_usd", "skipped_budget", "seconds")
+
+
+def _add_round(totals: dict[str, dict[str, Any]], rows: Sequence[dict[str, Any]]) -> None:
+    """Add one round's per-candidate counts to the run's (stored figures stay the last round's:
+    they already cover every round)."""
+    for row in rows:
+        mine = totals.setdefault(row["candidate"], {k: 0 for k in _SUMMED} | {"errors": {}})
+        for key in _SUMMED:
+            mine[key] += row.get(key) or 0
+        for kind, n in (row.get("errors") or {}).items():
+            mine["errors"][kind] = mine["errors"].get(kind, 0) + n
+        if row.get("stopped") and not mine.get("stopped"):
+            mine["stopped"], mine["message"] = row["stopped"], row.get("message")
+
+
 def replay_in_rounds(
     settings: PlannerSettings,
     relays_runner: RelayRunner,
@@ -115,6 +131,7 @@ def replay_in_rounds(
     verdicts: dict[tuple[str, str], Any] = {}
     last: dict[str, Any] = {}
     totals = {"total": 0, "done": 0, "cached_requests": 0, "replayed_requests": 0}
+    per_candidate: dict[str, dict[str, Any]] = {}
     previous = 0
     for k, n_k in enumerate(looks(cap, settings.verdict.first_round)):
         only: dict[str, set[str]] = {name: set() for name in chosen}
@@ -142,6 +159,7 @@ def replay_in_rounds(
         )
         for key in totals:
             totals[key] += int(last.get("shards", {}).get(key, 0))
+        _add_round(per_candidate, last.get("candidates", []))
         scored = stage(
             f"score-round-{k + 1}", score_replays, settings, warehouse, None, False, judge_budget
         )
@@ -164,6 +182,19 @@ def replay_in_rounds(
         stopped = {c.get("stopped") for c in last.get("candidates", [])}
         if not open_pairs or "budget" in stopped or stop_requested():
             break
+    if not rounds:  # nothing to ask: the summary of an empty round
+        last = make_replay(
+            settings,
+            relays_runner,
+            shards_runner,
+            candidates=chosen,
+            per_type=cap,
+            warehouse=warehouse,
+            stage=stage,
+            only={name: set() for name in chosen},
+            budget=budget,
+            adaptive=False,
+        )
     pairs = [
         {
             "task_type": t,
@@ -178,6 +209,9 @@ def replay_in_rounds(
     ]
     return {
         **last,
+        "candidates": [
+            {**row, **per_candidate.get(row["candidate"], {})} for row in last["candidates"]
+        ],
         "sample": sample,
         "spent_usd": budget.spent_usd,
         "shards": totals,

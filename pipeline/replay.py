@@ -384,10 +384,9 @@ def make_replay(
     con = open_warehouse(warehouse)
     try:
         requests = replay_requests(sampled_requests(con, sample["sample_id"]), max_new)
+        wanted = {c.name: set(only.get(c.name, ())) for c in chosen} if only is not None else {}
         mine = {
-            c.name: [r for r in requests if r.request_id in set(only.get(c.name, ()))]
-            if only is not None
-            else requests
+            c.name: [r for r in requests if r.request_id in wanted[c.name]] if wanted else requests
             for c in chosen
         }
 
