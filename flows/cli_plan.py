@@ -47,7 +47,9 @@ def plan(
         None, "--warehouse", "-w", help="The DuckDB warehouse (default: [warehouse] path)."
     ),
     judge: str | None = typer.Option(
-        None, "--judge", help="Relay candidate that judges open-ended answers (default: none)."
+        None,
+        "--judge",
+        help="The [judge] that scores open-ended answers (default: the configured one, if any).",
     ),
     rescore: bool = typer.Option(False, "--rescore", help="Score every replay again."),
     classifier: Path | None = typer.Option(
@@ -62,8 +64,10 @@ def plan(
 ) -> None:
     """Decide where each task type's traffic should go, and write plan.html + gateway configs."""
     settings = settings_from(config)
-    if judge is not None:
-        settings.candidate(judge)  # an unknown name is one clear error before anything starts
+    if judge is not None:  # an unknown or judged name is one clear error before anything starts
+        from pipeline.judge import judge_enabled
+
+        judge_enabled(settings, judge)
     path = warehouse_path(settings, warehouse)
     open_warehouse(path, create=False).close()  # missing or locked: one line, before Prefect
     from flows.plan_flow import plan_flow

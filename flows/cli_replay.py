@@ -48,6 +48,12 @@ def format_report(result: dict[str, Any]) -> str:
             f"{sample['multi_model_prompts']} prompts were logged under several production "
             "models; each is sampled once"
         )
+    rounds = result.get("rounds")
+    if rounds:
+        lines.append(
+            f"rounds (cap {result['cap']}): "
+            + ", ".join(f"{r['look']} ({r['open']} pairs left open)" for r in rounds)
+        )
     shards = result.get("shards")
     if shards:
         lines.append(

@@ -18,7 +18,7 @@ from prefect import flow, task
 from demo.logs import write_chat_log, write_openai_batch
 from flows.subflow import subflow_settings
 from flows.warehouse_flow import ingest_task, profile_task, rejects_task
-from pipeline.demo import demo_models, demo_relay, write_demo_config
+from pipeline.demo import demo_judge, demo_models, demo_relay, write_demo_config
 from planner.report.profile import write_profile
 from planner.runs.folder import new_run_id, run_folder
 
@@ -82,22 +82,24 @@ def demo_flow(
         (m for m in models if m.parent.name == "edge-base" and m.name == "fp32"), None
     )
     local = [m for m in models if m != relay_model]
-    with demo_relay(relay_model) as (relay_url, relay_name), subflow_settings():
-        config = write_demo_config(work, local, relay_url, relay_name)
-        replayed = replay_flow(config_path=str(config), warehouse_path=warehouse)
-
     profile = profile_task(warehouse)
     run_id = new_run_id()
     out = Path(out_dir)
-    with run_folder(out, run_id) as scratch, subflow_settings():
-        planned = plan_flow(
-            config_path=str(config),
-            out_dir=str(scratch),
-            warehouse_path=warehouse,
-            classifier_path=str(classifier_dir / "classifier.onnx"),
-            run_id=run_id,
-        )
-        render_profile_task(str(scratch / "profile.html"), profile, ingest, classified.get("page"))
+    with demo_judge() as (judge_url, judge_name):  # the judge scores in the rounds and the plan
+        with demo_relay(relay_model) as (relay_url, relay_name), subflow_settings():
+            config = write_demo_config(work, local, relay_url, relay_name, judge_url, judge_name)
+            replayed = replay_flow(config_path=str(config), warehouse_path=warehouse)
+        with run_folder(out, run_id) as scratch, subflow_settings():
+            planned = plan_flow(
+                config_path=str(config),
+                out_dir=str(scratch),
+                warehouse_path=warehouse,
+                classifier_path=str(classifier_dir / "classifier.onnx"),
+                run_id=run_id,
+            )
+            render_profile_task(
+                str(scratch / "profile.html"), profile, ingest, classified.get("page")
+            )
     run_dir = out / run_id
     return {
         "run_id": run_id,

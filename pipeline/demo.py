@@ -30,9 +30,15 @@ def _toml_str(value: str) -> str:
 
 
 def write_demo_config(
-    workdir: Path, local: list[Path], relay_url: str | None, relay_model: str
+    workdir: Path,
+    local: list[Path],
+    relay_url: str | None,
+    relay_model: str,
+    judge_url: str | None = None,
+    judge_model: str = "demo-rule-judge",
 ) -> Path:
-    """The demo's planner.toml: the edge models as local candidates, the relay as a cheap cloud."""
+    """The demo's planner.toml: the edge models as local candidates, the relay as a cheap cloud,
+    the rule-based judge (:mod:`demo.judge`) for open-ended types, the data marked synthetic."""
     lines = [
         "# Written by `migration-planner demo`.",
         "[warehouse]",
@@ -47,15 +53,30 @@ def write_demo_config(
         'device = "snapdragon-8-gen-3"',
         "",
         "[replay]",
-        "per_type = 12",
-        "uncertain = 4",
+        "per_type = 80                   # the cap: rounds of 10, 20, 40, 80 stop once decided",
+        "uncertain = 8",
         "seed = 0",
         "max_cost_usd = 1.0",
         "max_new_tokens = 64",
         "",
+        "[verdict]",
+        "confidence = 0.95",
+        "first_round = 10",
+        "",
         "[output]",
         f"dir = {_toml_str(str(workdir / 'out'))}",
+        "synthetic_data = true",
     ]
+    if judge_url:
+        lines += [
+            "",
+            "[judge]                         # a rule behind the model server, not an LLM",
+            f"name = {_toml_str(judge_model)}",
+            f"base_url = {_toml_str(judge_url)}",
+            f"model = {_toml_str(judge_model)}",
+            "max_concurrency = 4",
+            "max_cost_usd = 0.5",
+        ]
     for folder in local:
         lines += [
             "",
@@ -83,6 +104,18 @@ def write_demo_config(
     path = workdir / "planner.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@contextmanager
+def demo_judge() -> Iterator[tuple[str, str]]:
+    """The demo's judge on 127.0.0.1: the project's model server over the rule-based engine of
+    :mod:`demo.judge` (no judged candidate; the page labels it)."""
+    from demo.judge import RuleJudgeEngine
+    from planner.models.server import ServerThread, create_app
+
+    engine = RuleJudgeEngine()
+    with ServerThread(create_app(engine)) as server:
+        yield server.base_url, engine.model_name
 
 
 @contextmanager

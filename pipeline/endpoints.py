@@ -9,8 +9,9 @@ endpoint saw what.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 from planner.errors import ConfigError
@@ -57,6 +58,26 @@ def redactor_for(c: CandidateSettings, names: Sequence[str]) -> Redactor | None:
     return Redactor(names, mask_keys=mask_text)
 
 
+def judge_policy(settings: PlannerSettings) -> Policy:
+    """The judge's policy, or one ConfigError line naming what to set."""
+    j = settings.judge
+    return check_endpoint(
+        "[judge]",
+        j.name,
+        j.base_url,
+        send_production_data=j.send_production_data,
+        redact=j.redact,
+        has_key=bool(j.api_key_env),
+    )
+
+
+def judge_redactor(settings: PlannerSettings) -> Redactor | None:
+    """The redactor the judge's requests go through (None: sent as logged)."""
+    if not settings.judge.enabled or judge_policy(settings) != "redacted":
+        return None
+    return Redactor(settings.privacy.names, mask_keys=mask_text)
+
+
 def check_endpoints(
     settings: PlannerSettings, names: Sequence[str] | None = None, *, strict: bool = True
 ) -> list[Endpoint]:
@@ -73,18 +94,24 @@ def check_endpoints(
         else:
             endpoints.append(annotator)
             roles[annotator.name] = "annotator"
+
+    def policy_of(check: Callable[[], Policy]) -> Policy | None:
+        try:
+            return check()
+        except ConfigError:
+            if strict:
+                raise
+            return None
+
     out: list[Endpoint] = []
+    if settings.judge.enabled:
+        host = urlsplit(settings.judge.base_url or "").hostname or ""
+        out.append(
+            Endpoint(settings.judge.name, "judge", host, policy_of(lambda: judge_policy(settings)))
+        )
     for c in endpoints:
         if c.kind != "relay":
             continue
         host = urlsplit(c.base_url or "").hostname or ""
-        policy: Policy | None
-        if strict:
-            policy = candidate_policy(c)
-        else:
-            try:
-                policy = candidate_policy(c)
-            except ConfigError:
-                policy = None
-        out.append(Endpoint(c.name, roles[c.name], host, policy))
+        out.append(Endpoint(c.name, roles[c.name], host, policy_of(partial(candidate_policy, c))))
     return out

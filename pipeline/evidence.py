@@ -1,38 +1,56 @@
 """What the warehouse holds, as the planner's evidence: scores of the replays (with the judge
-where configured), each local candidate's fit on the device tier, and the observations, traffic,
-conversation shape and sample answers the plan is assembled from (:mod:`pipeline.plan`).
+where configured), production's ceiling, each local candidate's fit and latency factor on the
+device tier, and the observations, traffic, conversation shape and sample answers the plan is
+assembled from (:mod:`pipeline.plan`).
+
+The judge is ``[judge]`` of the settings: an OpenAI-compatible endpoint that is not a judged
+candidate, asked through the same relay client as the replays (rate limits, retries, breaker,
+its own cost cap, the warehouse's judge cache), concurrently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pipeline.current import CurrentEvidence
-from planner.errors import ConfigError, PlannerError
+from pydantic import SecretStr
+
+from pipeline.current import CurrentEvidence, current_evidence
+from pipeline.judge import judge_enabled, judge_setup
+from planner.errors import BudgetExceeded, CircuitOpenError, PlanError, PlannerError
 from planner.evaluate.conversations import Conversations
-from planner.evaluate.evidence import (
-    Candidate,
-    Observation,
+from planner.evaluate.evidence import Candidate, Method, Observation
+from planner.evaluate.projection import Traffic, TypeTraffic
+from planner.evaluate.scoring import (
+    ScoreItem,
+    score_items,
+    score_without_judge,
 )
-from planner.evaluate.projection import (
-    Traffic,
-    TypeTraffic,
+from planner.evaluate.verdict import (
+    Ceiling,
+    PassRules,
+    is_judge,
+    judge_ceiling,
+    measure_ceiling,
 )
-from planner.evaluate.scoring import JUDGED_TYPES, JudgeCache, JudgeSetup, ScoreItem, score_items
-from planner.replay.completion import completion_function
+from planner.replay.protocol import ReplayRequest, ReplayResult
+from planner.replay.ratelimit import CostBudget
+from planner.replay.relay import RelayBackend
 from planner.report.render import SampleOutput
 from planner.settings import PlannerSettings
 from warehouse.connection import open_warehouse
+from warehouse.pricing import match_price, price_table
 from warehouse.replays import stale_replays
-from warehouse.sampling import latest_sample_id
+from warehouse.sampling import latest_sample_id, sample_layout, sampled_requests
 from warehouse.scores import (
     conversation_shape,
     evidence_rows,
-    judge_cache_get,
-    judge_cache_put,
     measured_decode_speed,
     messages_from_json,
     sample_outputs,
@@ -41,9 +59,36 @@ from warehouse.scores import (
     traffic_by_type,
     workload_tokens,
 )
+from warehouse.verdicts import reasked_ids, repeat_pairs, store_reasks
 
 STAND_IN_PREFIXES = ("similarity (no judge)", "similarity (judge")
-JUDGE_MAX_TOKENS = 8
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+
+
+def method_from(settings: PlannerSettings) -> Method:
+    v = settings.verdict
+    return Method(
+        confidence=v.confidence,
+        first_look=v.first_round,
+        rules=PassRules(similarity_pass=v.similarity_pass, tie_credit=v.tie_credit),
+        resamples=v.bootstrap_resamples,
+        ceiling_min_pairs=v.ceiling_min_pairs,
+        seed=settings.replay.seed,
+    )
+
+
+def baseline_prices(settings: PlannerSettings) -> tuple[float, float]:
+    """Production's USD per 1M input and output tokens: the baseline's, else the price table."""
+    base = settings.baseline
+    hit = match_price(base.model, price_table(settings.price_overrides()))
+    price_in = base.price_in if base.price_in is not None else (hit[1] if hit else 0.0)
+    price_out = base.price_out if base.price_out is not None else (hit[2] if hit else 0.0)
+    return price_in, price_out
+
+
+def is_loopback(url: str | None) -> bool:
+    """A URL on this machine (127.0.0.1, localhost): figures from it are labeled as such."""
+    return bool(url) and (urlsplit(str(url)).hostname or "") in LOOPBACK
 
 
 def fit_row(fit: Any) -> dict[str, Any]:
@@ -53,19 +98,25 @@ def fit_row(fit: Any) -> dict[str, Any]:
         "needed_mb": fit.required_mb,
         "headroom_mb": fit.headroom_mb,
         "est_tokens_per_s": fit.decode_tokens_per_s,
+        "latency_factor": fit.latency_factor,
+        "latency_basis": fit.latency_basis,
     }
 
 
 def observations_from(
-    rows: list[dict[str, Any]], candidates: Mapping[str, Candidate]
+    rows: list[dict[str, Any]],
+    candidates: Mapping[str, Candidate],
+    layout: Mapping[str, tuple[str, str, int]] | None = None,
 ) -> tuple[list[Observation], set[str]]:
-    """Warehouse rows as observations; replays of candidates no longer configured are left out."""
+    """Warehouse rows as observations, placed by the sample's layout (stratum, position);
+    replays of candidates no longer configured are left out."""
     out: list[Observation] = []
     dropped: set[str] = set()
     for row in rows:
         if row["candidate"] not in candidates:
             dropped.add(str(row["candidate"]))
             continue
+        stratum, _, position = (layout or {}).get(str(row["request_id"]), ("type", "", None))
         out.append(
             Observation(
                 request_id=str(row["request_id"]),
@@ -84,39 +135,31 @@ def observations_from(
                 reference_tokens=row["reference_tokens"],
                 conversation_id=row["conversation_id"],
                 turn_index=row["turn_index"],
+                position=position,
+                stratum=stratum,
             )
         )
     return out, dropped
 
 
 def score_replays(
-    settings: PlannerSettings, warehouse: str, judge: str | None, rescore: bool
+    settings: PlannerSettings,
+    warehouse: str,
+    judge: str | None = None,
+    rescore: bool = False,
+    judge_budget: CostBudget | None = None,
 ) -> dict[str, Any]:
-    """Score every current replay not scored yet (or scored by a stand-in, when a judge is now
-    set); replays of older fingerprints are not evidence, so they are not scored."""
-    from pipeline.current import current_evidence
-    from pipeline.replay import relay_backend
+    """Score every current replay not scored yet (or scored by a stand-in, when the judge is now
+    set); replays of older fingerprints are not evidence, so they are not scored.
 
+    Items the judge could not reach (its budget or circuit) stay unscored for a later run."""
+    use_judge = judge_enabled(settings, judge)
     current = current_evidence(settings)
-
-    setup: JudgeSetup | None = None
     con = open_warehouse(warehouse, create=False)
     try:
-        if judge is not None:
-            cand = settings.candidate(judge)
-            if cand.kind != "relay":
-                raise ConfigError(settings.source, f"judge {judge!r} must be a relay candidate")
-            backend = relay_backend(cand, names=settings.privacy.names)
-            setup = JudgeSetup(
-                completion_function(backend, max_tokens=JUDGE_MAX_TOKENS, purpose="judge"),
-                name=judge,
-                cache=JudgeCache(
-                    lambda key: judge_cache_get(con, key),
-                    lambda key, reply: judge_cache_put(con, key, judge, reply),
-                ),
-                task_types=JUDGED_TYPES,
-            )
+        setup = judge_setup(settings, con, judge_budget) if use_judge else None
         rows = scoring_inputs(con, None, current.fingerprints, current.fresh_after)
+        judge_scorers = {setup.scorer(1), setup.scorer(2)} if setup is not None else set()
         todo = [
             r
             for r in rows
@@ -125,7 +168,11 @@ def score_replays(
             or (
                 setup is not None
                 and r["task_type"] in setup.task_types
-                and str(r["quality_scorer"]).startswith(STAND_IN_PREFIXES)
+                and r["quality_scorer"] not in judge_scorers
+                and (
+                    str(r["quality_scorer"]).startswith(STAND_IN_PREFIXES)
+                    or is_judge(r["quality_scorer"])
+                )
             )
         ]
         items = [
@@ -138,17 +185,168 @@ def score_replays(
             )
             for r in todo
         ]
-        scores = score_items(items, setup)
-        store_scores(con, [(s.replay_id, s.metric, s.value, s.scorer) for s in scores])
+        scoring = score_items(items, setup)
+        store_scores(con, [(s.replay_id, s.metric, s.value, s.scorer) for s in scoring.scores])
     finally:
         con.close()
-    return {"replays": len(rows), "scored": len(items), "rows": len(scores), "judge": judge}
+    return {
+        "replays": len(rows),
+        "scored": len(items) - scoring.awaiting_judge,
+        "rows": len(scoring.scores),
+        "judge": settings.judge.name if use_judge else None,
+        **{k: v for k, v in scoring.summary().items() if k != "rows"},
+    }
+
+
+# ---------------------------------------------------------------- production's ceiling
+
+
+def measure_ceilings(
+    settings: PlannerSettings, warehouse: str, judged: bool, task_types: Sequence[str] = ()
+) -> dict[str, Ceiling]:
+    """Production's ceiling per task type: exact-repeat (and re-asked) pairs scored by the
+    type's own rule; judged types (when the judge scores) by the symmetry of the comparison."""
+    method = method_from(settings)
+    judged_types = set(settings.judge.task_types) if judged else set()
+    con = open_warehouse(warehouse, read_only=True, create=False)
+    try:
+        pairs = repeat_pairs(con)
+    finally:
+        con.close()
+    by_type: dict[str, list[tuple[str | None, float, str]]] = defaultdict(list)
+    for pair in pairs:
+        if pair["task_type"] in judged_types:
+            continue
+        item = ScoreItem(
+            "pair",
+            pair["task_type"],
+            pair["reference"] or "",
+            pair["answer"] or "",
+            tuple(messages_from_json(pair["messages_json"])),
+        )
+        quality = score_without_judge(item)[0]
+        by_type[pair["task_type"]].append((quality[2], float(quality[1]), pair["source"]))
+    out: dict[str, Ceiling] = {}
+    for task_type in sorted(set(by_type) | set(task_types) | judged_types):
+        if task_type in judged_types:
+            out[task_type] = judge_ceiling(task_type, method.rules)
+            continue
+        out[task_type] = measure_ceiling(
+            task_type,
+            by_type.get(task_type, []),
+            method.rules,
+            alpha=method.alpha / 2,
+            min_pairs=method.ceiling_min_pairs,
+        )
+    return out
+
+
+def reask_production(settings: PlannerSettings, warehouse: str) -> dict[str, Any] | None:
+    """Ask production again a few sampled requests per type (``[baseline] reask_per_type``,
+    off by default, within ``reask_max_cost_usd``): its second answers measure its ceiling."""
+    base = settings.baseline
+    if not base.base_url or base.reask_per_type <= 0:
+        return None
+    con = open_warehouse(warehouse, create=False)
+    try:
+        layout = sample_layout(con, settings.replay.seed)
+        done = reasked_ids(con)
+        picked = sorted(
+            (t, pos, rid)
+            for rid, (stratum, t, pos) in layout.items()
+            if stratum == "type" and pos < base.reask_per_type and rid not in done
+        )
+        sid = latest_sample_id(con)
+        sampled = {s.request_id: s for s in sampled_requests(con, sid)} if sid else {}
+    finally:
+        con.close()
+    requests = [
+        ReplayRequest(
+            rid,
+            sampled[rid].messages,
+            max_tokens=min(
+                sampled[rid].max_tokens or settings.replay.max_new_tokens,
+                settings.replay.max_new_tokens,
+            ),
+            temperature=sampled[rid].temperature or 0.0,
+            params=sampled[rid].params,
+        )
+        for _, _, rid in picked
+        if rid in sampled
+    ]
+    if not requests:
+        return {"asked": 0, "answered": 0, "stopped": None}
+    price_in, price_out = baseline_prices(settings)
+    backend = RelayBackend(
+        "production",
+        base.base_url,
+        base.model,
+        _secret(base.api_key_env),
+        api_key_env=base.api_key_env,
+        price_in=price_in,
+        price_out=price_out,
+        timeout_s=base.timeout_s,
+        budget=CostBudget(base.reask_max_cost_usd),
+    )
+    answers: list[tuple[str, str, str | None, float]] = []
+
+    def keep(result: ReplayResult) -> None:
+        if result.error_kind is None:
+            answers.append((result.request_id, base.model, result.output_text, result.cost_usd))
+
+    stopped = None
+    try:
+        backend.replay(requests, keep)
+    except (BudgetExceeded, CircuitOpenError) as exc:
+        stopped = str(exc)
+    con = open_warehouse(warehouse, create=False)
+    try:
+        store_reasks(con, answers)
+    finally:
+        con.close()
+    return {"asked": len(requests), "answered": len(answers), "stopped": stopped}
+
+
+def _secret(env: str | None) -> SecretStr | None:
+    value = os.environ.get(env) if env else None
+    return SecretStr(value) if value else None
+
+
+def data_labels(settings: PlannerSettings) -> list[str]:
+    """What the figures come from, when it is not production's real traffic and real endpoints:
+    generated logs, and relays or a judge on this machine (127.0.0.1)."""
+    labels = []
+    if settings.output.synthetic_data:
+        labels.append("synthetic data: the logs were generated, not production's traffic")
+    local = [c.name for c in settings.candidates if c.kind == "relay" and is_loopback(c.base_url)]
+    if local:
+        labels.append("relay figures from 127.0.0.1 (this machine): " + ", ".join(sorted(local)))
+    if settings.judge.enabled and is_loopback(settings.judge.base_url):
+        labels.append(f"judge {settings.judge.name} on 127.0.0.1 (this machine)")
+    return labels
+
+
+def classifier_figures(classifier_path: Path | None) -> dict[str, Any] | None:
+    """The classifier's evaluation figures from a JSON card beside its .onnx file, if any."""
+    if classifier_path is None:
+        return None
+    for name in (classifier_path.with_suffix(".json"), classifier_path.parent / "model_card.json"):
+        if name.is_file():
+            try:
+                data = json.loads(name.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise PlanError(f"{name}: classifier card is not valid JSON: {exc}") from exc
+            return data if isinstance(data, dict) else None
+    return None
+
+
+# ---------------------------------------------------------------- devices
 
 
 def device_fits(
     settings: PlannerSettings, warehouse: str
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, list[str]]:
-    """Each local candidate's fit on the configured device tier (planner.models.devices).
+    """Each local candidate's fit and latency factor on the configured device tier.
 
     Returns (fits by candidate, the device's name/power/battery, notes). A local candidate whose
     folder cannot be inspected has no fit (the plan then keeps it out, and says why).
@@ -184,6 +382,7 @@ def device_fits(
             prompt_tokens=max(1, round(tokens["prompt_mean"])),
             output_tokens=max(1, round(tokens["completion_mean"])),
             host_decode_tokens_per_s=speeds.get(cand.name),
+            device_decode_tokens_per_s=cand.device_tokens_per_s,
         )
         fits[cand.name] = fit_row(fit)
     power = {
@@ -192,6 +391,9 @@ def device_fits(
         "battery_wh": device.battery_wh,
     }
     return fits, power, notes
+
+
+# ---------------------------------------------------------------- the plan's inputs
 
 
 @dataclass(frozen=True)
@@ -203,22 +405,42 @@ class PlanInputs:
     conversations: Conversations
     samples: tuple[SampleOutput, ...]
     dropped_candidates: tuple[str, ...]
+    strata: dict[str, int] = field(default_factory=dict)  # sampled requests per stratum
     stale: dict[str, dict[str, int]] = field(default_factory=dict)  # candidate -> why -> requests
+
+
+def read_observations(
+    warehouse: str,
+    candidates: Mapping[str, Candidate],
+    seed: int,
+    current: CurrentEvidence | None = None,
+) -> tuple[list[Observation], set[str]]:
+    """The sample's current replays (and production's rows) with their scores, placed in sample
+    order (``current``: the candidates' fingerprints and freshness; None reads every replay)."""
+    fps = current.fingerprints if current is not None else None
+    fresh = current.fresh_after if current is not None else None
+    con = open_warehouse(warehouse, read_only=True, create=False)
+    try:
+        layout = sample_layout(con, seed)
+        return observations_from(evidence_rows(con, None, fps, fresh), candidates, layout)
+    finally:
+        con.close()
 
 
 def read_plan_inputs(
     warehouse: str,
     candidates: Mapping[str, Candidate],
+    seed: int = 0,
     current: CurrentEvidence | None = None,
 ) -> PlanInputs:
     """Current replays with their scores, traffic per task type, conversation shape, sample
     answers; and, per candidate, the sampled requests whose replays are stale (``current``: the
     candidates' fingerprints; None reads every replay)."""
+    observations, dropped = read_observations(warehouse, candidates, seed, current)
     fps = current.fingerprints if current is not None else None
     fresh = current.fresh_after if current is not None else None
     con = open_warehouse(warehouse, read_only=True, create=False)
     try:
-        observations, dropped = observations_from(evidence_rows(con, None, fps, fresh), candidates)
         stale = stale_replays(con, latest_sample_id(con) or "", fps, fresh) if fps else {}
         dropped |= {name for name in stale if name not in candidates}
         traffic_rows = traffic_by_type(con)
@@ -249,11 +471,16 @@ def read_plan_inputs(
             for t in traffic_rows["types"]
         ),
     )
+    strata: dict[str, int] = defaultdict(int)
+    for o in observations:
+        if o.candidate == "production":
+            strata[o.stratum] += 1
     return PlanInputs(
         tuple(observations),
         traffic,
         conversations,
         samples,
         tuple(sorted(dropped)),
+        dict(strata),
         {k: v for k, v in stale.items() if k in candidates},
     )

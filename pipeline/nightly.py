@@ -31,7 +31,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -288,7 +288,7 @@ def route_check(
             ("no current evidence tonight (not replayed, or stale: see the plan's notes)",),
             below_floor=False,
         )
-    names = {f.name for f in fields(Evidence)} - {"latency_samples", "fit"}
+    names = {f.name for f in fields(Evidence)} - {"latency_samples", "fit", "verdict", "ceiling"}
     fit = evidence.get("fit")
     ev = Evidence(
         **{k: v for k, v in evidence.items() if k in names},
@@ -296,6 +296,25 @@ def route_check(
     )
     wanted = {f.name for f in fields(Objectives)}
     rule = Objectives(**{k: v for k, v in objectives.items() if k in wanted})
+    verdict = evidence.get("verdict")
+    if isinstance(verdict, Mapping):
+        # tonight's verdict on the pair, as the plan reached it (the exact pass-rate bounds at
+        # the floor x production's ceiling): "below" means confidently below, not merely
+        # undecided; the latency, fit and cost checks follow from the figures
+        ev = replace(ev, quality_low=None)
+        state = verdict.get("state")
+        failing = [f"{state}: {verdict.get('reason')}"] if state != "qualifies" else []
+        failing += [r for r in check(ev, rule) if r != "no quality scores"]
+        below = state == "below"
+        figures = None
+        if verdict.get("n"):
+            low = verdict.get("lower")
+            figures = (
+                f"pass rate {verdict.get('pass_rate', 0):.2f} over {verdict['n']} replays, lower "
+                f"bound {low if low is None else round(low, 3)} against the required "
+                f"{verdict.get('required', 0):.3f}"
+            )
+        return RouteCheck(task_type, route, deployed_by, tuple(failing), below, figures)
     reasons = check(ev, rule)
     below = ev.quality_low is not None and ev.quality_low < rule.quality_floor
     figures = None

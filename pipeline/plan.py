@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.candidates import objectives_from, plan_candidates
 from pipeline.current import current_evidence, stale_notes
 from pipeline.endpoints import check_endpoints
-from pipeline.evidence import device_fits, read_plan_inputs, score_replays
+from pipeline.evidence import (
+    classifier_figures,
+    data_labels,
+    device_fits,
+    measure_ceilings,
+    method_from,
+    read_plan_inputs,
+    reask_production,
+    score_replays,
+)
+from pipeline.judge import JudgeStats, judge_enabled, judge_stats
 from pipeline.stage import Stage, direct
-from planner.errors import ConfigError, PlanError
+from planner.errors import PlanError
 from planner.evaluate.conversations import Conversations, Stickiness, stickiness_impact
 from planner.evaluate.decision import Decision, Objectives, decide, sweep_floors
 from planner.evaluate.evidence import (
@@ -28,6 +40,7 @@ from planner.evaluate.evidence import (
     Candidate,
     DeviceFit,
     Evidence,
+    Method,
     Observation,
     build_evidence,
 )
@@ -40,77 +53,14 @@ from planner.evaluate.projection import (
     project,
 )
 from planner.evaluate.risks import Risk, assess_risks
-from planner.evaluate.views import View, compare_views, pick_tiers
+from planner.evaluate.verdict import Ceiling
+from planner.evaluate.views import Fitted, View, compare_views, pick_tiers
 from planner.report.artifacts import Gateway, Triggers, write_artifacts
 from planner.report.render import PlanReport, SampleOutput, write_plan
 from planner.runs.folder import new_run_id
 from planner.settings import PlannerSettings
-from warehouse.pricing import match_price, price_table
 
-PRODUCTION_BASE_URL = "https://api.openai.com/v1"
-PRODUCTION_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_FLOORS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
-
-
-# ---------------------------------------------------------------- settings as planner data
-
-
-def plan_candidates(settings: PlannerSettings) -> dict[str, Candidate]:
-    """Every configured candidate plus production (priced from the baseline or the price table)."""
-    out: dict[str, Candidate] = {}
-    for c in settings.candidates:
-        if c.name == PRODUCTION:
-            raise ConfigError(
-                settings.source, f"candidate name {PRODUCTION!r} is reserved for the baseline"
-            )
-        out[c.name] = Candidate(
-            name=c.name,
-            kind=c.kind,
-            price_in=c.price_in,
-            price_out=c.price_out,
-            rpm=c.rpm,
-            tpm=c.tpm,
-            base_url=c.base_url,
-            model=c.model,
-            api_key_env=c.api_key_env,
-            timeout_s=c.timeout_s,
-            max_retries=c.max_retries,
-        )
-    base = settings.baseline
-    hit = match_price(base.model, price_table(settings.price_overrides()))
-    price_in = base.price_in if base.price_in is not None else (hit[1] if hit else 0.0)
-    price_out = base.price_out if base.price_out is not None else (hit[2] if hit else 0.0)
-    out[PRODUCTION] = Candidate(
-        name=PRODUCTION,
-        kind="production",
-        price_in=price_in,
-        price_out=price_out,
-        base_url=PRODUCTION_BASE_URL,
-        model=base.model,
-        api_key_env=PRODUCTION_KEY_ENV,
-    )
-    return out
-
-
-def objectives_from(settings: PlannerSettings) -> Objectives:
-    return Objectives(
-        quality_floor=settings.objectives.quality_floor,
-        p95_latency_ms=settings.objectives.p95_latency_ms,
-    )
-
-
-def classifier_figures(classifier_path: Path | None) -> dict[str, Any] | None:
-    """The classifier's evaluation figures from a JSON card beside its .onnx file, if any."""
-    if classifier_path is None:
-        return None
-    for name in (classifier_path.with_suffix(".json"), classifier_path.parent / "model_card.json"):
-        if name.is_file():
-            try:
-                data = json.loads(name.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise PlanError(f"{name}: classifier card is not valid JSON: {exc}") from exc
-            return data if isinstance(data, dict) else None
-    return None
 
 
 def previous_quality(out_root: Path, exclude: Path) -> dict[str, float]:
@@ -140,8 +90,11 @@ def route_plan(
     traffic: Traffic,
     conversations: Conversations | None,
     floors: Sequence[float] = DEFAULT_FLOORS,
+    evidence_of: Callable[[Sequence[Observation]], list[Evidence]] | None = None,
+    method: Method | None = None,
 ) -> tuple[Decision, Stickiness | None, list[tuple[float, Decision]], list[View]]:
-    """The routes, what stickiness moves, the floor sweep, and the other routing rules."""
+    """The routes, what stickiness moves, the floor sweep, and the other routing rules (these
+    cross-fitted: ``evidence_of`` builds evidence from half the observations)."""
     types = [t.task_type for t in traffic.types]
     decision = decide(evidence, objectives, types)
     sticky = (
@@ -150,9 +103,22 @@ def route_plan(
         else None
     )
     sweep = sweep_floors(evidence, objectives, floors, types)
-    fit_map = {e.candidate: e.fit for e in evidence if e.fit is not None}
+    build = evidence_of or (lambda obs: list(evidence))
+
+    def fit_half(half: Sequence[Observation]) -> Fitted:
+        ev = build(half)
+        fit_map = {e.candidate: e.fit for e in ev if e.fit is not None}
+        return Fitted(
+            decide(ev, objectives, types).route_map(), pick_tiers(candidates, ev, fit_map)
+        )
+
+    ceilings = {e.task_type: e.ceiling.value for e in evidence if e.ceiling is not None}
     views = compare_views(
-        list(observations), decision, candidates, pick_tiers(candidates, evidence, fit_map)
+        list(observations),
+        candidates,
+        fit_half,
+        rules=(method or Method()).rules,
+        ceilings=ceilings,
     )
     return decision, sticky, sweep, views
 
@@ -169,6 +135,7 @@ def project_plan(
     migration_cost_usd: float,
     previous_quality: Mapping[str, float] | None,
     judge_used: bool,
+    conversations: Conversations | None = None,
 ) -> tuple[Projection, list[FrontierPoint], list[Risk]]:
     """Monthly cost, quality and latency of the routes; the frontier; the risks."""
     projection = project(
@@ -180,7 +147,14 @@ def project_plan(
         migration_cost_usd=migration_cost_usd,
         stickiness=sticky,
     )
-    points = frontier(sweep, traffic, evidence, candidates, decision.objectives.quality_floor)
+    points = frontier(
+        sweep,
+        traffic,
+        evidence,
+        candidates,
+        decision.objectives.quality_floor,
+        conversations=conversations,
+    )
     risks = assess_risks(
         decision,
         evidence,
@@ -206,24 +180,57 @@ def assemble_report(
     classifier: Mapping[str, Any] | None = None,
     samples: Sequence[SampleOutput] = (),
     judge: str | None = None,
+    judge_stats: Sequence[JudgeStats] = (),
     previous_quality: Mapping[str, float] | None = None,
     floors: Sequence[float] = DEFAULT_FLOORS,
     title: str = "LLM migration plan",
     generated_at: str = "",
     run_id: str | None = None,
-    seed: int = 0,
+    method: Method | None = None,
+    ceilings: Mapping[str, Ceiling] | None = None,
+    adaptive: bool = True,
+    labels: Sequence[str] = (),
     notes: Sequence[str] = (),
 ) -> PlanReport:
     """Evidence -> decision -> stickiness -> projection -> frontier -> views -> risks, at once.
 
     The one path from the warehouse's evidence to the report: every plan is assembled here."""
-    evidence = build_evidence(
-        observations, candidates, floor=objectives.quality_floor, fits=fits, seed=seed
-    )
+    method = method or Method()
+
+    def evidence_of(obs: Sequence[Observation]) -> list[Evidence]:
+        return build_evidence(
+            obs,
+            candidates,
+            floor=objectives.quality_floor,
+            fits=fits,
+            method=method,
+            ceilings=ceilings,
+            min_samples=objectives.min_samples,
+            adaptive=adaptive,
+        )
+
+    evidence = evidence_of(observations)
     if not any(e.kind != "production" for e in evidence):
         raise PlanError("no replays to plan from: run `migration-planner replay` first")
     decision, sticky, sweep, views = route_plan(
-        evidence, observations, objectives, candidates, traffic, conversations, floors
+        evidence,
+        observations,
+        objectives,
+        candidates,
+        traffic,
+        conversations,
+        floors,
+        evidence_of=lambda half: build_evidence(
+            half,
+            candidates,
+            floor=objectives.quality_floor,
+            fits=fits,
+            method=replace(method, resamples=0),
+            ceilings=ceilings,
+            min_samples=objectives.min_samples,
+            adaptive=adaptive,
+        ),
+        method=method,
     )
     projection, points, risks = project_plan(
         decision,
@@ -236,6 +243,7 @@ def assemble_report(
         migration_cost_usd=migration_cost_usd,
         previous_quality=previous_quality,
         judge_used=judge is not None,
+        conversations=conversations,
     )
     depth = dict(conversations.depth) if conversations else {}
     all_notes = []
@@ -248,8 +256,8 @@ def assemble_report(
     unscored = sum(e.n_unscored for e in evidence)
     if unscored:
         all_notes.append(
-            f"{unscored} successful replays have no score yet and are left out of the quality "
-            "figures."
+            f"{unscored} successful replays have no usable score yet (awaiting the judge, or "
+            "its reply was unusable) and are left out of the quality figures."
         )
     all_notes.extend(notes)
     return PlanReport(
@@ -272,6 +280,11 @@ def assemble_report(
         judge=judge,
         run_id=run_id,
         notes=tuple(all_notes),
+        method=method,
+        ceilings=dict(ceilings or {}),
+        judge_stats=tuple(judge_stats),
+        labels=tuple(labels),
+        adaptive=adaptive,
     )
 
 
@@ -335,23 +348,39 @@ def make_plan(
     battery_wh: float | None = None,
     stage: Stage = direct,
 ) -> dict[str, Any]:
-    """Score the replays, decide the routes, project the month, write the artifacts and the HTML.
+    """Score the replays (the configured judge on its types), measure production's ceiling,
+    decide the routes, project the month, write the artifacts and the HTML.
 
-    ``run_id`` names the run in metrics.json and the configs (a parent run passes its own);
-    ``run_dir`` defaults to ``[output] dir / run_id``. Returns the paths and headline figures.
+    ``judge`` names the judge to use (the configured ``[judge]``; a judged candidate is refused);
+    by default the configured judge, if any. ``run_id`` names the run in metrics.json and the
+    configs (a parent run passes its own); ``run_dir`` defaults to ``[output] dir / run_id``.
+    Returns the paths and headline figures.
     """
     warehouse = warehouse or str(settings.warehouse.path)
     run_id = run_id or new_run_id()
     run_dir = run_dir or settings.output.dir / run_id
     objectives = objectives_from(settings)
     candidates = plan_candidates(settings)
+    method = method_from(settings)
+    use_judge = judge_enabled(settings, judge)
     if classifier_path is not None and not Path(classifier_path).is_file():
         raise PlanError(f"{classifier_path}: classifier file not found")
 
+    reasked = stage("reask-production", reask_production, settings, warehouse)
     scored = stage("score", score_replays, settings, warehouse, judge, rescore)
     fits, power, device_notes = stage("device-fit", device_fits, settings, warehouse)
     current = current_evidence(settings)
-    inputs = stage("read-evidence", read_plan_inputs, warehouse, candidates, current)
+    inputs = stage(
+        "read-evidence", read_plan_inputs, warehouse, candidates, settings.replay.seed, current
+    )
+    ceilings = stage(
+        "ceilings",
+        measure_ceilings,
+        settings,
+        warehouse,
+        use_judge,
+        [t.task_type for t in inputs.traffic.types],
+    )
     notes = list(device_notes) + stale_notes(inputs.stale, current.unreadable)
     endpoints = check_endpoints(settings, strict=False)  # planning sends nothing to them
     if endpoints:
@@ -362,6 +391,13 @@ def make_plan(
             + ", ".join(inputs.dropped_candidates)
             + "."
         )
+    if scored.get("awaiting_judge"):
+        notes.append(
+            f"The judge stopped ({scored.get('judge_stopped')}): {scored['awaiting_judge']} "
+            "replays await its verdict and are left out until a later run judges them."
+        )
+    if reasked and reasked.get("stopped"):
+        notes.append(f"Re-asking production stopped: {reasked['stopped']}.")
     classifier = classifier_figures(Path(classifier_path) if classifier_path else None)
     if classifier is not None:
         classifier = {
@@ -371,6 +407,7 @@ def make_plan(
     previous = (
         previous_quality(settings.output.dir, run_dir) if settings.output.dir.is_dir() else {}
     )
+    stats = judge_stats(inputs.observations, warehouse, method.rules) if use_judge else []
     report = stage(
         "assemble",
         assemble_report,
@@ -384,11 +421,15 @@ def make_plan(
         migration_cost_usd=settings.objectives.migration_cost_usd,
         classifier=classifier,
         samples=inputs.samples,
-        judge=judge,
+        judge=settings.judge.name if use_judge else None,
+        judge_stats=stats,
         previous_quality=previous,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         run_id=run_id,
-        seed=settings.replay.seed,
+        method=method,
+        ceilings=ceilings,
+        adaptive=settings.verdict.adaptive,
+        labels=data_labels(settings),
         notes=notes,
     )
     paths = stage(
@@ -409,4 +450,6 @@ def make_plan(
         "savings_usd_per_month": round(projection.savings_usd, 2),
         "migrated_share": round(projection.migrated_share, 4),
         "routes": {r.task_type: r.route for r in report.decision.routes},
+        "uncertain_route": report.decision.uncertain_route,
+        "labels": list(report.labels),
     }

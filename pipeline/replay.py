@@ -26,7 +26,7 @@ part would need the others' internals.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -368,7 +368,7 @@ class LocalRuns:
 def plan_local(
     pool: ShardRunner,
     specs: dict[str, LocalModelSpec],
-    requests: list[ReplayRequest],
+    requests: list[ReplayRequest] | Mapping[str, list[ReplayRequest]],
     already_done: Callable[[Sequence[str]], set[str]],
     refresh: bool,
     size: int,
@@ -383,7 +383,8 @@ def plan_local(
         if not isinstance(found, str):
             runs.failed[name] = found
             continue
-        todo, cached = pending_requests(found, requests, already_done, refresh)
+        mine = requests[name] if isinstance(requests, Mapping) else requests
+        todo, cached = pending_requests(found, mine, already_done, refresh)
         runs.fingerprint[name] = found
         runs.planned[name] = len(todo) + cached
         runs.cached[name] = cached
@@ -447,12 +448,32 @@ def make_replay(
     warehouse: str | None = None,
     shard_size: int | None = None,
     stage: Stage = direct,
+    only: Mapping[str, Collection[str]] | None = None,
+    budget: CostBudget | None = None,
+    adaptive: bool | None = None,
 ) -> dict[str, Any]:
     """Sample, replay through every (or the named) candidates, and summarize from the warehouse.
 
     ``shard_size`` defaults to ``[run] shard_size``. The summary has the sample, the money spent
     against the cap, one row per candidate (this run's figures and the stored ones) and the
-    shard counts."""
+    shard counts. With ``[verdict] adaptive`` (or ``adaptive=True``) the sample is replayed in
+    rounds that stop each (type, candidate) once its verdict is decided
+    (:func:`pipeline.adaptive.replay_in_rounds`); a round is this function with ``only`` (the
+    request ids each candidate replays) and the run's shared ``budget``."""
+    if only is None and (settings.verdict.adaptive if adaptive is None else adaptive):
+        from pipeline.adaptive import replay_in_rounds
+
+        return replay_in_rounds(
+            settings,
+            relays_runner,
+            shards_runner,
+            candidates=candidates,
+            per_type=per_type,
+            refresh=refresh,
+            warehouse=warehouse,
+            shard_size=shard_size,
+            stage=stage,
+        )
     clear_stop()
     chosen = select_candidates(settings, candidates)
     check_endpoints(settings, [c.name for c in chosen])  # before anything is sent
@@ -469,7 +490,7 @@ def make_replay(
         settings.replay.seed,
     )
     max_new = settings.replay.max_new_tokens
-    budget = CostBudget(settings.replay.max_cost_usd)
+    budget = budget if budget is not None else CostBudget(settings.replay.max_cost_usd)
     relays = [c for c in chosen if c.kind == "relay"]
     local = [c for c in chosen if c.kind == "local"]
     results: dict[str, dict[str, Any]] = {}
@@ -480,6 +501,11 @@ def make_replay(
     try:
         requests = replay_requests(sampled_requests(con, sample["sample_id"]), max_new)
         store_content_keys(con, [(r.request_id, content_key(r)) for r in requests])
+        wanted = {c.name: set(only.get(c.name, ())) for c in chosen} if only is not None else {}
+        mine = {
+            c.name: [r for r in requests if r.request_id in wanted[c.name]] if wanted else requests
+            for c in chosen
+        }
 
         def already_done(keys: Sequence[str]) -> set[str]:
             return final_replay_ids(con, keys, RETRY_NEXT_RUN_KINDS)
@@ -495,12 +521,12 @@ def make_replay(
             def relay_done(keys: Sequence[str], s: Serving | None = serving) -> set[str]:
                 return relay_final_ids(con, keys, renewal, s)[0]
 
-            todo, cached = pending_requests(fp, requests, relay_done, refresh)
+            todo, cached = pending_requests(fp, mine[c.name], relay_done, refresh)
             if not todo:
                 results[c.name] = merge_runs(c.name, fp, cached, cached, [], [])
                 results[c.name]["renewed"] = 0
                 continue
-            lane = RelayLane(c.name, requests, 0)  # the lane skips what is done itself
+            lane = RelayLane(c.name, mine[c.name], 0)  # the lane skips what is done itself
             lanes.append((lane, relays_runner.submit(lane, budget)))
 
         def wait_relays() -> None:
@@ -522,9 +548,7 @@ def make_replay(
                 for c in local
                 if c.path
             }
-            shards = plan_local(
-                shards_runner, specs, requests, already_done, refresh, size, local_runs
-            )
+            shards = plan_local(shards_runner, specs, mine, already_done, refresh, size, local_runs)
             run_local(shards_runner, specs, shards, con, local_runs)
             for c in local:
                 results[c.name] = local_runs.summary(c.name)

@@ -4,6 +4,9 @@ Only ``flows/`` reads settings; it hands plain values to the stage functions. En
 variables win over the file, the file over the defaults. Secrets never live here: a relay
 candidate names the environment variable that holds its key (``api_key_env``) and
 :meth:`CandidateSettings.api_key` reads it at the moment a header is built.
+
+This module is long because it is the one typed object for the whole of ``planner.toml``: every
+section, with its descriptions and checks, in one place.
 """
 
 from __future__ import annotations
@@ -54,6 +57,48 @@ class BaselineSettings(_Section):
     price_out: float | None = Field(
         None, ge=0, description="USD per 1M output tokens; else the price table."
     )
+    base_url: str | None = Field(
+        None,
+        description=(
+            "Production's OpenAI-compatible endpoint, used only to re-ask production a few "
+            "sampled requests (reask_per_type) for its ceiling. Off when unset."
+        ),
+    )
+    api_key_env: str | None = Field(
+        None, description="The environment variable holding production's API key (re-asks)."
+    )
+    reask_per_type: int = Field(
+        0, ge=0, description="Sampled requests per task type re-asked of production (0: off)."
+    )
+    reask_max_cost_usd: float = Field(
+        1.0, ge=0, description="Budget cap of the re-asks of one run, USD."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Read timeout of a re-ask, seconds.")
+
+    _url = field_validator("base_url")(lambda cls, v: _check_url(v))
+    _key = field_validator("api_key_env")(lambda cls, v: _check_env_name(v))
+
+
+def _check_url(value: str | None) -> str | None:
+    """A URL is copied into routing configs and logs: it must not carry a secret."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as https://relay.example/v1")
+    if "@" in parts.netloc or parts.query:
+        raise ValueError(
+            "must not carry credentials or a query string; name the key's environment "
+            "variable in api_key_env instead"
+        )
+    return value.rstrip("/")
+
+
+def _check_env_name(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        # never echo the value: it may be the key itself, pasted by mistake
+        raise ValueError("must be the NAME of an environment variable (letters, digits, _)")
+    return value
 
 
 class CandidateSettings(_Section):
@@ -96,30 +141,24 @@ class CandidateSettings(_Section):
             "[privacy] names replaced by typed placeholders."
         ),
     )
+    device_tokens_per_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "local: decode tokens/s measured on the target device; calibrates the device "
+            "latency estimate (else it is scaled from this host by memory bandwidth)."
+        ),
+    )
 
     @field_validator("base_url")
     @classmethod
     def _no_credentials_in_url(cls, value: str | None) -> str | None:
-        """A URL is copied into routing configs and logs: it must not carry a secret."""
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http(s) URL such as https://relay.example/v1")
-        if "@" in parts.netloc or parts.query:
-            raise ValueError(
-                "must not carry credentials or a query string; name the key's environment "
-                "variable in api_key_env instead"
-            )
-        return value.rstrip("/")
+        return _check_url(value)
 
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            # never echo the value: it may be the key itself, pasted by mistake
-            raise ValueError("must be the NAME of an environment variable (letters, digits, _)")
-        return value
+        return _check_env_name(value)
 
     @model_validator(mode="after")
     def _check_kind(self) -> CandidateSettings:
@@ -166,6 +205,101 @@ class ObjectivesSettings(_Section):
     )
 
 
+class VerdictSettings(_Section):
+    """How the evidence is weighed (README: How a verdict is reached)."""
+
+    confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1.0,
+        description=(
+            "Confidence of each task type's decision: the chance of migrating a type to a route "
+            "whose true pass rate is below the floor is at most 1 - confidence."
+        ),
+    )
+    min_samples: int = Field(
+        10, ge=1, description="Fewest measured replays a route may qualify on."
+    )
+    first_round: int = Field(
+        10, ge=1, description="Samples per (type, candidate) in the first round; rounds double."
+    )
+    adaptive: bool = Field(
+        True,
+        description=(
+            "Replay in rounds and stop a (type, candidate) as soon as its interval decides "
+            "([replay] per_type is then the cap)."
+        ),
+    )
+    similarity_pass: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A similarity-scored answer passes at this ROUGE-L + token F1 or above.",
+    )
+    tie_credit: float = Field(
+        0.5, ge=0, le=1, description="What a judge's tie counts for, as a share of a pass."
+    )
+    bootstrap_resamples: int = Field(
+        9999, ge=100, description="Resamples of the BCa interval of the mean score."
+    )
+    ceiling_min_pairs: int = Field(
+        10,
+        ge=2,
+        description="Production-vs-production pairs needed to measure production's ceiling.",
+    )
+
+
+class JudgeSettings(_Section):
+    """The LLM judge of open-ended types: an OpenAI-compatible endpoint that is not a candidate."""
+
+    name: str = Field("judge", min_length=1, description="Recorded as the scorer's name.")
+    base_url: str | None = Field(
+        None, description="The judge's endpoint base URL, ending in /v1 (unset: no judge)."
+    )
+    model: str | None = Field(None, description="The judge model's name.")
+    api_key_env: str | None = Field(
+        None, description="The environment variable holding the judge's API key."
+    )
+    price_in: float = Field(0.0, ge=0, description="USD per 1M input tokens.")
+    price_out: float = Field(0.0, ge=0, description="USD per 1M output tokens.")
+    rpm: int | None = Field(None, gt=0, description="Requests per minute, never exceeded.")
+    tpm: int | None = Field(None, gt=0, description="Tokens per minute, never exceeded.")
+    max_concurrency: int = Field(8, gt=0, description="Judge calls in flight at once.")
+    max_cost_usd: float = Field(2.0, ge=0, description="Budget cap of the judge's calls per run.")
+    timeout_s: float = Field(60.0, gt=0, description="Read timeout per call, seconds.")
+    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts.")
+    task_types: list[str] = Field(
+        default_factory=lambda: ["text_generation", "brainstorming", "chatbot", "open_qa"],
+        description="The task types the judge scores (the others keep their own scorers).",
+    )
+    send_production_data: bool = Field(
+        False, description="A judge outside this machine may receive prompts as logged."
+    )
+    redact: bool = Field(
+        False, description="The judge receives prompts and answers redacted (typed placeholders)."
+    )
+
+    _url = field_validator("base_url")(lambda cls, v: _check_url(v))
+    _key = field_validator("api_key_env")(lambda cls, v: _check_env_name(v))
+
+    @model_validator(mode="after")
+    def _both_or_none(self) -> JudgeSettings:
+        if bool(self.base_url) != bool(self.model):
+            raise ValueError("a judge needs both base_url and model (or neither: no judge)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url and self.model)
+
+    def api_key(self) -> SecretStr | None:
+        """The key from the environment variable the judge names (None if unset or unnamed)."""
+        if not self.api_key_env:
+            return None
+        value = os.environ.get(self.api_key_env)
+        return SecretStr(value) if value else None
+
+
 class ClassifierSettings(_Section):
     labels: Literal["metadata", "rules", "relay", "all"] = Field(
         "all", description="Label sources used for training."
@@ -180,7 +314,11 @@ class ClassifierSettings(_Section):
 
 
 class ReplaySettings(_Section):
-    per_type: int = Field(50, gt=0, description="Sampled requests per task type.")
+    per_type: int = Field(
+        50,
+        gt=0,
+        description=("Sampled requests per task type: the cap of the adaptive rounds ([verdict])."),
+    )
     uncertain: int = Field(
         10, ge=0, description="Extra sampled requests the classifier was unsure of."
     )
@@ -203,6 +341,10 @@ class ReplaySettings(_Section):
 
 class OutputSettings(_Section):
     dir: Path = Field(Path("out"), description="Where run folders out/<run-id>/ are written.")
+    synthetic_data: bool = Field(
+        False,
+        description="The logs are generated, not production's (the demo sets it): pages say so.",
+    )
 
 
 class HistorySettings(_Section):
@@ -301,6 +443,8 @@ class PlannerSettings(BaseSettings):
     objectives: ObjectivesSettings = Field(default_factory=ObjectivesSettings)
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    verdict: VerdictSettings = Field(default_factory=VerdictSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
@@ -329,16 +473,38 @@ class PlannerSettings(BaseSettings):
     def _key_variables(self) -> PlannerSettings:
         """A key variable is named like one: a changed planner.toml must not be able to send,
         say, AWS_SECRET_ACCESS_KEY's neighbour DATABASE_URL as a bearer token to any URL."""
-        for cand in self.candidates:
-            env = cand.api_key_env
+        named = [(f"candidate {c.name!r}", c.api_key_env) for c in self.candidates]
+        named += [("judge", self.judge.api_key_env), ("baseline", self.baseline.api_key_env)]
+        for who, env in named:
             if (
                 env
                 and not env.endswith(KEY_ENV_SUFFIXES)
                 and env not in self.privacy.allowed_key_envs
             ):
                 raise ValueError(
-                    f"candidate {cand.name!r}: api_key_env {env!r} must end in _KEY, _TOKEN or "
-                    "_API_KEY, or be listed in [privacy] allowed_key_envs"
+                    f"{who}: api_key_env {env!r} must end in _KEY, _TOKEN or _API_KEY, or be "
+                    "listed in [privacy] allowed_key_envs"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _judge_is_not_judged(self) -> PlannerSettings:
+        """A judge that is also a judged candidate would grade its own answers."""
+        judge = self.judge
+        if not judge.enabled:
+            return self
+        for c in self.candidates:
+            same_endpoint = (
+                c.kind == "relay"
+                and c.base_url is not None
+                and judge.base_url is not None
+                and c.base_url.rstrip("/") == judge.base_url.rstrip("/")
+                and c.model == judge.model
+            )
+            if c.name == judge.name or same_endpoint:
+                raise ValueError(
+                    f"judge: the judge {judge.name!r} ({judge.model} at {judge.base_url}) is also "
+                    f"the judged candidate {c.name!r}; a judge must not grade its own answers"
                 )
         return self
 

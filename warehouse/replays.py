@@ -251,6 +251,26 @@ def store_content_keys(con: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str
         raise
 
 
+def replayed_ids(con: duckdb.DuckDBPyConnection, sample_id: str, fingerprint: str) -> set[str]:
+    """The sample's requests with a stored replay of this fingerprint (sent for them, or for
+    another request with the same content key)."""
+    rows = con.execute(
+        """
+        WITH sampled AS (
+            SELECT s.request_id, any_value(k.content_key) AS content_key
+            FROM samples AS s LEFT JOIN request_content AS k USING (request_id)
+            WHERE s.sample_id = ? GROUP BY s.request_id
+        )
+        SELECT DISTINCT s.request_id FROM sampled AS s JOIN replays AS rp
+          ON rp.content_key = s.content_key
+             OR (rp.request_id = s.request_id AND (s.content_key IS NULL OR rp.content_key IS NULL))
+        WHERE rp.candidate_fingerprint = ?
+        """,
+        [sample_id, fingerprint],
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
 # ---------------------------------------------------------------- current evidence
 
 # The current replays of one sample: ``sampled`` (request_id, task_type, uncertain, content_key)

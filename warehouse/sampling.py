@@ -239,3 +239,30 @@ def latest_sample_id(con: duckdb.DuckDBPyConnection) -> str | None:
         "SELECT sample_id FROM samples ORDER BY created_at DESC, sample_id LIMIT 1"
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def sample_layout(
+    con: duckdb.DuckDBPyConnection, seed: int, sample_id: str | None = None
+) -> dict[str, tuple[str, str, int]]:
+    """Each sampled request's (stratum, task type, position): its place in the order the draw
+    ranked it within its stratum and type (``md5(request_id || ':' || seed)``), from 0.
+
+    Rounds of replays take a type's requests in this order, so a smaller cap is a prefix of a
+    larger one and the order is independent of any outcome. ``sample_id`` defaults to the
+    latest sample."""
+    sid = sample_id or latest_sample_id(con)
+    if sid is None:
+        return {}
+    rows = con.execute(
+        """
+        SELECT request_id, stratum, task_type,
+               (row_number() OVER (
+                    PARTITION BY stratum, task_type ORDER BY md5(request_id || ':' || ?)
+               ) - 1)::INTEGER
+        FROM (SELECT request_id, any_value(coalesce(stratum, 'type')) AS stratum,
+                     any_value(task_type) AS task_type
+              FROM samples WHERE sample_id = ? GROUP BY request_id)
+        """,
+        [str(seed), sid],
+    ).fetchall()
+    return {str(r): (str(st), str(t), int(pos)) for r, st, t, pos in rows}

@@ -3,6 +3,8 @@
 month of traffic.
 
 - :mod:`planner.evaluate.scoring` — scorers per task type and the pairwise LLM judge;
+- :mod:`planner.evaluate.verdict` — outcomes, production's ceiling, the looks and the error
+  budget, and the sequential rule (with :mod:`planner.evaluate.intervals`: exact bounds, BCa);
 - :mod:`planner.evaluate.evidence` — observations summarized per (task type, candidate), with
   intervals;
 - :mod:`planner.evaluate.decision` — the decision rule, the floor sweep, stickiness, other

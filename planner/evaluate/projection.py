@@ -1,10 +1,19 @@
 """What the plan does to a month of traffic: cost, quality, latency, energy, payback, risks.
 
 The logged period's traffic per task type is scaled to 30 days. A request costs what production
-logged for it today; after the move it costs its route's price on the same token counts (local:
-no API cost), plus the share that fails over to the next hop at that hop's price. Quality and
-latency come from the evidence of each type's route. Energy is the device's power draw times the
-generation time at the model's tokens/s (prompt processing not counted).
+logged for it today; after the move it costs what the route's replays of that type cost at the
+route's current prices (:meth:`Candidate.cost_usd`, the function the ranking uses too; local: no
+API cost), plus the share that fails over to the next hop at that hop's price. The projection is
+of the configuration that is written: requests the classifier is unsure of go to the uncertain
+route (measured on the sample's uncertain stratum), and later turns of a conversation stay on
+its first turn's route (their cost and their quality are those of that route on their own type).
+Quality is the relative pass rate of the evidence of each (type, route) actually taken; a pair
+that was never measured is reported as unmeasured traffic, never given another pair's figure.
+Energy is the device's power draw times the generation time at the model's tokens/s (prompt
+processing not counted).
+
+This module is long because the month is one arithmetic over the parts of each type's traffic
+(own route, uncertain, sticky, failover) and the verdicts and frontier drawn from it.
 """
 
 from __future__ import annotations
@@ -16,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from planner.errors import PlanError
-from planner.evaluate.conversations import Stickiness
+from planner.evaluate.conversations import Conversations, Stickiness, stickiness_impact
 from planner.evaluate.decision import Decision, Route
-from planner.evaluate.evidence import PRODUCTION, Candidate, Evidence
+from planner.evaluate.evidence import PRODUCTION, UNCERTAIN, Candidate, Evidence
 
 DAYS_PER_MONTH = 30.0
 
@@ -81,6 +90,8 @@ class TypeProjection:
     battery_pct_per_100_requests: float | None
     suitable: bool
     verdict: str
+    sticky_share: float = 0.0  # of this type's requests, routed by their conversation's first turn
+    unmeasured_share: float = 0.0  # of this type's requests, on a (type, route) never measured
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,8 @@ class Projection:
     types: tuple[TypeProjection, ...]
     verdict: str
     suitability: str  # "suitable" | "partly suitable" | "not suitable"
+    unmeasured_share: float = 0.0  # traffic whose (type, route) quality was never measured
+    sticky: bool = False  # the figures include conversation stickiness
 
     def summary(self) -> dict[str, Any]:
         data = {k: v for k, v in vars(self).items() if k != "types"}
@@ -117,7 +130,8 @@ def evidence_map(evidence: Iterable[Evidence]) -> dict[tuple[str, str], Evidence
 
 
 def request_cost(route: str, traffic: TypeTraffic, candidates: Mapping[str, Candidate]) -> float:
-    """USD per request of ``traffic``'s type on ``route`` (production: what the log says)."""
+    """USD per request of ``traffic``'s type on ``route`` from the logged token counts
+    (production: what the log says). Used where the (type, route) has no replays."""
     if traffic.requests == 0:
         return 0.0
     if route == PRODUCTION:
@@ -125,13 +139,27 @@ def request_cost(route: str, traffic: TypeTraffic, candidates: Mapping[str, Cand
     cand = candidates.get(route)
     if cand is None:
         raise PlanError(f"route {route!r} is not a configured candidate")
-    if cand.kind == "local":
-        return 0.0
     if cand.kind == "production":
         return traffic.cost_usd / traffic.requests
     return cand.cost_usd(
         traffic.prompt_tokens / traffic.requests, traffic.completion_tokens / traffic.requests
     )
+
+
+def route_cost(
+    route: str,
+    traffic: TypeTraffic,
+    candidates: Mapping[str, Candidate],
+    ev: Mapping[tuple[str, str], Evidence],
+    evidence_type: str | None = None,
+) -> float:
+    """USD per request on ``route``: its replays' price (the ranking's figure) where measured."""
+    if route == PRODUCTION:
+        return request_cost(route, traffic, candidates)
+    hit = ev.get((evidence_type or traffic.task_type, route))
+    if hit is not None and hit.cost_per_1k_usd is not None:
+        return hit.cost_per_1k_usd / 1000.0
+    return request_cost(route, traffic, candidates)
 
 
 def _expected_cost(
@@ -140,13 +168,14 @@ def _expected_cost(
     t: TypeTraffic,
     candidates: Mapping[str, Candidate],
     ev: dict[tuple[str, str], Evidence],
+    evidence_type: str | None = None,
 ) -> float:
     """Per-request cost including the failed share that goes on to the next hop."""
-    cost = request_cost(route_name, t, candidates)
-    evid = ev.get((t.task_type, route_name))
+    cost = route_cost(route_name, t, candidates, ev, evidence_type)
+    evid = ev.get((evidence_type or t.task_type, route_name))
     if route_name != PRODUCTION and evid is not None and evid.error_rate > 0:
         next_hop = fallbacks[0] if fallbacks else PRODUCTION
-        cost += evid.error_rate * request_cost(next_hop, t, candidates)
+        cost += evid.error_rate * route_cost(next_hop, t, candidates, ev, evidence_type)
     return cost
 
 
@@ -164,24 +193,17 @@ def weighted_quantile(values: Sequence[float], weights: Sequence[float], q: floa
 
 
 def _quality_of(
-    route_name: str,
-    task_type: str,
-    ev: dict[tuple[str, str], Evidence],
-    evidence: Sequence[Evidence],
+    route_name: str, task_type: str, ev: Mapping[tuple[str, str], Evidence]
 ) -> float | None:
+    """The relative pass rate of (type, route); None when that pair was never measured."""
     if route_name == PRODUCTION:
         return 1.0
     hit = ev.get((task_type, route_name))
-    if hit is not None and hit.quality_mean is not None:
-        return hit.quality_mean
-    same = [
-        e.quality_mean for e in evidence if e.candidate == route_name and e.quality_mean is not None
-    ]
-    return float(np.mean(same)) if same else None
+    return hit.quality_mean if hit is not None else None
 
 
 def _samples(
-    route_name: str, task_type: str, ev: dict[tuple[str, str], Evidence]
+    route_name: str, task_type: str, ev: Mapping[tuple[str, str], Evidence]
 ) -> tuple[float, ...]:
     hit = ev.get((task_type, route_name))
     return hit.latency_samples if hit is not None else ()
@@ -209,10 +231,41 @@ def type_verdict(route: Route) -> str:
         return f"Not suitable yet: stay on production ({route.reason})."
     where = "on the device" if route.kind == "local" else "through the relay"
     low = f"{route.quality_low:.0%}" if route.quality_low is not None else "?"
+    needed = f" on {route.samples_needed} samples" if route.samples_needed else ""
     return (
-        f"Suitable: move to {route.route} {where}; "
-        f"quality at least {low} of production (95% lower bound)."
+        f"Suitable: move to {route.route} {where}; as good as production at least {low} as "
+        f"often as production is as good as itself (exact lower bound{needed})."
     )
+
+
+@dataclass
+class _Part:
+    """Requests of one type that take one route (with the evidence type that measures it)."""
+
+    requests: float
+    route: str
+    fallbacks: tuple[str, ...]
+    evidence_type: str
+    sticky: bool = False
+
+
+def _parts(
+    t: TypeTraffic, route: Route, decision: Decision, moved: Mapping[str, float]
+) -> list[_Part]:
+    """The type's traffic as the written config routes it: uncertain requests to the uncertain
+    route, later turns moved by stickiness to their conversation's route, the rest to its own."""
+    sure = float(t.requests - t.uncertain)
+    moved_total = min(sure, sum(moved.values()))
+    scale = moved_total / sum(moved.values()) if moved else 0.0
+    parts = [_Part(sure - moved_total, route.route, route.fallbacks, t.task_type)]
+    for sticky_route, count in sorted(moved.items()):
+        fallbacks = next((r.fallbacks for r in decision.routes if r.route == sticky_route), ())
+        parts.append(_Part(count * scale, sticky_route, fallbacks, t.task_type, sticky=True))
+    unsure = UNCERTAIN if decision.uncertain_route != PRODUCTION else t.task_type
+    parts.append(
+        _Part(float(t.uncertain), decision.uncertain_route, decision.uncertain_fallbacks, unsure)
+    )
+    return [p for p in parts if p.requests > 0]
 
 
 def project(
@@ -225,65 +278,74 @@ def project(
     migration_cost_usd: float = 0.0,
     stickiness: Stickiness | None = None,
 ) -> Projection:
-    """Monthly cost before/after, quality, latency, tier shares, energy, payback and verdicts."""
+    """Monthly cost before/after, quality, latency, tier shares, energy, payback and verdicts of
+    the configuration as written (uncertain route and, when given, conversation stickiness)."""
     if traffic.requests == 0:
         raise PlanError("no logged traffic to project (the warehouse has no requests)")
     factor = DAYS_PER_MONTH / traffic.period_days
     ev = evidence_map(evidence)
-    uncertain_route = decision.uncertain_route
-    uncertain_kind = (
-        "production" if uncertain_route == PRODUCTION else candidates[uncertain_route].kind
-    )
+    kinds = {name: c.kind for name, c in candidates.items()}
+    kinds[PRODUCTION] = "production"
+    moves: dict[str, dict[str, float]] = {}
+    for task_type, _own, sticky, count in stickiness.moves if stickiness else ():
+        moves.setdefault(task_type, {})
+        moves[task_type][sticky] = moves[task_type].get(sticky, 0.0) + count
     per_type: list[TypeProjection] = []
     route_share: dict[str, float] = {}
     tier_share: dict[str, float] = {"local": 0.0, "relay": 0.0, "production": 0.0}
-    q_num = q_den = 0.0
+    q_num = q_den = unmeasured = 0.0
     lat_after: tuple[list[float], list[float]] = ([], [])
     lat_before: tuple[list[float], list[float]] = ([], [])
     total = traffic.requests
     for t in traffic.types:
-        route = decision.route_for(t.task_type)
-        if route is None:
-            route = Route(
-                t.task_type,
-                PRODUCTION,
-                "production",
-                (),
-                "no evidence for this type",
-                1.0,
-                1.0,
-                None,
-                None,
-            )
-        sure = t.requests - t.uncertain
-        cost_sure = _expected_cost(route.route, route.fallbacks, t, candidates, ev)
-        cost_unc = _expected_cost(uncertain_route, decision.uncertain_fallbacks, t, candidates, ev)
+        route = decision.route_for(t.task_type) or Route(
+            t.task_type,
+            PRODUCTION,
+            "production",
+            (),
+            "no evidence for this type",
+            1.0,
+            None,
+            None,
+            None,
+        )
+        parts = _parts(t, route, decision, moves.get(t.task_type, {}))
         before = t.cost_usd * factor
-        after = (sure * cost_sure + t.uncertain * cost_unc) * factor
-        q_sure = _quality_of(route.route, t.task_type, ev, evidence)
-        q_unc = _quality_of(uncertain_route, t.task_type, ev, evidence)
-        parts = [(sure, q_sure), (t.uncertain, q_unc)]
-        known = [(n, q) for n, q in parts if n > 0 and q is not None]
-        quality = sum(n * q for n, q in known) / sum(n for n, _ in known) if known else None
-        if quality is not None:
-            q_num += quality * t.requests
-            q_den += t.requests
-        for n, name in ((sure, route.route), (t.uncertain, uncertain_route)):
-            samples = _samples(name, t.task_type, ev)
-            if n > 0 and samples:
+        after = factor * sum(
+            p.requests * _expected_cost(p.route, p.fallbacks, t, candidates, ev, p.evidence_type)
+            for p in parts
+        )
+        known: list[tuple[float, float]] = []
+        type_unmeasured = 0.0
+        for p in parts:
+            q = _quality_of(p.route, p.evidence_type, ev)
+            if q is None:
+                type_unmeasured += p.requests
+            else:
+                known.append((p.requests, q))
+            samples = _samples(p.route, p.evidence_type, ev)
+            if samples:
                 lat_after[0].extend(samples)
-                lat_after[1].extend([n / len(samples)] * len(samples))
+                lat_after[1].extend([p.requests / len(samples)] * len(samples))
+            route_share[p.route] = route_share.get(p.route, 0.0) + p.requests / total
+            tier_share[kinds.get(p.route, "production")] += p.requests / total
+        quality = (
+            sum(n * q for n, q in known) / sum(n for n, _ in known)
+            if known and sum(n for n, _ in known) > 0
+            else None
+        )
+        if quality is not None:
+            q_num += sum(n * q for n, q in known)
+            q_den += sum(n for n, _ in known)
+        unmeasured += type_unmeasured
         prod_samples = _samples(PRODUCTION, t.task_type, ev)
         if prod_samples:
             lat_before[0].extend(prod_samples)
             lat_before[1].extend([t.requests / len(prod_samples)] * len(prod_samples))
-        route_share[route.route] = route_share.get(route.route, 0.0) + sure / total
-        route_share[uncertain_route] = route_share.get(uncertain_route, 0.0) + t.uncertain / total
-        tier_share[route.kind] += sure / total
-        tier_share[uncertain_kind] += t.uncertain / total
         wh, battery = _energy(route, t, ev, device)
         hit = ev.get((t.task_type, route.route))
         prod = ev.get((t.task_type, PRODUCTION))
+        sticky_n = sum(p.requests for p in parts if p.sticky)
         per_type.append(
             TypeProjection(
                 task_type=t.task_type,
@@ -301,13 +363,15 @@ def project(
                 battery_pct_per_100_requests=battery,
                 suitable=route.kind != "production",
                 verdict=type_verdict(route),
+                sticky_share=sticky_n / t.requests if t.requests else 0.0,
+                unmeasured_share=type_unmeasured / t.requests if t.requests else 0.0,
             )
         )
     before_total = sum(p.cost_before_usd for p in per_type)
     after_total = sum(p.cost_after_usd for p in per_type)
     savings = before_total - after_total
     migrated = 1.0 - tier_share["production"]
-    sticky_cost = _stickiness_cost(stickiness, traffic, candidates, factor)
+    sticky_cost = _stickiness_cost(stickiness, traffic, candidates, factor, ev)
     payback = (
         None if savings <= 0 else (migration_cost_usd / savings if migration_cost_usd > 0 else 0.0)
     )
@@ -335,6 +399,8 @@ def project(
         types=tuple(per_type),
         verdict=verdict,
         suitability=suitability,
+        unmeasured_share=unmeasured / total,
+        sticky=stickiness is not None,
     )
 
 
@@ -343,8 +409,10 @@ def _stickiness_cost(
     traffic: Traffic,
     candidates: Mapping[str, Candidate],
     factor: float,
+    ev: Mapping[tuple[str, str], Evidence],
 ) -> float:
-    """Monthly USD that sticky routing adds (negative: saves) over routing each turn by its type."""
+    """Monthly USD that sticky routing adds (negative: saves) over routing each turn by its type
+    (already inside the projection's cost; shown on its own for the reader)."""
     if stickiness is None:
         return 0.0
     by_type = {t.task_type: t for t in traffic.types}
@@ -353,7 +421,9 @@ def _stickiness_cost(
         t = by_type.get(task_type)
         if t is None or t.requests == 0:
             continue
-        delta += count * (request_cost(sticky, t, candidates) - request_cost(own, t, candidates))
+        delta += count * (
+            route_cost(sticky, t, candidates, ev) - route_cost(own, t, candidates, ev)
+        )
     return delta * factor
 
 
@@ -417,11 +487,18 @@ def frontier(
     evidence: Sequence[Evidence],
     candidates: Mapping[str, Candidate],
     chosen_floor: float,
+    conversations: Conversations | None = None,
 ) -> list[FrontierPoint]:
-    """Cost and quality of the plan at each swept floor; the configured floor is marked chosen."""
+    """Cost and quality of the plan at each swept floor (as written: with stickiness when the
+    conversations are given); the configured floor is marked chosen."""
     points = []
     for floor, decision in sweep:
-        proj = project(decision, traffic, evidence, candidates)
+        sticky = (
+            stickiness_impact(conversations, decision)
+            if conversations is not None and conversations.requests
+            else None
+        )
+        proj = project(decision, traffic, evidence, candidates, stickiness=sticky)
         points.append(
             FrontierPoint(
                 floor=floor,

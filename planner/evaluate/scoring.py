@@ -3,9 +3,15 @@
 Production's logged answer is the reference: 1.0 means "as good as production" for that request,
 so every score is already relative to production. Each task type has its own scorer (label match,
 JSON field F1, final-answer match, code that parses, ROUGE-L + token F1) and open-ended types go to
-an LLM judge asked pairwise in both orders; without a judge the similarity scorers stand in and
-the scorer name says so. Every value is returned with the name of the scorer that produced it, so
-the report can say how each figure was measured.
+an LLM judge asked pairwise in both orders (its calls batched, concurrent, through an injected
+:data:`AskMany`); a tie is its own outcome, and an item the judge did not reach stays unscored.
+Without a judge the similarity scorers stand in and the scorer name says so. What counts as "at
+least as good as production" for each scorer is :mod:`planner.evaluate.verdict`'s. Every value
+is returned with the name of the scorer that produced it, so the report can say how each figure
+was measured.
+
+This module is long because every scorer and the judge live together: the dispatch that picks
+one for a task type, and the judge's fallbacks to the others, read in one place.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from planner.errors import BackendError
@@ -27,8 +33,8 @@ from planner.messages import message_text
 QUALITY = "quality"  # the primary metric every replay gets; the others explain it
 
 # Types whose answers have no single right form: compared by a judge when one is configured.
-JUDGED_TYPES: frozenset[str] = frozenset({"text_generation", "brainstorming", "chatbot"})
-SIMILARITY_TYPES: frozenset[str] = frozenset({"summarization", "rewrite", "closed_qa", "open_qa"})
+JUDGED_TYPES: frozenset[str] = frozenset({"text_generation", "brainstorming", "chatbot", "open_qa"})
+SIMILARITY_TYPES: frozenset[str] = frozenset({"summarization", "rewrite", "closed_qa"})
 
 Judge = Callable[[list[dict[str, Any]]], str]
 
@@ -60,16 +66,6 @@ class JudgeCache:
 
     lookup: Callable[[str], str | None]
     store: Callable[[str, str], None]
-
-
-@dataclass(frozen=True)
-class JudgeSetup:
-    """A completion function of a relay candidate, with its name (recorded as the scorer)."""
-
-    complete: Judge
-    name: str = "judge"
-    cache: JudgeCache | None = None
-    task_types: frozenset[str] = JUDGED_TYPES
 
 
 # ---------------------------------------------------------------- text normalisation
@@ -384,51 +380,93 @@ def judge_cache_key(judge_name: str, messages: list[dict[str, Any]]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _ask(judge: JudgeSetup, messages: list[dict[str, Any]]) -> str | None:
-    """One judge call through the cache; None when the call failed (that comparison is lost)."""
-    key = judge_cache_key(judge.name, messages)
-    if judge.cache is not None:
-        cached = judge.cache.lookup(key)
-        if cached is not None:
-            return cached
-    try:
-        reply = judge.complete(messages)
-    except BackendError:
-        raise  # the judge as a whole cannot go on: auth, circuit, budget
-    except Exception:  # one failed comparison is data; the item falls back to similarity
-        return None
-    if judge.cache is not None:
-        judge.cache.store(key, reply)
-    return reply
+@dataclass(frozen=True)
+class Asked:
+    """What one batch of judge calls brought back: replies by cache key, and why it stopped
+    early (budget, open circuit), if it did. Prompts missing from ``replies`` were not answered."""
+
+    replies: dict[str, str]
+    stopped: str | None = None
+    failed: int = 0  # calls that were sent and failed (each loses one order)
 
 
-def score_with_judge(judge: JudgeSetup, item: ScoreItem) -> Measured:
-    """Pairwise against production, asked as (production, candidate) and (candidate, production).
+# Asks a batch of (cache key, messages) concurrently; what answers is the caller's (a relay).
+AskMany = Callable[[Sequence[tuple[str, list[dict[str, Any]]]]], Asked]
 
-    Per order the candidate gets 1 when it wins or ties ("not worse") and 0 when it loses; the
-    quality is the mean over the orders that parsed. ``judge_preference`` keeps ties at 0.5.
-    """
-    first = parse_verdict(
-        _ask(judge, judge_messages(item.messages, item.reference, item.candidate)) or ""
-    )
-    second = parse_verdict(
-        _ask(judge, judge_messages(item.messages, item.candidate, item.reference)) or ""
-    )
-    not_worse: list[float] = []
-    preference: list[float] = []
-    if first is not None:  # candidate is B
-        not_worse.append(0.0 if first == "A" else 1.0)
-        preference.append({"A": 0.0, "TIE": 0.5, "B": 1.0}[first])
-    if second is not None:  # candidate is A
-        not_worse.append(0.0 if second == "B" else 1.0)
-        preference.append({"B": 0.0, "TIE": 0.5, "A": 1.0}[second])
-    if not not_worse:
+
+def ask_one_by_one(complete: Judge) -> AskMany:
+    """An :data:`AskMany` over a plain ``messages -> text`` function, one call at a time (tests,
+    and judges that cannot batch). A :class:`BackendError` (auth, budget, circuit) stops it."""
+
+    def ask(prompts: Sequence[tuple[str, list[dict[str, Any]]]]) -> Asked:
+        replies: dict[str, str] = {}
+        failed = 0
+        for key, messages in prompts:
+            try:
+                replies[key] = complete(messages)
+            except BackendError:
+                raise
+            except Exception:  # one failed comparison is data: that order is lost
+                failed += 1
+        return Asked(replies, None, failed)
+
+    return ask
+
+
+@dataclass(frozen=True)
+class JudgeSetup:
+    """The pairwise judge: how to ask it (a relay, concurrently), its name (recorded as the
+    scorer; with its endpoint and model in ``ident`` for the cache) and the types it judges."""
+
+    ask: AskMany
+    name: str = "judge"
+    cache: JudgeCache | None = None
+    task_types: frozenset[str] = JUDGED_TYPES
+    ident: str = ""
+
+    @classmethod
+    def from_function(cls, complete: Judge, **kw: Any) -> JudgeSetup:
+        return cls(ask_one_by_one(complete), **kw)
+
+    def scorer(self, orders: int) -> str:
+        return f"{JUDGE_SCORER_PREFIX}{self.name} {'both orders' if orders == 2 else 'one order'}"
+
+
+JUDGE_SCORER_PREFIX = "judge:"
+_PREFERENCE = {"A": 0.0, "TIE": 0.5, "B": 1.0}  # the candidate shown as B
+
+
+def judged_scores(
+    item: ScoreItem, first: str | None, second: str | None, judge: JudgeSetup
+) -> Measured:
+    """The scores of one item from the judge's two verdicts: (production, candidate) first, then
+    (candidate, production).
+
+    ``quality`` is the candidate's preference averaged over the orders that parsed (win 1, tie
+    0.5, loss 0): 1 means production lost in every order, 0 that it won in every order, anything
+    between is a tie (:func:`planner.evaluate.verdict.outcome_of`). ``judge_order_flip`` is 1
+    when the two orders disagree once un-swapped (the judge's position bias shows there);
+    ``similarity`` is kept to compare the judge with the similarity scorer."""
+    a = parse_verdict(first or "")
+    b = parse_verdict(second or "")
+    prefs: list[float] = []
+    if a is not None:  # candidate is B
+        prefs.append(_PREFERENCE[a])
+    if b is not None:  # candidate is A: mirror
+        prefs.append(1.0 - _PREFERENCE[b])
+    sim = similarity(item.reference, item.candidate)
+    if not prefs:
         return score_similarity(item.reference, item.candidate, "similarity (judge reply unusable)")
-    scorer = f"judge:{judge.name} pairwise x{len(not_worse)}"
-    return [
-        (QUALITY, sum(not_worse) / len(not_worse), scorer),
-        ("judge_preference", sum(preference) / len(preference), scorer),
+    value = sum(prefs) / len(prefs)
+    scorer = judge.scorer(len(prefs))
+    out: Measured = [
+        (QUALITY, value, scorer),
+        ("judge_preference", value, scorer),
+        ("similarity", sim, "rouge_l+token_f1"),
     ]
+    if len(prefs) == 2:
+        out.append(("judge_order_flip", 0.0 if prefs[0] == prefs[1] else 1.0, scorer))
+    return out
 
 
 # ---------------------------------------------------------------- dispatch
@@ -441,25 +479,98 @@ _DETERMINISTIC: dict[str, Callable[[str, str], Measured]] = {
 }
 
 
-def score_item(item: ScoreItem, judge: JudgeSetup | None = None) -> list[Score]:
-    """Every metric for one replayed answer; the ``quality`` row is always first."""
-    if judge is not None and item.task_type in judge.task_types:
-        measured = score_with_judge(judge, item)
-    elif item.task_type in _DETERMINISTIC:
-        measured = _DETERMINISTIC[item.task_type](item.reference, item.candidate)
-    elif item.task_type in JUDGED_TYPES:
-        measured = score_similarity(item.reference, item.candidate, "similarity (no judge)")
-    else:
-        measured = score_similarity(item.reference, item.candidate)
+def score_without_judge(item: ScoreItem) -> Measured:
+    """The task type's own scorer (similarity stands in for a judge that is not configured)."""
+    if item.task_type in _DETERMINISTIC:
+        return _DETERMINISTIC[item.task_type](item.reference, item.candidate)
+    if item.task_type in JUDGED_TYPES:
+        return score_similarity(item.reference, item.candidate, "similarity (no judge)")
+    return score_similarity(item.reference, item.candidate)
+
+
+def _rows(replay_id: str, measured: Measured) -> list[Score]:
     return [
-        Score(item.replay_id, metric, min(1.0, max(0.0, float(value))), scorer)
+        Score(replay_id, metric, min(1.0, max(0.0, float(value))), scorer)
         for metric, value, scorer in measured
     ]
 
 
-def score_items(items: Iterable[ScoreItem], judge: JudgeSetup | None = None) -> list[Score]:
-    """Scores for many answers (the judge, if any, is called twice per judged item)."""
-    out: list[Score] = []
+def score_item(item: ScoreItem, judge: JudgeSetup | None = None) -> list[Score]:
+    """Every metric for one replayed answer; the ``quality`` row is always first."""
+    return score_items([item], judge).scores
+
+
+@dataclass
+class Scoring:
+    """The scores of a batch, and what the judge did (calls, cache hits, what it left)."""
+
+    scores: list[Score] = field(default_factory=list)
+    judged: int = 0  # items the judge scored
+    awaiting_judge: int = 0  # items left unscored: the judge stopped (budget, circuit)
+    judge_calls: int = 0
+    judge_cached: int = 0
+    judge_failed: int = 0
+    judge_stopped: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": len(self.scores),
+            "judged": self.judged,
+            "awaiting_judge": self.awaiting_judge,
+            "judge_calls": self.judge_calls,
+            "judge_cached": self.judge_cached,
+            "judge_failed": self.judge_failed,
+            "judge_stopped": self.judge_stopped,
+        }
+
+
+def score_items(items: Iterable[ScoreItem], judge: JudgeSetup | None = None) -> Scoring:
+    """Scores for many answers. The judge's calls (two per judged item, both orders) go out in
+    one concurrent batch after the cache has answered what it can; an item whose calls were not
+    answered because the judge stopped (its budget, its circuit) is left unscored, to be judged
+    by a later run, never given a stand-in score."""
+    items = list(items)
+    out = Scoring()
+    judged = [i for i in items if judge is not None and i.task_type in judge.task_types]
     for item in items:
-        out.extend(score_item(item, judge))
+        if judge is None or item.task_type not in judge.task_types:
+            out.scores.extend(_rows(item.replay_id, score_without_judge(item)))
+    if not judged or judge is None:
+        return out
+    ident = judge.ident or judge.name
+    prompts: dict[str, list[dict[str, Any]]] = {}
+    pairs: list[tuple[ScoreItem, str, str]] = []
+    for item in judged:
+        first = judge_messages(item.messages, item.reference, item.candidate)
+        second = judge_messages(item.messages, item.candidate, item.reference)
+        k1, k2 = judge_cache_key(ident, first), judge_cache_key(ident, second)
+        prompts[k1], prompts[k2] = first, second
+        pairs.append((item, k1, k2))
+    replies: dict[str, str] = {}
+    for key in prompts:
+        hit = judge.cache.lookup(key) if judge.cache is not None else None
+        if hit is not None:
+            replies[key] = hit
+    out.judge_cached = len(replies)
+    todo = [(k, m) for k, m in prompts.items() if k not in replies]
+    if todo:
+        asked = judge.ask(todo)
+        out.judge_calls = len(asked.replies) + asked.failed
+        out.judge_failed = asked.failed
+        out.judge_stopped = asked.stopped
+        for key, reply in asked.replies.items():
+            replies[key] = reply
+            if judge.cache is not None:
+                judge.cache.store(key, reply)
+        lost = set() if asked.stopped is None else {k for k, _ in todo} - set(asked.replies)
+    else:
+        lost = set()
+    for item, k1, k2 in pairs:
+        if k1 in lost or k2 in lost:  # not sent: the judge stopped before these
+            out.awaiting_judge += 1
+            continue
+        out.judged += 1
+        out.scores.extend(
+            _rows(item.replay_id, judged_scores(item, replies.get(k1), replies.get(k2), judge))
+        )
     return out

@@ -1,10 +1,17 @@
 """Other routing rules, replayed on the same per-request evidence as the plan's decision, for
 comparison: by expected output length, by a static rule of thumb per task type, and the plan
 itself (:func:`compare_views`).
+
+The comparison is cross-fitted: the sampled requests are split in two halves by a hash of their
+id; each rule's data-driven choices (the plan's routes, the tiers of the rules of thumb) are made
+on one half and scored on the other, then the other way round, and the two halves pooled. A rule
+is never scored on the requests it was chosen on. A request's quality is its outcome's credit
+relative to production's ceiling on its type (production's own answer: 1), as in the evidence.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,17 +24,17 @@ from planner.evaluate.decision import (
     MODERATE_TYPES,
     SHORT_OUTPUT_TOKENS,
     SIMPLE_TYPES,
-    Decision,
-    Objectives,
     memory_of,
 )
 from planner.evaluate.evidence import (
+    NOT_SENT,
     PRODUCTION,
     Candidate,
     DeviceFit,
     Evidence,
     Observation,
 )
+from planner.evaluate.verdict import PassRules, outcome_of
 from planner.stats import percentile
 
 
@@ -39,14 +46,15 @@ class View:
     description: str
     requests: int
     missing: int  # requests whose assigned route has no replay of them
-    quality_mean: float | None
-    share_at_floor: float | None
+    quality_mean: float | None  # mean credit relative to production's ceiling
+    pass_rate: float | None  # mean credit
     cost_per_1k_usd: float | None
     latency_p95_ms: float | None
     route_share: dict[str, float]
     assignment: dict[str, str] = field(
         default_factory=dict, repr=False
-    )  # task type/bucket -> route
+    )  # task type/bucket -> route (chosen on the first half)
+    needs: str = ""  # what the rule needs to know that a router may not
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -105,61 +113,111 @@ def _index(
     by_pair: dict[tuple[str, str], Observation] = {}
     reference: dict[str, Observation] = {}
     for obs in observations:
+        if obs.stratum != "type":
+            continue
         by_pair[(obs.request_id, obs.candidate)] = obs
         if obs.candidate == PRODUCTION:
             reference[obs.request_id] = obs
     return by_pair, reference
 
 
+def half_of(request_id: str) -> int:
+    """0 or 1, by a stable hash of the id (the cross-fitting split)."""
+    return hashlib.md5(request_id.encode("utf-8")).digest()[0] & 1
+
+
+@dataclass
+class _Tally:
+    qualities: list[float] = field(default_factory=list)
+    credits: list[float] = field(default_factory=list)
+    costs: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    shares: Counter[str] = field(default_factory=Counter)
+    missing: int = 0
+    requests: int = 0
+
+
+def _score_request(
+    tally: _Tally,
+    request_id: str,
+    route: str,
+    by_pair: Mapping[tuple[str, str], Observation],
+    candidates: Mapping[str, Candidate],
+    rules: PassRules,
+    ceilings: Mapping[str, float],
+) -> None:
+    tally.requests += 1
+    obs = by_pair.get((request_id, route))
+    if obs is None or obs.error_kind in NOT_SENT or (obs.quality is None and not obs.error_kind):
+        tally.missing += 1
+        return
+    outcome = (
+        "pass"
+        if route == PRODUCTION
+        else "fail"
+        if obs.error_kind is not None
+        else outcome_of(obs.scorer, float(obs.quality or 0.0), rules)
+    )
+    if outcome is None:
+        tally.missing += 1
+        return
+    tally.shares[route] += 1
+    credit = rules.credit(outcome)  # type: ignore[arg-type]
+    tally.credits.append(credit)
+    tally.qualities.append(
+        1.0 if route == PRODUCTION else credit / ceilings.get(obs.task_type, 1.0)
+    )
+    if obs.error_kind is not None:
+        return
+    cand = candidates.get(route)
+    if cand is None or cand.kind == "production":
+        tally.costs.append(float(obs.cost_usd or 0.0))
+    else:
+        tally.costs.append(cand.cost_usd(obs.prompt_tokens or 0, obs.completion_tokens or 0))
+    if obs.latency_ms is not None:
+        tally.latencies.append(obs.latency_ms)
+
+
 def evaluate_view(
     name: str,
     description: str,
     observations: Sequence[Observation],
-    assign: Callable[[Observation], str],
+    assigners: Sequence[tuple[Callable[[str], bool], Callable[[Observation], str]]],
     candidates: Mapping[str, Candidate],
-    objectives: Objectives,
+    *,
+    rules: PassRules | None = None,
+    ceilings: Mapping[str, float] | None = None,
     assignment: Mapping[str, str] | None = None,
+    needs: str = "",
 ) -> View:
-    """Quality, cost and latency if each sampled request had gone where ``assign`` sends it.
+    """Quality, cost and latency if each sampled request had gone where its assigner sends it.
 
-    ``assign`` receives production's observation of the request (its task type and output length).
-    A failed replay counts as quality 0, as in the evidence.
-    """
+    ``assigners`` pairs a test of the request id (which half it is in) with the rule fitted on
+    the other half; an assigner receives production's observation of the request (its task type
+    and output length). A failed replay is a fail, as in the evidence."""
+    rules = rules or PassRules()
     by_pair, reference = _index(observations)
-    qualities: list[float] = []
-    costs: list[float] = []
-    latencies: list[float] = []
-    shares: Counter[str] = Counter()
-    missing = 0
+    tally = _Tally()
     for request_id, ref in sorted(reference.items()):
-        route = assign(ref)
-        obs = by_pair.get((request_id, route))
-        if obs is None or (obs.quality is None and obs.error_kind is None):
-            missing += 1
+        assign = next((a for inside, a in assigners if inside(request_id)), None)
+        if assign is None:
             continue
-        shares[route] += 1
-        if obs.error_kind is not None:
-            qualities.append(0.0)
-            continue
-        qualities.append(float(obs.quality if obs.quality is not None else 0.0))
-        kind = candidates[route].kind if route in candidates else "production"
-        costs.append(0.0 if kind == "local" else float(obs.cost_usd or 0.0))
-        if obs.latency_ms is not None:
-            latencies.append(obs.latency_ms)
-    counted = sum(shares.values())
+        _score_request(
+            tally, request_id, assign(ref), by_pair, candidates, rules, dict(ceilings or {})
+        )
+    counted = sum(tally.shares.values())
     return View(
         name=name,
         description=description,
-        requests=len(reference),
-        missing=missing,
-        quality_mean=float(np.mean(qualities)) if qualities else None,
-        share_at_floor=(sum(q >= objectives.quality_floor for q in qualities) / len(qualities))
-        if qualities
-        else None,
-        cost_per_1k_usd=float(np.mean(costs)) * 1000 if costs else None,
-        latency_p95_ms=percentile(latencies, 95),
-        route_share={r: n / counted for r, n in sorted(shares.items())} if counted else {},
+        requests=tally.requests,
+        missing=tally.missing,
+        quality_mean=float(np.mean(tally.qualities)) if tally.qualities else None,
+        pass_rate=float(np.mean(tally.credits)) if tally.credits else None,
+        cost_per_1k_usd=float(np.mean(tally.costs)) * 1000 if tally.costs else None,
+        latency_p95_ms=percentile(tally.latencies, 95),
+        route_share={r: n / counted for r, n in sorted(tally.shares.items())} if counted else {},
         assignment=dict(assignment or {}),
+        needs=needs,
     )
 
 
@@ -175,37 +233,77 @@ def static_tier(task_type: str) -> str:
     return "moderate" if task_type in MODERATE_TYPES else "complex"
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """What one half of the sample decides: the plan's routes and the rules' tiers."""
+
+    routes: dict[str, str]
+    tiers: Tiers
+
+
 def compare_views(
     observations: Sequence[Observation],
-    decision: Decision,
     candidates: Mapping[str, Candidate],
-    tiers: Tiers,
+    fit_half: Callable[[Sequence[Observation]], Fitted],
+    *,
+    rules: PassRules | None = None,
+    ceilings: Mapping[str, float] | None = None,
 ) -> list[View]:
-    """The evidence-based plan, routing by expected output length, and the static rule of thumb."""
-    routes = decision.route_map()
-    objectives = decision.objectives
-    by_length = {"short": tiers.small, "medium": tiers.large, "long": tiers.cloud}
-    by_tier = {"simple": tiers.small, "moderate": tiers.large, "complex": tiers.cloud}
+    """The evidence-based plan, routing by output length, and the static rule of thumb,
+    cross-fitted: ``fit_half`` decides on one half's observations, the other half scores."""
+    halves = [[o for o in observations if half_of(o.request_id) == h] for h in (0, 1)]
+    fitted = [fit_half(half) for half in halves]
+
+    def on_half(h: int) -> Callable[[str], bool]:
+        return lambda request_id: half_of(request_id) == h
+
+    def plan_rule(f: Fitted) -> Callable[[Observation], str]:
+        return lambda ref: f.routes.get(ref.task_type, PRODUCTION)
+
+    def length_rule(f: Fitted) -> Callable[[Observation], str]:
+        table = {"short": f.tiers.small, "medium": f.tiers.large, "long": f.tiers.cloud}
+        return lambda ref: table[length_bucket(ref.reference_tokens)]
+
+    def static_rule(f: Fitted) -> Callable[[Observation], str]:
+        table = {"simple": f.tiers.small, "moderate": f.tiers.large, "complex": f.tiers.cloud}
+        return lambda ref: table[static_tier(ref.task_type)]
+
+    # each half is scored by what the *other* half decided
+    def crossed(
+        rule: Callable[[Fitted], Callable[[Observation], str]],
+    ) -> list[tuple[Callable[[str], bool], Callable[[Observation], str]]]:
+        return [(on_half(0), rule(fitted[1])), (on_half(1), rule(fitted[0]))]
+
+    first = fitted[1]  # the choices shown are those scored on half 0
+    kw = {"rules": rules, "ceilings": ceilings}
     return [
         evaluate_view(
             "plan",
-            "By task type, on the evidence (this plan)",
+            "By task type, on the evidence (this plan's rule)",
             observations,
-            lambda ref: routes.get(ref.task_type, PRODUCTION),
+            crossed(plan_rule),
             candidates,
-            objectives,
-            routes,
+            assignment=first.routes,
+            **kw,  # type: ignore[arg-type]
         ),
         evaluate_view(
             "by_length",
-            f"By expected output length: < {SHORT_OUTPUT_TOKENS} tokens -> smallest model, "
+            f"By output length: < {SHORT_OUTPUT_TOKENS} tokens -> smallest model, "
             f"{SHORT_OUTPUT_TOKENS}-{LONG_OUTPUT_TOKENS} -> larger model, "
             f"> {LONG_OUTPUT_TOKENS} -> cloud",
             observations,
-            lambda ref: by_length[length_bucket(ref.reference_tokens)],
+            crossed(length_rule),
             candidates,
-            objectives,
-            by_length,
+            assignment={
+                "short": first.tiers.small,
+                "medium": first.tiers.large,
+                "long": first.tiers.cloud,
+            },
+            needs=(
+                "the answer's length in advance: scored with production's realized answer "
+                "length, which no router knows before the answer exists"
+            ),
+            **kw,  # type: ignore[arg-type]
         ),
         evaluate_view(
             "static",
@@ -213,9 +311,13 @@ def compare_views(
             "moderate -> larger edge model, "
             "complex -> relay",
             observations,
-            lambda ref: by_tier[static_tier(ref.task_type)],
+            crossed(static_rule),
             candidates,
-            objectives,
-            by_tier,
+            assignment={
+                "simple": first.tiers.small,
+                "moderate": first.tiers.large,
+                "complex": first.tiers.cloud,
+            },
+            **kw,  # type: ignore[arg-type]
         ),
     ]

@@ -14,6 +14,11 @@ Every figure here is an ESTIMATE for planning, labeled with its formula (``Devic
   ``tok_s x bytes_per_token`` in place of the nominal one ("calibrated").
 - prefill tokens/s: the host's prompt-processing speed scaled the same way, else
   ``PREFILL_SPEEDUP`` x decode.
+- a decode speed measured on the real device for this very model (``device_tokens_per_s`` of the
+  candidate) replaces all of the above ("measured on the device").
+- latency on the device = latency measured on this host x ``latency_factor``, where
+  ``latency_factor = host decode tok/s / device decode tok/s`` (the host's speed measured for the
+  model, else its roofline): the whole request is assumed to scale like decoding does.
 - energy per request = sustained power x (prompt / prefill + output / decode) seconds;
   battery drain per hour = energy x requests per hour / battery capacity.
 
@@ -109,9 +114,11 @@ class DeviceFit:
     seconds_per_request: float
     energy_j_per_request: float | None
     battery_pct_per_hour: float | None
-    basis: str  # "host-scaled", "roofline", "calibrated" or "measured" (this host)
+    basis: str  # "host-scaled", "roofline", "calibrated", "measured" or "measured on the device"
     formula: str
     estimate: bool = True
+    latency_factor: float = 1.0  # device latency = host latency x this
+    latency_basis: str = "this host"
 
 
 def _device_from(entry: Any, where: str) -> Device:
@@ -288,8 +295,10 @@ def estimate_fit(
     requests_per_hour: float = 60.0,
     host_decode_tokens_per_s: float | None = None,
     host_prefill_tokens_per_s: float | None = None,
+    device_decode_tokens_per_s: float | None = None,
 ) -> DeviceFit:
-    """Fit, decode speed and energy of one model on one device (all estimates)."""
+    """Fit, decode speed, latency factor and energy of one model on one device (estimates,
+    unless ``device_decode_tokens_per_s`` was measured there)."""
     if context_tokens < 1 or output_tokens < 1:
         raise ValueError("context_tokens and output_tokens must be >= 1")
     prompt = prompt_tokens if prompt_tokens is not None else max(context_tokens - output_tokens, 1)
@@ -302,7 +311,11 @@ def estimate_fit(
     if device.calibration is not None:
         bandwidth = device.calibration.effective_bandwidth_gbs
         basis = "calibrated"
-    if device.measured and host_decode_tokens_per_s:
+    if device_decode_tokens_per_s and not device.measured:
+        decode = device_decode_tokens_per_s
+        basis = "measured on the device"
+        formula = "decode tok/s measured on the device (the candidate's device_tokens_per_s)"
+    elif device.measured and host_decode_tokens_per_s:
         decode = host_decode_tokens_per_s
         basis = "measured"
         formula = "decode tok/s measured on this host"
@@ -329,6 +342,18 @@ def estimate_fit(
     else:
         prefill = decode * PREFILL_SPEEDUP
     seconds = prompt / prefill + output_tokens / decode
+    host_decode = host_decode_tokens_per_s or (
+        host.bandwidth_gbs * GB * ROOFLINE_EFFICIENCY / bytes_per_token
+    )
+    if device.measured:
+        factor, latency_basis = 1.0, "measured on this host"
+    else:
+        factor = host_decode / decode
+        source = "measured" if host_decode_tokens_per_s else "roofline"
+        latency_basis = (
+            f"host x {factor:.2f} (host decode {host_decode:.1f} tok/s, {source}, / device "
+            f"{decode:.1f} tok/s, {basis})"
+        )
     energy = device.sustained_power_w * seconds if device.sustained_power_w else None
     drain = (
         energy * requests_per_hour / (device.battery_wh * 3600) * 100
@@ -337,7 +362,8 @@ def estimate_fit(
     )
     formula += (
         f"; memory = weights + KV x {context_tokens} tokens + {RUNTIME_OVERHEAD_MB:.0f} MB "
-        f"+ {ACTIVATION_SHARE:.0%} of weights; energy = sustained W x "
+        f"+ {ACTIVATION_SHARE:.0%} of weights; device latency = host latency x host decode "
+        "tok/s / device decode tok/s; energy = sustained W x "
         "(prompt/prefill + output/decode); battery %/h = J/request x requests/h / (Wh x 3600)"
     )
     return DeviceFit(
@@ -359,6 +385,8 @@ def estimate_fit(
         battery_pct_per_hour=drain,
         basis=basis,
         formula=formula,
+        latency_factor=factor,
+        latency_basis=latency_basis,
     )
 
 

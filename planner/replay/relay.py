@@ -322,15 +322,20 @@ class RelayBackend:
         return self._rng.uniform(cap / 2, cap)
 
     async def _replay_one(self, client: httpx.AsyncClient, request: ReplayRequest) -> ReplayResult:
+        """One request to its answer or final failure. Its latency is end to end: failed
+        attempts and the waits between retries count (waits on this client's own rate limiter
+        do not: they are the replay's pacing, not the endpoint's)."""
         redaction = None
         if self.redactor is not None:  # what leaves the machine is redacted; the answer restored
             messages, redaction = self.redactor.messages(request.messages)
             request = replace(request, messages=messages)
         estimate = self._prompt_tokens_bound(request) + request.max_tokens
         attempt = 0
+        lost_ms = 0.0  # failed attempts and backoff before the answering attempt
         while True:
             attempt += 1
             admission = await self.limiter.acquire(estimate)
+            tried = time.perf_counter()
             try:
                 answer = await self._attempt(client, request)
             except WireFailure as failure:
@@ -350,10 +355,15 @@ class RelayBackend:
                         attempts=attempt,
                     )
                 await asyncio.sleep(delay)
+                lost_ms += (time.perf_counter() - tried) * 1000
                 continue
             result = self._result(request, answer, attempt)
             if redaction is not None:
                 result.output_text = redaction.restore(result.output_text)
+            if lost_ms:
+                result.latency_ms = (result.latency_ms or 0.0) + lost_ms
+                if result.ttft_ms is not None:
+                    result.ttft_ms += lost_ms
             self.limiter.settle(
                 admission, (result.prompt_tokens or 0) + (result.completion_tokens or 0)
             )

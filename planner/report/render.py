@@ -20,11 +20,15 @@ from planner.evaluate.conversations import Stickiness
 from planner.evaluate.decision import Decision, Objectives
 from planner.evaluate.evidence import (
     PRODUCTION,
+    UNCERTAIN,
     Candidate,
     Evidence,
+    Method,
 )
+from planner.evaluate.intervals import CP_METHOD
 from planner.evaluate.projection import Device, FrontierPoint, Projection, Traffic, money
 from planner.evaluate.risks import Risk
+from planner.evaluate.verdict import Ceiling
 from planner.evaluate.views import View
 from planner.redact import redact
 from planner.report import charts
@@ -70,6 +74,32 @@ class PlanReport:
     judge: str | None = None
     run_id: str | None = None
     notes: tuple[str, ...] = ()
+    method: Method = field(default_factory=Method)
+    ceilings: Mapping[str, Ceiling] = field(default_factory=dict)
+    judge_stats: tuple[Any, ...] = ()  # pipeline.evidence.JudgeStats
+    labels: tuple[str, ...] = ()  # where the figures come from, when not production's own
+    adaptive: bool = True
+
+    def method_summary(self) -> dict[str, Any]:
+        """How the verdicts were reached, as data (the page's method section and metrics.json)."""
+        m = self.method
+        return {
+            "pass_rules": m.rules.describe(),
+            "similarity_pass": m.rules.similarity_pass,
+            "tie_credit": m.rules.tie_credit,
+            "confidence": m.confidence,
+            "bound": CP_METHOD,
+            "error_budget": (
+                f"alpha = {m.alpha:g} per task type, Bonferroni: half to production's ceiling "
+                "where measured, the rest split evenly over the candidates and the looks"
+            ),
+            "first_look": m.first_look,
+            "adaptive": self.adaptive,
+            "mean_interval": f"BCa bootstrap, {m.resamples:,} resamples",
+            "min_samples": self.objectives.min_samples,
+            "ceiling_min_pairs": m.ceiling_min_pairs,
+            "required": "pass-rate lower bound >= floor x production's ceiling",
+        }
 
     def checklist(self) -> list[str]:
         """The migration steps this plan implies, in order."""
@@ -115,6 +145,13 @@ class PlanReport:
             "objectives": vars(self.objectives).copy(),
             "device": None if self.device is None else vars(self.device).copy(),
             "judge": self.judge,
+            "labels": list(self.labels),
+            "method": self.method_summary(),
+            "ceilings": {t: c.summary() for t, c in sorted(self.ceilings.items())},
+            "judge_stats": [j.summary() for j in self.judge_stats],
+            "uncertain": (
+                None if self.decision.uncertain is None else self.decision.uncertain.summary()
+            ),
             "workload": workload(self),
             "classifier": dict(self.classifier) if self.classifier else None,
             "projection": self.projection.summary(),
@@ -284,14 +321,60 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
 
 
 def _interval_bar(ev: Evidence, floor: float) -> dict[str, float] | None:
-    """Positions (percent of a 0..1 axis) for the CSS interval bar."""
+    """Positions (percent of a 0..1 axis) for the CSS bar of the pass rate's bounds relative to
+    production's ceiling (production itself is the reference: no bar)."""
+    if ev.kind == "production":
+        return None
     if ev.quality_mean is None or ev.quality_low is None or ev.quality_high is None:
         return None
     return {
-        "low": max(0.0, ev.quality_low) * 100,
-        "width": max(0.5, (ev.quality_high - ev.quality_low) * 100),
+        "low": min(1.0, max(0.0, ev.quality_low)) * 100,
+        "width": max(0.5, (min(1.0, ev.quality_high) - max(0.0, ev.quality_low)) * 100),
         "mean": min(1.0, max(0.0, ev.quality_mean)) * 100,
         "floor": min(1.0, floor) * 100,
+    }
+
+
+def classifier_view(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The model card as the page reads it: label sources, held-out figures naming the labels
+    they were measured on, a per-class table and calibration (not the raw dictionary)."""
+    if not card:
+        return None
+    training = card.get("training") or {}
+    evaluation = card.get("evaluation") or {}
+    labels = card.get("labels") or {}
+    sources = training.get("label_sources") or labels.get("available") or {}
+    used = [k for k, v in sorted(sources.items()) if v] if isinstance(sources, Mapping) else []
+    per_class = evaluation.get("per_class") or card.get("per_class") or {}
+    rows = [
+        {
+            "name": name,
+            "precision": row.get("precision"),
+            "recall": row.get("recall"),
+            "f1": row.get("f1"),
+            "support": row.get("support"),
+        }
+        for name, row in sorted(per_class.items())
+        if isinstance(row, Mapping)
+    ]
+    calibration = evaluation.get("calibration") or {}
+    bins = [b for b in (calibration.get("bins") or []) if isinstance(b, Mapping) and b.get("count")]
+    return {
+        "version": card.get("version"),
+        "classes": len(card.get("classes") or []) or len(rows),
+        "threshold": card.get("confidence_threshold"),
+        "sources": {k: v for k, v in sources.items()} if isinstance(sources, Mapping) else {},
+        "held_out_source": " + ".join(used) if used else "unknown",
+        "held_out_rows": evaluation.get("rows") or training.get("held_out_rows"),
+        "macro_f1": evaluation.get("macro_f1", card.get("macro_f1")),
+        "accuracy": evaluation.get("accuracy", card.get("accuracy")),
+        "per_class": rows,
+        "not_evaluated": list(evaluation.get("not_evaluated") or []),
+        "ece": calibration.get("ece"),
+        "bins": bins,
+        "warnings": list(training.get("warnings") or []),
+        "limitations": card.get("limitations"),
+        "train_rows": training.get("train_rows") or training.get("rows"),
     }
 
 
@@ -311,6 +394,7 @@ def context(report: PlanReport) -> dict[str, Any]:
         )
     types = []
     projections = {t.task_type: t for t in report.projection.types}
+    judge_by_type = {j.task_type: j for j in report.judge_stats}
     for route in report.decision.routes:
         types.append(
             {
@@ -318,6 +402,8 @@ def context(report: PlanReport) -> dict[str, Any]:
                 "projection": projections.get(route.task_type),
                 "candidates": by_type.get(route.task_type, []),
                 "samples": [s for s in report.samples if s.task_type == route.task_type][:3],
+                "ceiling": report.ceilings.get(route.task_type),
+                "judge": judge_by_type.get(route.task_type),
             }
         )
     chains = [
@@ -347,6 +433,9 @@ def context(report: PlanReport) -> dict[str, Any]:
         },
         "scorers_used": sorted({s for e in report.evidence for s in e.scorers}),
         "production": PRODUCTION,
+        "method": report.method_summary(),
+        "classifier": classifier_view(report.classifier),
+        "uncertain_rows": by_type.get(UNCERTAIN, []),
     }
 
 

@@ -154,11 +154,13 @@ def test_second_run_reuses_everything_and_history_diffs(
             "/hooks/secret-token"
         )
         os.environ["PLANNER_OBJECTIVES__QUALITY_FLOOR"] = "0.05"
+        os.environ["PLANNER_VERDICT__MIN_SAMPLES"] = "5"  # 6 samples a type in this test
         try:
             third_state, third = run_once(config)
         finally:
             os.environ.pop("PLANNER_WEBHOOK_URL")
             os.environ.pop("PLANNER_OBJECTIVES__QUALITY_FLOOR")
+            os.environ.pop("PLANNER_VERDICT__MIN_SAMPLES")
     assert third_state.name == "Needs attention"
     assert third["attention"] and third_state.message.startswith("Needs attention")
     assert third["webhook"]["ok"] is True

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from demo.logs import generate_records, write_chat_log
+from pipeline.candidates import plan_candidates
 from pipeline.current import current_evidence, stale_notes
 from pipeline.evidence import read_plan_inputs, score_replays
-from pipeline.plan import plan_candidates
 from pipeline.replay import make_replay
 from planner.errors import BackendError
 from planner.models.server import ServerThread
@@ -29,7 +29,8 @@ from warehouse.connection import open_warehouse
 from warehouse.ingest import ingest_paths
 from warehouse.scores import evidence_rows
 
-REPLAY = "\n[replay]\nper_type = 3\nuncertain = 0\nmax_new_tokens = 4\nseed = 2\n"
+# Every sampled request replayed (not in adaptive rounds): these tests are about what is stored.
+REPLAY = "\n[verdict]\nadaptive = false\n[replay]\nper_type = 3\nuncertain = 0\nmax_new_tokens = 4\nseed = 2\n"
 
 
 def ingest(settings: PlannerSettings, *paths: Path) -> None:
@@ -138,7 +139,9 @@ def test_replays_of_a_stale_fingerprint_are_not_evidence(
     )
     assert by_candidate(partial)["tiny"]["sent"] == 4
 
-    inputs = read_plan_inputs(str(settings.warehouse.path), candidates, current_evidence(settings))
+    inputs = read_plan_inputs(
+        str(settings.warehouse.path), candidates, current=current_evidence(settings)
+    )
     tiny = [o for o in inputs.observations if o.candidate == "tiny"]
     assert len(tiny) == 4  # only the new model's answers are evidence
     assert inputs.stale == {"tiny": {"fingerprint": total - 4}}  # the rest: not replayed
@@ -194,7 +197,7 @@ def test_relay_answers_expire_renew_in_slices_and_a_new_served_model_replays(
     # Five days later everything has expired: sent again, and stale until it is.
     sql(settings, "UPDATE replays SET created_at = created_at - INTERVAL 5 DAY")
     inputs = read_plan_inputs(
-        str(settings.warehouse.path), plan_candidates(settings), current_evidence(settings)
+        str(settings.warehouse.path), plan_candidates(settings), current=current_evidence(settings)
     )
     assert inputs.stale == {"relay": {"expired": total}}
     assert not [o for o in inputs.observations if o.candidate == "relay"]
@@ -244,7 +247,7 @@ def test_a_relay_serving_another_model_makes_old_answers_stale(
     finally:
         con.close()
     inputs = read_plan_inputs(
-        str(settings.warehouse.path), plan_candidates(settings), current_evidence(settings)
+        str(settings.warehouse.path), plan_candidates(settings), current=current_evidence(settings)
     )
     assert inputs.stale == {"relay": {"served_model": total}}
     assert "no longer serves" in stale_notes(inputs.stale, {})[0]

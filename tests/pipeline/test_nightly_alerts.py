@@ -104,7 +104,7 @@ quality_floor = 0.8
 p95_latency_ms = 4000
 
 [replay]
-per_type = 8
+per_type = 60                   # enough for an always-right relay to qualify at floor 0.8
 uncertain = 0
 max_new_tokens = 512
 
@@ -121,7 +121,7 @@ logs = [{json.dumps(str(logs))}]
 @pytest.fixture
 def logs(tmp_path: Path) -> Path:
     path = tmp_path / "logs" / "prod.jsonl"
-    write_chat_log(path, 300, seed=3)
+    write_chat_log(path, 600, seed=3)
     return path
 
 

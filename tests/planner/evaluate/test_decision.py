@@ -9,8 +9,24 @@ import pytest
 from planner.errors import PlanError
 from planner.evaluate.conversations import Turn, stickiness_impact, summarize_turns
 from planner.evaluate.decision import Objectives, choose_route, decide, sweep_floors
-from planner.evaluate.evidence import Candidate, DeviceFit, Evidence, Observation
-from planner.evaluate.views import Tiers, compare_views, length_bucket, pick_tiers, static_tier
+from planner.evaluate.evidence import (
+    UNCERTAIN,
+    Candidate,
+    DeviceFit,
+    Evidence,
+    Method,
+    Observation,
+    build_evidence,
+)
+from planner.evaluate.views import (
+    Fitted,
+    Tiers,
+    compare_views,
+    half_of,
+    length_bucket,
+    pick_tiers,
+    static_tier,
+)
 
 OBJ = Objectives(quality_floor=0.95, p95_latency_ms=2000)
 FITS = DeviceFit(fits=True, needed_mb=1500, headroom_mb=2500, est_tokens_per_s=20)
@@ -29,7 +45,6 @@ def ev(candidate: str, kind: str = "relay", task: str = "summarization", **kw: A
         "quality_mean": 0.98,
         "quality_low": 0.96,
         "quality_high": 0.99,
-        "share_at_floor": 0.9,
         "ttft_p50_ms": 100.0,
         "ttft_p95_ms": 200.0,
         "latency_p50_ms": 800.0,
@@ -112,9 +127,24 @@ def test_latency_slo_and_sample_size_are_enforced() -> None:
     assert route.route == "production"
     assert route.rejected[0].reasons == ("p95 latency 2100 ms over the SLO 2000 ms",)
     assert route.cost_per_1k_usd == 3.0 and route.latency_p95_ms == 2500.0
-    few = choose_route("summarization", [ev("relay", n=3, n_scored=3)], OBJ)
+    cands = {
+        "relay": Candidate("relay", "relay"),
+        "production": Candidate("production", "production"),
+    }
+    rows = [
+        Observation(f"r{i}", "summarization", c, 1.0, "rouge_l+token_f1", latency_ms=100.0,
+                    prompt_tokens=10, completion_tokens=5, position=i)
+        for i in range(8)
+        for c in ("relay", "production")
+    ]  # fmt: skip
+    evidence = build_evidence(rows, cands, floor=0.5, method=Method(resamples=0), adaptive=False)
+    few = choose_route("summarization", evidence, Objectives(0.5, 2000, min_samples=10))
     assert few.route == "production"
-    assert few.rejected[0].reasons == ("too few scored samples (3 < 5)",)
+    assert few.rejected[0].reasons[0].startswith("not enough evidence: n = 8")
+    assert "fewer than 10 measured" in few.rejected[0].reasons[0]
+    assert few.reason.startswith("not enough evidence for relay")
+    enough = choose_route("summarization", evidence, Objectives(0.5, 2000, min_samples=5))
+    assert enough.route == "relay" and enough.samples_needed == 8
 
 
 def test_fallback_chain_climbs_the_tiers() -> None:
@@ -136,7 +166,7 @@ def test_fallback_chain_climbs_the_tiers() -> None:
     assert "cheapest route" in route.reason
 
 
-def test_decide_covers_every_type_and_sends_uncertain_to_the_safest_tier() -> None:
+def test_uncertain_requests_go_to_production_unless_a_route_qualifies_on_their_stratum() -> None:
     evidence = [
         ev("small", "local", task="classification"),
         ev("relay", task="summarization"),
@@ -149,10 +179,18 @@ def test_decide_covers_every_type_and_sends_uncertain_to_the_safest_tier() -> No
         "summarization": "relay",
     }
     assert decision.route_for("reasoning").reason == "no replays"  # type: ignore[union-attr]
-    assert decision.uncertain_route == "production"
+    # every type moved, but nothing measured on the uncertain stratum: production takes them
     only_moved = decide(evidence[:2], OBJ)
-    assert only_moved.uncertain_route == "relay"
-    assert only_moved.uncertain_fallbacks == ("production",)
+    assert only_moved.uncertain_route == "production"
+    assert only_moved.uncertain is not None and only_moved.uncertain.reason == "no replays"
+    stratum = [
+        ev("small", "local", task=UNCERTAIN, quality_low=0.6),
+        ev("relay", task=UNCERTAIN, quality_low=0.97),
+    ]
+    measured = decide(evidence[:2] + stratum, OBJ)
+    assert measured.uncertain_route == "relay"
+    assert measured.uncertain_fallbacks == ("production",)
+    assert UNCERTAIN not in measured.route_map()
     with pytest.raises(PlanError):
         decide([], OBJ)
 
@@ -252,7 +290,9 @@ def observations() -> list[Observation]:
                 "s",
                 error_kind=error,
                 latency_ms=500.0,
-                cost_usd=0.001,
+                cost_usd=9.9,  # as stored at replay time: the views price it now
+                prompt_tokens=1000,
+                completion_tokens=1000,
             )
         )
     return out
@@ -260,33 +300,51 @@ def observations() -> list[Observation]:
 
 CANDS = {
     "small": Candidate("small", "local"),
-    "relay": Candidate("relay", "relay", price_in=0.3, price_out=0.4),
+    "relay": Candidate("relay", "relay", price_in=0.3, price_out=0.7),
     "production": Candidate("production", "production"),
 }
+TIERS = Tiers(small="small", large="relay", cloud="production")
 
 
 def test_views_compare_plan_length_rule_and_static_tiers_on_the_same_requests() -> None:
-    decision = decide(
-        [ev("small", "local", task="classification"), ev("relay", task="reasoning")],
-        OBJ,
-        ["summarization"],
+    fitted = Fitted(
+        {"classification": "small", "reasoning": "relay", "summarization": "production"}, TIERS
     )
-    tiers = Tiers(small="small", large="relay", cloud="production")
-    plan, by_length, static = compare_views(observations(), decision, CANDS, tiers)
-    # plan: r1,r2 -> small (1.0, 0.0); r3 -> relay (0.9); r4 -> production (1.0)
-    assert plan.quality_mean == pytest.approx((1.0 + 0.0 + 0.9 + 1.0) / 4)
+    plan, by_length, static = compare_views(observations(), CANDS, lambda half: fitted)
+    # outcomes by the similarity rule (>= 0.5 passes); production's own answer is a pass
+    # plan: r1, r2 -> small (pass, fail); r3 -> relay (pass); r4 -> production (pass)
+    assert plan.quality_mean == pytest.approx(3 / 4)
     assert plan.route_share == {"production": 0.25, "relay": 0.25, "small": 0.5}
+    # relay priced now: (1000 x 0.3 + 1000 x 0.7) / 1e6 = $0.001; production as logged
     assert plan.cost_per_1k_usd == pytest.approx((0 + 0 + 0.001 + 0.004) / 4 * 1000)
-    # by length: r1 (5) -> small 1.0; r2 (50), r4 (60) -> relay 1.0 and failed 0;
-    # r3 (150) -> production
-    assert by_length.quality_mean == pytest.approx((1.0 + 1.0 + 1.0 + 0.0) / 4)
+    # by length: r1 (5) -> small pass; r2 (50), r4 (60) -> relay pass and failed; r3 (150) -> prod
+    assert by_length.quality_mean == pytest.approx(3 / 4)
     assert by_length.route_share == {"production": 0.25, "relay": 0.5, "small": 0.25}
-    assert by_length.share_at_floor == pytest.approx(0.75)
+    assert "in advance" in by_length.needs and plan.needs == ""
     # static: classification simple -> small; summarization moderate -> relay (failed);
     # reasoning complex -> production
-    assert static.quality_mean == pytest.approx((1.0 + 0.0 + 1.0 + 0.0) / 4)
+    assert static.quality_mean == pytest.approx(2 / 4)
     assert static.assignment == {"simple": "small", "moderate": "relay", "complex": "production"}
     assert plan.requests == by_length.requests == static.requests == 4
+
+
+def test_views_are_cross_fitted() -> None:
+    """Each half is scored by what the other half decided: here a half that holds r3 sends
+    reasoning to the relay, the other keeps it on production."""
+    assert (half_of("r3"), half_of("r1")) == (1, 0)
+    seen: list[set[str]] = []
+
+    def fit_half(half: list[Observation]) -> Fitted:  # type: ignore[type-arg]
+        ids = {o.request_id for o in half}
+        seen.append(ids)
+        route = "relay" if "r3" in ids else "production"
+        return Fitted({"reasoning": route, "classification": "small"}, TIERS)
+
+    plan = compare_views(observations(), CANDS, fit_half)[0]  # type: ignore[arg-type]
+    assert seen == [{"r1", "r2", "r4"}, {"r3"}]
+    # r3 (half 1) is scored by half 0's choice: production, never the relay it was chosen on
+    assert plan.route_share["production"] == pytest.approx(2 / 4)  # r3 and r4
+    assert plan.assignment["reasoning"] == "relay"  # what half 1 chose (scored on half 0)
 
 
 def test_tiers_skip_models_that_do_not_fit_and_pick_the_best_relay() -> None:

@@ -10,7 +10,7 @@ import pytest
 from planner.errors import PlanError
 from planner.evaluate.conversations import Stickiness
 from planner.evaluate.decision import Decision, Objectives, Route, decide, sweep_floors
-from planner.evaluate.evidence import Candidate, DeviceFit, Evidence
+from planner.evaluate.evidence import UNCERTAIN, Candidate, DeviceFit, Evidence
 from planner.evaluate.projection import (
     Device,
     Traffic,
@@ -60,7 +60,6 @@ def ev(candidate: str, kind: str, task: str, **kw: Any) -> Evidence:
         "quality_mean": 0.98,
         "quality_low": 0.96,
         "quality_high": 0.99,
-        "share_at_floor": 0.9,
         "ttft_p50_ms": 50.0,
         "ttft_p95_ms": 80.0,
         "latency_p50_ms": 400.0,
@@ -129,19 +128,19 @@ def test_monthly_cost_savings_payback_and_shares() -> None:
     assert proj.monthly_factor == pytest.approx(3.0)
     assert proj.monthly_requests == pytest.approx(1700 * 3)
     by = {t.task_type: t for t in proj.types}
-    # classification: 900 local (10% fail over to the relay at $0.00024)
-    # + 100 uncertain on production
+    # one cost model: a relay request costs what its replays of that type cost at today's
+    # prices (the evidence's $1.00 per 1k requests: $0.001), the figure the ranking used
+    # classification: 900 local (10% fail over to the relay) + 100 uncertain on production
     assert by["classification"].cost_after_usd == pytest.approx(
-        (900 * 0.1 * 0.00024 + 100 * 0.01) * 3
+        (900 * 0.1 * 0.001 + 100 * 0.01) * 3
     )
     assert by["classification"].cost_before_usd == pytest.approx(30.0)
-    # summarization on the relay: (1000 in x $1 + 200 out x $2) / 1M per request
-    assert by["summarization"].cost_after_usd == pytest.approx(500 * 0.0014 * 3)
+    assert by["summarization"].cost_after_usd == pytest.approx(500 * 0.001 * 3)
     assert by["code"].cost_after_usd == pytest.approx(24.0) and by[
         "code"
     ].savings_usd == pytest.approx(0.0)
     assert proj.cost_before_usd == pytest.approx(114.0)
-    after = (900 * 0.1 * 0.00024 + 100 * 0.01 + 500 * 0.0014 + 8.0) * 3
+    after = (900 * 0.1 * 0.001 + 100 * 0.01 + 500 * 0.001 + 8.0) * 3
     assert proj.cost_after_usd == pytest.approx(after)
     assert proj.savings_usd == pytest.approx(114.0 - after)
     assert proj.savings_share == pytest.approx((114.0 - after) / 114.0)
@@ -193,7 +192,14 @@ def test_stickiness_cost_and_no_payback_without_savings() -> None:
         100, 50, 10, 0.2, 50, 10, 0.1, 0, 10, moves=(("summarization", "relay", "production", 10),)
     )
     proj = project(plan(), TRAFFIC, EVIDENCE, CANDS, stickiness=sticky)
-    assert proj.stickiness_cost_usd == pytest.approx(10 * (0.04 - 0.0014) * 3)
+    alone = project(plan(), TRAFFIC, EVIDENCE, CANDS)
+    assert proj.stickiness_cost_usd == pytest.approx(10 * (0.04 - 0.001) * 3)
+    # the headline is the written config: the sticky turns' cost is in it
+    assert proj.cost_after_usd == pytest.approx(alone.cost_after_usd + proj.stickiness_cost_usd)
+    assert proj.sticky and not alone.sticky
+    summ = next(t for t in proj.types if t.task_type == "summarization")
+    assert summ.sticky_share == pytest.approx(10 / 500)
+    assert summ.quality == pytest.approx((490 * 0.96 + 10 * 1.0) / 500)
     assert proj.payback_months == 0.0  # no migration cost
     everything_home = decide(
         [e for e in EVIDENCE if e.kind == "production"],
@@ -207,6 +213,37 @@ def test_stickiness_cost_and_no_payback_without_savings() -> None:
     assert home.verdict.startswith("Not suitable: no task type")
     with pytest.raises(PlanError, match="no logged traffic"):
         project(plan(), Traffic(1.0, ()), EVIDENCE, CANDS)
+
+
+def test_sticky_turns_take_their_conversations_route_and_its_measured_quality() -> None:
+    """Later turns re-routed by stickiness get the quality of (their own type, the sticky route)
+    where that pair was measured, and are reported as unmeasured where it was not."""
+    sticky = Stickiness(
+        1700, 400, 200, 0.5, 300, 150, 0.09, 150, 0,
+        moves=(("summarization", "relay", "small", 100), ("code", "production", "small", 50)),
+    )  # fmt: skip
+    proj = project(plan(), TRAFFIC, EVIDENCE, CANDS, stickiness=sticky)
+    by = {t.task_type: t for t in proj.types}
+    assert by["summarization"].quality == pytest.approx((400 * 0.96 + 100 * 0.6) / 500)
+    assert by["summarization"].unmeasured_share == 0.0
+    # (code, small) was never replayed: its 50 turns are unmeasured, never given a borrowed figure
+    assert by["code"].unmeasured_share == pytest.approx(50 / 200)
+    assert by["code"].quality == pytest.approx(1.0)  # the 150 measured requests, on production
+    assert proj.unmeasured_share == pytest.approx(50 / 1700)
+    assert by["code"].cost_after_usd == pytest.approx(150 * 0.04 * 3)  # 50 free local turns
+
+
+def test_uncertain_traffic_uses_the_uncertain_strata_evidence() -> None:
+    stratum = [
+        ev("relay", "relay", UNCERTAIN, quality_mean=0.98, quality_low=0.96, cost_per_1k_usd=3.0)
+    ]
+    d = decide(EVIDENCE + stratum, OBJ, [t.task_type for t in TRAFFIC.types])
+    assert d.uncertain_route == "relay"
+    proj = project(d, TRAFFIC, EVIDENCE + stratum, CANDS)
+    cls = next(t for t in proj.types if t.task_type == "classification")
+    # 100 uncertain requests on the relay at the stratum's price and quality
+    assert cls.cost_after_usd == pytest.approx((900 * 0.1 * 0.001 + 100 * 0.003) * 3)
+    assert cls.quality == pytest.approx(0.9 * 0.97 + 0.1 * 0.98)
 
 
 def test_verdict_per_type() -> None:
@@ -285,7 +322,7 @@ def test_risks_are_drawn_from_the_data() -> None:
                 first_half=2000,
                 second_half=7000,
             ),
-            TypeTraffic("summarization", 1000, 10, 10, 1.0, first_half=800, second_half=200),
+            TypeTraffic("summarization", 5000, 10, 10, 1.0, first_half=4000, second_half=1000),
         ),
     )
     d = decide(evidence, OBJ, ["classification", "summarization"])

@@ -10,6 +10,7 @@ import pytest
 
 from planner.errors import AuthError
 from planner.evaluate.scoring import (
+    Asked,
     JudgeCache,
     JudgeSetup,
     ScoreItem,
@@ -158,47 +159,52 @@ def preferring(word: str, calls: list[list[dict[str, Any]]]) -> Any:
     return complete
 
 
-def test_judge_asks_both_orders_and_scores_not_worse() -> None:
+def judge_of(complete: Any, name: str = "jdg", **kw: Any) -> JudgeSetup:
+    return JudgeSetup.from_function(complete, name=name, **kw)
+
+
+def test_judge_asks_both_orders_and_keeps_ties_apart() -> None:
     calls: list[list[dict[str, Any]]] = []
-    judge = JudgeSetup(preferring("sunny", calls), name="jdg")
+    judge = judge_of(preferring("sunny", calls))
     value, scorer = quality("chatbot", "It is raining.", "It is sunny!", judge)
-    assert (value, scorer) == (1.0, "jdg pairwise x2".replace("jdg", "judge:jdg"))
+    assert (value, scorer) == (1.0, "judge:jdg both orders")  # production lost in both orders
     assert len(calls) == 2
     first, second = calls[0][-1]["content"], calls[1][-1]["content"]
     assert first.index("It is raining.") < first.index("It is sunny!")  # production shown first
     assert second.index("It is sunny!") < second.index("It is raining.")  # then candidate first
     assert quality("chatbot", "It is sunny.", "It is raining.", judge)[0] == 0.0
+    # a tie is its own outcome: 0.5, never counted as a win
     scores = score_item(ScoreItem("r", "brainstorming", "a", "b"), judge)
-    assert {s.metric: s.value for s in scores} == {"quality": 1.0, "judge_preference": 0.5}
+    got = {s.metric: s.value for s in scores}
+    assert got["quality"] == 0.5 and got["judge_preference"] == 0.5
+    assert got["judge_order_flip"] == 0.0 and got["similarity"] == 0.0
     # a judge is only used for the types it is set up for
     assert quality("classification", "billing", "billing", judge)[1] == "label_match"
 
 
-def test_position_bias_is_cancelled() -> None:
+def test_position_bias_shows_as_order_flips() -> None:
     def first_is_better(messages: list[dict[str, Any]]) -> str:
         return "A"
 
-    always_first = JudgeSetup(first_is_better, name="biased")
-    value, _ = quality("text_generation", "x", "y", always_first)
-    assert value == 0.5  # loses as B, wins as A
-    assert {
-        s.metric: s.value for s in score_item(ScoreItem("r", "chatbot", "x", "y"), always_first)
-    }["judge_preference"] == 0.5
+    always_first = judge_of(first_is_better, name="biased")
+    got = {s.metric: s.value for s in score_item(ScoreItem("r", "chatbot", "x", "y"), always_first)}
+    assert got["quality"] == 0.5  # loses as B, wins as A: a tie, not a win
+    assert got["judge_order_flip"] == 1.0  # the two orders disagree
 
 
-def test_judge_unusable_replies_fall_back_to_similarity() -> None:
-    rambling = JudgeSetup(lambda m: "Both answers have merit, but A is more concise.", name="j")
+def test_judge_unusable_replies_do_not_count() -> None:
+    rambling = judge_of(lambda m: "Both answers have merit, but A is more concise.", name="j")
     value, scorer = quality("chatbot", "hello there", "hello there", rambling)
-    assert (value, scorer) == (1.0, "similarity (judge reply unusable)")
+    assert (value, scorer) == (1.0, "similarity (judge reply unusable)")  # no outcome from it
     half = iter(["B", "I refuse"])
-    one = JudgeSetup(lambda m: next(half), name="j")
-    assert quality("chatbot", "x", "y", one) == (1.0, "judge:j pairwise x1")
+    one = judge_of(lambda m: next(half), name="j")
+    assert quality("chatbot", "x", "y", one) == (1.0, "judge:j one order")
 
     def broken(messages: list[dict[str, Any]]) -> str:
         raise TimeoutError("read timed out")
 
     assert (
-        quality("chatbot", "a b", "a b", JudgeSetup(broken, name="j"))[1]
+        quality("chatbot", "a b", "a b", judge_of(broken, name="j"))[1]
         == "similarity (judge reply unusable)"
     )
 
@@ -206,13 +212,13 @@ def test_judge_unusable_replies_fall_back_to_similarity() -> None:
         raise AuthError("judge", "401 from the relay; check RELAY_API_KEY")
 
     with pytest.raises(AuthError):
-        quality("chatbot", "a", "b", JudgeSetup(refused, name="j"))
+        quality("chatbot", "a", "b", judge_of(refused, name="j"))
 
 
 def test_judge_cache_avoids_repeat_calls() -> None:
     store: dict[str, str] = {}
     calls: list[list[dict[str, Any]]] = []
-    judge = JudgeSetup(
+    judge = judge_of(
         preferring("good", calls), name="j", cache=JudgeCache(store.get, store.__setitem__)
     )
     items = [
@@ -223,10 +229,30 @@ def test_judge_cache_avoids_repeat_calls() -> None:
     ]
     first = score_items(items, judge)
     assert len(calls) == 2 and len(store) == 2  # same prompt, same comparison: asked once per order
+    assert (first.judge_calls, first.judge_cached, first.judged) == (2, 0, 3)
     again = score_items(items, judge)
-    assert len(calls) == 2
-    assert [s.value for s in first] == [s.value for s in again]
-    assert all(s.value == 1.0 for s in first if s.metric == "quality")
+    assert len(calls) == 2 and again.judge_cached == 2
+    assert [s.value for s in first.scores] == [s.value for s in again.scores]
+    assert all(s.value == 1.0 for s in first.scores if s.metric == "quality")
+
+
+def test_a_judge_that_stops_leaves_items_unscored_not_stood_in() -> None:
+    """When the judge's budget (or circuit) stops it, the items it did not reach get no score,
+    so a later run judges them; nothing is scored by a stand-in."""
+
+    def ask(prompts: Any) -> Asked:
+        answered = {key: "B" for key, _ in list(prompts)[:2]}  # only the first item's two orders
+        return Asked(answered, "the judge's cost cap was reached", 0)
+
+    judge = JudgeSetup(ask, name="j")
+    items = [
+        ScoreItem(f"r{i}", "chatbot", "p", f"c{i}", ({"role": "user", "content": f"q{i}"},))
+        for i in range(3)
+    ]
+    out = score_items(items, judge)
+    assert (out.judged, out.awaiting_judge) == (1, 2)
+    assert {s.replay_id for s in out.scores} == {"r0"}
+    assert out.judge_stopped == "the judge's cost cap was reached"
 
 
 class _JudgeEngine:
@@ -250,20 +276,18 @@ def test_judge_through_a_relay_on_a_real_server() -> None:
 
     with ServerThread(create_app(_JudgeEngine())) as server:
         backend = RelayBackend("judge", server.base_url, "judge-model", max_retries=0)
-        judge = JudgeSetup(
-            completion_function(backend, max_tokens=8, purpose="judge"), name="judge"
-        )
+        judge = judge_of(completion_function(backend, max_tokens=8, purpose="judge"), name="judge")
         value, scorer = quality("chatbot", "a fine answer", "a better answer", judge)
-        assert (value, scorer) == (1.0, "judge:judge pairwise x2")
+        assert (value, scorer) == (1.0, "judge:judge both orders")
         assert quality("chatbot", "the better one", "plain", judge)[0] == 0.0
-    # an echoing server never answers A/B/TIE: strict parsing refuses it, similarity stands in
+    # an echoing server never answers A/B/TIE: strict parsing refuses it; it has no outcome
     with ServerThread(create_app(EchoEngine())) as server:
         backend = RelayBackend("echo", server.base_url, "echo", max_retries=0)
         value, scorer = quality(
             "chatbot",
             "same words",
             "same words",
-            JudgeSetup(completion_function(backend, max_tokens=8, purpose="judge"), name="echo"),
+            judge_of(completion_function(backend, max_tokens=8, purpose="judge"), name="echo"),
         )
         assert (value, scorer) == (1.0, "similarity (judge reply unusable)")
 
