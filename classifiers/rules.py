@@ -25,6 +25,7 @@ class Rule:
     task_type: str
     part: Part  # 'start': first 80 chars of the last user message; 'system'; 'all': user + system
     pattern: re.Pattern[str]
+    unless: re.Pattern[str] | None = None  # abstain when this matches the whole text
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,15 @@ class RuleMatch:
     rule: str  # the names of the agreeing rules, joined by '+'
 
 
-def _rule(name: str, task_type: str, part: Part, pattern: str) -> Rule:
-    return Rule(name, task_type, part, re.compile(pattern))
+def _rule(name: str, task_type: str, part: Part, pattern: str, unless: str | None = None) -> Rule:
+    return Rule(name, task_type, part, re.compile(pattern), re.compile(unless) if unless else None)
+
+
+# Rewriting or translating source code is a code request, not a text rewrite.
+_ABOUT_CODE = (
+    r"```|\b(?:code|snippet|function|script|program|python|javascript|typescript|java|c\+\+|c#|"
+    r"php|ruby|golang|rust|sql|bash|html|css|regex)\b|#include|\bdef \w+\(|[;{}]\s*$"
+)
 
 
 def _any(*alternatives: str) -> str:
@@ -96,12 +104,14 @@ RULES: tuple[Rule, ...] = (
         + _any("translate", "traduce", "traduis", "traduza", "traduci", "übersetze", "переведи")
         + r"\b|^"
         + _any("翻译", "請翻譯", "请翻译"),
+        _ABOUT_CODE,
     ),
     _rule(
         "translate_into",
         "rewrite",
         "all",
-        r"\btranslate (?:it|this|them|that|the \w+) (?:in)?to [a-z]+",
+        r"^.{0,300}\btranslate (?:it|this|them|that|the \w+) (?:in)?to [a-z]+",
+        _ABOUT_CODE,
     ),
     _rule(
         "rewrite",
@@ -122,6 +132,7 @@ RULES: tuple[Rule, ...] = (
             "schreibe .{0,20}um",
         )
         + r"\b",
+        _ABOUT_CODE,
     ),
     _rule(
         "summarize",
@@ -218,10 +229,18 @@ RULES: tuple[Rule, ...] = (
         "math_steps",
         "reasoning",
         "all",
-        r"\b(?:think|reason|solve it|work it out) step[ -]by[ -]step\b.*\d"
-        r"|\d.*\bstep[ -]by[ -]step\b",
+        # A short math question only: long prompts that ask for steps are rarely just math.
+        r"^(?=.{0,400}$)(?:.*\b(?:think|reason|solve it|work it out) step[ -]by[ -]step\b.*\d"
+        r"|.*\d.*\bstep[ -]by[ -]step\b)",
+        _ABOUT_CODE,
     ),
-    _rule("solve", "reasoning", "start", r"^(?:solve|calculate|compute|prove that|find x)\b"),
+    _rule(
+        "solve",
+        "reasoning",
+        "start",
+        r"^(?:solve|calculate|compute|prove that|find x)\b",
+        _ABOUT_CODE,
+    ),
     _rule(
         "creative",
         "text_generation",
@@ -286,6 +305,7 @@ RULES: tuple[Rule, ...] = (
         "start",
         r"^(?!.*\b(?:you|your|i|my|me|we|our)\b)"
         r"(?:what|who|when|where|why|how) (?:is|are|was|were|did|does|do) [^.!]{3,100}\?$",
+        r"\d",  # a number in the question: usually something to compute, not to recall
     ),
 )
 
@@ -308,6 +328,7 @@ def rule_label(
         for r in rules
         if (not history or r.name in _ANY_TURN)
         and r.pattern.search(parts[r.part] if r.name != "fact_question" else user)
+        and not (r.unless is not None and r.unless.search(parts["all"]))
     ]
     types = {r.task_type for r in hits}
     if len(types) != 1:
