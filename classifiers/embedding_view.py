@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class EmbeddingView(TransformerMixin, BaseEstimator):  # type: ignore[misc]
-    """``request_text`` strings -> the encoder's L2-normalized embeddings (cached by prompt hash)."""
+    """``request_text`` strings -> the encoder's L2-normalized embeddings (cached by hash)."""
 
     def __init__(self, encoder: SentenceEncoder | None = None, cache: EmbeddingCache | None = None):
         self.encoder = encoder

@@ -35,9 +35,12 @@ IDS, MASK = "input_ids", "attention_mask"
 
 
 def encoder_input(text: str) -> str:
-    """The part of a ``request_text`` string the encoder reads: the text after the markers."""
+    """The part of a ``request_text`` string the encoder reads: the text after the markers
+    (``"<system> | <user>"``, or ``"<user>"`` when there is no system prompt)."""
     _, sep, rest = text.partition(" | ")
-    return rest if sep else text
+    if not sep:
+        return text
+    return rest[2:] if rest.startswith("| ") else rest
 
 
 class EmbeddingCache(Protocol):
@@ -82,7 +85,9 @@ class SentenceEncoder:
         self.model_bytes = (self.folder / ENCODER_FILE).read_bytes()
         self.sha256 = hashlib.sha256(self.model_bytes).hexdigest()
         self.tokenizer_json = (self.folder / TOKENIZER_FILE).read_text("utf-8")
-        self.tokenizer = configured_tokenizer(Tokenizer.from_str(self.tokenizer_json), self.max_length)
+        self.tokenizer = configured_tokenizer(
+            Tokenizer.from_str(self.tokenizer_json), self.max_length
+        )
         self.threads = max(1, threads or min(2, os.cpu_count() or 1))
         try:
             self.session = onnx_session(self.model_bytes, threads=self.threads)
@@ -93,15 +98,15 @@ class SentenceEncoder:
     def key(self, text: str) -> str:
         return prompt_hash(self.sha256, text)
 
-    def _run(self, texts: Sequence[str]) -> np.ndarray:
-        ids, mask = tokenize(self.tokenizer, texts)
+    def _run(self, inputs: Sequence[str]) -> np.ndarray:
+        ids, mask = _ids(self.tokenizer, inputs)
         out = self.session.run(None, {IDS: ids, MASK: mask})[0]
         return np.asarray(out, dtype=np.float32)
 
     def embed(
         self, texts: Sequence[str], *, cache: EmbeddingCache | None = None, batch_size: int = 32
     ) -> np.ndarray:
-        """Embeddings of ``request_text`` strings (their encoder part), from the cache when there."""
+        """Embeddings of ``request_text`` strings (their encoder part), cached ones reused."""
         inputs = [encoder_input(t) for t in texts]
         keys = [self.key(t) for t in inputs]
         found = dict(cache.get_many(sorted(set(keys)))) if cache is not None else {}
@@ -129,8 +134,12 @@ def configured_tokenizer(tokenizer: Any, max_length: int) -> Any:
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask) as int64 [N, T] for the encoder's part of each text."""
-    batch = tokenizer.encode_batch([encoder_input(t) for t in texts])
+    """(input_ids, attention_mask) as int64 [N, T] for the encoder's part of ``request_text``s."""
+    return _ids(tokenizer, [encoder_input(t) for t in texts])
+
+
+def _ids(tokenizer: Any, inputs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    batch = tokenizer.encode_batch(list(inputs))
     ids = np.array([e.ids for e in batch], dtype=np.int64)
     mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
     return ids, mask
@@ -141,6 +150,8 @@ def prompt_hash(encoder_sha256: str, text: str) -> str:
     return hashlib.sha256(f"{encoder_sha256}\n{text}".encode("utf-8", "replace")).hexdigest()[:32]
 
 
-def load_encoder(folder: Path | str | None = None, *, threads: int | None = None) -> SentenceEncoder:
+def load_encoder(
+    folder: Path | str | None = None, *, threads: int | None = None
+) -> SentenceEncoder:
     """The encoder in ``folder`` (default: where ``make encoder`` puts all-MiniLM-L6-v2)."""
     return SentenceEncoder(folder or DEFAULT_ENCODER_DIR, threads=threads)

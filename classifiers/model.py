@@ -52,7 +52,8 @@ class ModelParams:
     class_weight: str | None = "balanced"
     augment: bool = True  # system-prompt dropout copies + lexicon examples (see training.py)
     calibrate: bool = True  # temperature scaling on the held-out rows (see calibration.py)
-    encoder_weight: float = 2.0  # the sentence-encoder view, when the classifier has one
+    refit: bool = True  # after the held-out evaluation, fit the exported model on every row
+    encoder_weight: float = 1.0  # the sentence-encoder view, when the classifier has one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -54,9 +54,9 @@ def build_card(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "classes": list(trained.classes),
         "confidence_threshold": threshold,
-        "threshold_source": "configured" if confidence_threshold is not None else (
-            "held-out" if suggested is not None else "default"
-        ),
+        "threshold_source": "configured"
+        if confidence_threshold is not None
+        else ("held-out" if suggested is not None else "default"),
         "suggested_threshold": suggested,
         "label_source": trained.label_source,
         "figure": trained.evaluation.figure,
@@ -129,7 +129,9 @@ def save_classifier(
         raise ModelLoadError(folder, "exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     if card.get("encoder") and tokenizer_json is None:
-        raise ModelLoadError(folder / TOKENIZER_FILE, "the card names an encoder: pass its tokenizer")
+        raise ModelLoadError(
+            folder / TOKENIZER_FILE, "the card names an encoder: pass its tokenizer"
+        )
     if tokenizer_json is not None:
         _write_atomic(folder / TOKENIZER_FILE, tokenizer_json.encode("utf-8"))
     elif (folder / TOKENIZER_FILE).exists():

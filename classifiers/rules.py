@@ -9,9 +9,12 @@ is not obvious and stays unlabeled. Rules never guess: no rule, no label.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import Any, Literal
 
 from classifiers.features import normalize, split_messages
@@ -346,3 +349,17 @@ def rule_labels(
         if match is not None:
             out.append((request_id, match.task_type, match.rule))
     return out
+
+
+@lru_cache(maxsize=1)
+def rule_precision() -> dict[str, float]:
+    """Each rule's precision on public labeled requests (``data/rule_precision.json``)."""
+    raw = resources.files("classifiers").joinpath("data/rule_precision.json").read_text("utf-8")
+    return {name: float(row["precision"]) for name, row in json.loads(raw)["rules"].items()}
+
+
+def rule_weight(match: RuleMatch, default: float = 0.5) -> float:
+    """How much a rule label counts in training: the best precision among the agreeing rules
+    (a rule never measured counts as a coin flip)."""
+    table = rule_precision()
+    return max(table.get(name, default) for name in match.rule.split("+"))

@@ -11,7 +11,9 @@ trained on but reported as not evaluated, never silently dropped.
 Every figure names its label source (``label_source``): against human labels it is macro-F1;
 against the relay annotator or the rules it is agreement with them, and is named so. Probabilities
 are calibrated by temperature scaling on the held-out rows (``calibration.py``), and the threshold
-that reaches ``target_accuracy`` on them is suggested for the model card.
+that reaches ``target_accuracy`` on them is suggested for the model card. The figures are those of
+the model fitted without the held-out rows; the exported model is then refitted on every row
+(``ModelParams.refit``), with the same temperature.
 
 Two augmentations of the TRAINING half (the held-out half is never touched) make the model lean on
 what carries across sources instead of one source's habits: every request with a system prompt is
@@ -170,7 +172,7 @@ def _logits(pipeline: Pipeline, texts: Sequence[str]) -> np.ndarray:
 
 
 def _fold_temperature(pipeline: Pipeline, temperature: float) -> None:
-    """Divide the linear model's weights by T: predict_proba (and the export) become softmax(z/T)."""
+    """Divide the linear model's weights by T: predict_proba and the export give softmax(z/T)."""
     clf = pipeline.named_steps["clf"]
     clf.coef_ = clf.coef_ / temperature
     clf.intercept_ = clf.intercept_ / temperature
@@ -230,12 +232,15 @@ def train_classifier(
         # Every type is one template (or one system prompt): fall back to conversations only and
         # say so, rather than refuse to train.
         row_groups = [
-            request_group([], groups[first[p]]) if groups is not None and groups[first[p]]
+            request_group([], groups[first[p]])
+            if groups is not None and groups[first[p]]
             else f"text:{i}"
             for i, p in enumerate(pairs)
         ]
         split_method = "by request: too few templates or system prompts per type to group by them"
-        train_idx, test_idx, rare = split_held_out(y, test_size, seed, min_eval_examples, row_groups)
+        train_idx, test_idx, rare = split_held_out(
+            y, test_size, seed, min_eval_examples, row_groups
+        )
     if len(counts) - len(rare) < 2:
         raise TrainingError(
             f"too few labeled examples to hold out an evaluation set: need {min_eval_examples} "
@@ -249,32 +254,39 @@ def train_classifier(
         "trained on, not evaluated"
         for label in rare
     ]
-    train_x = [x[i] for i in train_idx]
-    train_y = [y[i] for i in train_idx]
-    train_w = [row_weights[i] for i in train_idx]
-    if params.augment:
-        extra: set[tuple[str, str]] = set()
-        for i in train_idx:
-            text = without_system(requests[first[pairs[i]]], lexicon)
-            if text is not None and (text, y[i]) not in first:
-                extra.add((text, y[i]))
-        extra.update(lexicon_examples(lexicon, sorted(set(train_y))))
-        held_out = {x[i] for i in test_idx}
-        added = sorted(pair for pair in extra if pair[0] not in held_out)
-        train_x += [p[0] for p in added]
-        train_y += [p[1] for p in added]
-        train_w += [1.0] * len(added)
-    from sklearn.exceptions import ConvergenceWarning  # loaded with the model (build_pipeline)
 
-    pipeline = build_pipeline(params, len(train_x), lexicon, encoder=encoder, cache=cache)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        try:
-            pipeline.fit(train_x, train_y, clf__sample_weight=np.asarray(train_w))
-        except ValueError as exc:
-            raise TrainingError(f"training failed: {exc}") from exc
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        notes.append(f"logistic regression stopped at max_iter={params.max_iter} before converging")
+    def fit(rows: Sequence[int], exclude: set[str]) -> tuple[Pipeline, int]:
+        """A pipeline fitted on ``rows`` (+ augmentations whose text is not in ``exclude``)."""
+        fx = [x[i] for i in rows]
+        fy = [y[i] for i in rows]
+        fw = [row_weights[i] for i in rows]
+        if params.augment:
+            extra: set[tuple[str, str]] = set()
+            for i in rows:
+                text = without_system(requests[first[pairs[i]]], lexicon)
+                if text is not None and (text, y[i]) not in first:
+                    extra.add((text, y[i]))
+            extra.update(lexicon_examples(lexicon, sorted(set(fy))))
+            added = sorted(pair for pair in extra if pair[0] not in exclude)
+            fx += [p[0] for p in added]
+            fy += [p[1] for p in added]
+            fw += [1.0] * len(added)
+        from sklearn.exceptions import ConvergenceWarning  # loaded with the model
+
+        model = build_pipeline(params, len(fx), lexicon, encoder=encoder, cache=cache)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            try:
+                model.fit(fx, fy, clf__sample_weight=np.asarray(fw))
+            except ValueError as exc:
+                raise TrainingError(f"training failed: {exc}") from exc
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            note = f"logistic regression stopped at max_iter={params.max_iter} before converging"
+            if note not in notes:
+                notes.append(note)
+        return model, len(fx) - len(rows)
+
+    pipeline, augmented = fit(train_idx, {x[i] for i in test_idx})
     test_texts = [x[i] for i in test_idx]
     classes = tuple(str(c) for c in pipeline.classes_)
     truth = [y[i] for i in test_idx]
@@ -309,6 +321,12 @@ def train_classifier(
             "suggested_threshold": suggested,
         },
     )
+    if params.refit and test_idx:
+        # The figures above are the held-out model's; the exported model learns from every row
+        # (held-out ones too), with the temperature fitted above.
+        pipeline, augmented = fit(sorted(train_idx + test_idx), set())
+        if temperature != 1.0:
+            _fold_temperature(pipeline, temperature)
     return TrainedClassifier(
         pipeline=pipeline,
         classes=classes,
@@ -320,7 +338,7 @@ def train_classifier(
         test_rows=len(test_idx),
         class_counts=dict(sorted(counts.items())),
         seconds=round(time.perf_counter() - started, 3),
-        augmented_rows=len(train_x) - len(train_idx),
+        augmented_rows=augmented,
         test_texts=test_texts,
         warnings=notes,
         label_source=label_source,

