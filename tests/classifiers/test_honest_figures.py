@@ -33,7 +33,18 @@ TAX = load_taxonomy()
 
 def test_near_duplicates_of_one_template_or_system_prompt_never_straddle_the_split() -> None:
     requests, labels = [], []
-    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet".split()
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+    ]
     for t in range(30):  # 30 templates, 8 near-duplicates each (only a number changes)
         task = ("rewrite", "code", "summarization")[t % 3]
         name = f"{words[t % 10]} {words[t // 10]}"
