@@ -41,6 +41,11 @@ if TYPE_CHECKING:  # only a fitted pipeline's methods are used: predicting needs
 OPSET = 18
 PARITY_ATOL = 1e-4
 INPUT_NAME = "text"
+# What the Tokenizer pads shorter rows of a batch with. It must never be a vocabulary entry: a
+# visible character such as '#' would be counted as '###' n-grams in every short row of a batch
+# with a markdown heading. request_text turns control characters into spaces, so U+0001 is never
+# in any text, hence in no n-gram.
+PAD = "\x01"
 
 # Always part of the parity check: accents, CJK, kana, hangul, RTL, emoji, markup, odd spacing.
 UNICODE_PROBES: tuple[str, ...] = tuple(
@@ -110,7 +115,7 @@ def _view_nodes(
             domain="com.microsoft",
             mark=0,
             mincharnum=1,
-            pad_value="#",
+            pad_value=PAD,
             tokenexp=pattern,
             name=p + "tokenizer",
         ),
