@@ -84,6 +84,10 @@ class TrainedClassifier:
 
 
 Messages = Sequence[Mapping[str, Any]]
+# The confidence threshold of a classifier trained on rule labels only. On public labeled English
+# requests (README, "The classifier on public labeled requests") it keeps about half the
+# requests, at 0.71 accuracy, where 0.3 kept 94% at 0.59.
+RULES_THRESHOLD = 0.9
 
 
 def without_system(messages: Messages, lexicon: Lexicon) -> str | None:
@@ -299,6 +303,10 @@ def train_classifier(
     if params.calibrate and known.sum() >= 20:
         temperature = fit_temperature(logits[known], truth_idx[known])
         ece_crossfit = crossfit_ece(logits[known], truth_idx[known], seed)
+        if label_source == "rules":
+            # Rule labels cover only the obvious requests: calibrating to them would make the
+            # model as sure of every request as of those. Soften, never sharpen.
+            temperature = max(1.0, temperature)
         _fold_temperature(pipeline, temperature)
     proba = softmax(logits / temperature)
     predicted = [classes[j] for j in proba.argmax(axis=1)]
@@ -306,6 +314,10 @@ def train_classifier(
     correct = np.array([p == t for p, t in zip(predicted, truth, strict=True)], dtype=float)
     curve = selective_curve(confidence, correct)
     suggested = pick_threshold(curve, target_accuracy)
+    if label_source == "rules":
+        # Agreement with the rules on the requests they label says nothing of the others: the
+        # threshold is fixed high, so what the rules never see stays "uncertain".
+        suggested = RULES_THRESHOLD
     evaluation = evaluate(
         truth,
         predicted,

@@ -26,6 +26,7 @@ from classifiers import (
     train_classifier,
 )
 from classifiers.calibration import crossfit_ece, expected_calibration_error, softmax
+from classifiers.training import RULES_THRESHOLD
 from warehouse.synthetic import generate_records, true_task_type
 
 TAX = load_taxonomy()
@@ -75,15 +76,16 @@ def test_near_duplicates_of_one_template_or_system_prompt_never_straddle_the_spl
 
 def test_the_trained_classifier_names_its_label_source_and_suggests_a_threshold() -> None:
     recs = generate_records(900, 4)
-    trained = train_classifier(
-        [r["request"]["messages"] for r in recs],
-        [true_task_type(r) for r in recs],
-        taxonomy=TAX,
-        label_source="rules",
-    )
+    requests = [r["request"]["messages"] for r in recs]
+    labels = [true_task_type(r) for r in recs]
+    trained = train_classifier(requests, labels, taxonomy=TAX, label_source="relay")
     ev = trained.evaluation.to_dict()
-    assert ev["label_source"] == "rules"
-    assert ev["figure"] == "agreement with the rules (macro-F1)"
+    assert ev["label_source"] == "relay"
+    assert ev["figure"] == "agreement with the relay annotator (macro-F1)"
+    from_rules = train_classifier(requests, labels, taxonomy=TAX, label_source="rules")
+    assert from_rules.evaluation.figure == "agreement with the rules (macro-F1)"
+    assert from_rules.suggested_threshold == RULES_THRESHOLD  # never from the rules' own rows
+    assert from_rules.temperature >= 1.0  # calibrating to the rules never sharpens
     assert trained.split["held_out_groups"] >= 2 and trained.split["train_groups"] >= 2
     curve = ev["selective"]
     assert [p["threshold"] for p in curve] == sorted(p["threshold"] for p in curve)
