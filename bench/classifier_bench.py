@@ -8,8 +8,13 @@ by hand with other phrasings, templates and languages than the generator the mod
 its 'test' half was not), next to a plain char n-gram TF-IDF + logistic regression baseline
 trained on the same data.
 
+Then the classifier on public labeled request data (``bench/public_quality.py``): macro-F1
+in-source (grouped split) and cross-source next to a character TF-IDF + logistic regression
+baseline, with and without the sentence encoder; the rules alone; the encoder's cost.
+
 ``python -m bench classifier`` runs the full sizes; ``python -m bench.classifier_bench --quick``
-(or ``run(n_train=..., n_predict=...)``) a small one.
+(or ``run(n_train=..., n_predict=...)``) a small one; ``python -m bench.public_quality`` the
+public-data part alone.
 """
 
 from __future__ import annotations
@@ -230,6 +235,15 @@ def run(
         f"whole warehouse ({summary['rows']:,} requests: read, request_text, ONNX, write): "
         f"{whole:.1f} s (goal <= 60 s), {summary['rows'] / whole:,.0f} rows/s"
     )
+
+    # --- public labeled data ------------------------------------------------------------------
+    from bench import public_quality
+
+    print(
+        "public labeled requests (goals: in-source >= baseline; cross-source >= baseline + 0.10, "
+        "+ 0.20 with the encoder):"
+    )
+    out["public"] = public_quality.run()
     return out
 
 

@@ -1,5 +1,9 @@
 """Held-out figures of a classifier: macro-F1, per-class precision/recall, confusion matrix, and
-how far its confidence can be trusted (expected calibration error over equal-width bins)."""
+how far its confidence can be trusted (expected calibration error over equal-width bins).
+
+Every figure names what it was measured against (``label_source``): macro-F1 against human labels
+is a quality figure; against the relay annotator or the rules it is agreement with them
+(``figure_name``), which says how well the model copies its teacher, not how right it is."""
 
 from __future__ import annotations
 
@@ -19,9 +23,17 @@ class Evaluation:
     confusion: dict[str, Any]  # {"labels": [...], "matrix": [[...]]}: rows true, columns predicted
     calibration: dict[str, Any]  # {"ece": float, "bins": [...]}
     not_evaluated: list[str] = field(default_factory=list)
+    label_source: str = "human"
+    extra: dict[str, Any] = field(default_factory=dict)  # calibration and selective accuracy
+
+    @property
+    def figure(self) -> str:
+        return figure_name(self.label_source)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "label_source": self.label_source,
+            "figure": self.figure,
             "macro_f1": self.macro_f1,
             "accuracy": self.accuracy,
             "rows": self.rows,
@@ -29,7 +41,31 @@ class Evaluation:
             "confusion": self.confusion,
             "calibration": self.calibration,
             "not_evaluated": list(self.not_evaluated),
+            **self.extra,
         }
+
+
+FIGURE_NAMES = {
+    "human": "macro-F1 against human labels",
+    "relay": "agreement with the relay annotator (macro-F1)",
+    "rules": "agreement with the rules (macro-F1)",
+    "mixed": "macro-F1 against human and annotator labels",
+}
+
+
+def figure_name(label_source: str) -> str:
+    """How a held-out macro-F1 must be named, given what the labels came from."""
+    return FIGURE_NAMES.get(label_source, f"macro-F1 against {label_source} labels")
+
+
+def label_source_of(by_source: dict[str, int]) -> str:
+    """'human', 'relay', 'rules' or 'mixed', from winning labels per source (metadata = human)."""
+    used = {s for s, n in by_source.items() if n}
+    if used == {"metadata"}:
+        return "human"
+    if len(used) == 1:
+        return used.pop()
+    return "rules" if not used else "mixed"
 
 
 def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
@@ -68,6 +104,8 @@ def evaluate(
     *,
     classes: Sequence[str] | None = None,
     not_evaluated: Sequence[str] = (),
+    label_source: str = "human",
+    extra: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Figures over the classes present in ``y_true`` (macro-F1 averages those only)."""
     true = np.asarray([str(y) for y in y_true], dtype=object)
@@ -105,4 +143,6 @@ def evaluate(
         confusion={"labels": labels, "matrix": matrix},
         calibration=calibration(conf, correct) if len(conf) else {"ece": 0.0, "bins": []},
         not_evaluated=sorted(not_evaluated),
+        label_source=label_source,
+        extra=dict(extra or {}),
     )

@@ -10,6 +10,11 @@ vocabulary as its n-gram pool and the idf as its weights. The tail is the algebr
 ``tfidf @ W / max(||tfidf||, 1e-12)``, summed over views, plus the intercepts, then softmax.
 That is exactly ``predict_proba`` of the pipeline (up to float32 rounding) and is several times
 faster than skl2onnx's Normalizer-based graph on wide vocabularies.
+
+With a sentence-encoder view the encoder's own graph is merged in (its names prefixed ``enc_``):
+the model then also takes ``input_ids`` and ``attention_mask`` (int64 [N, T], from the encoder's
+``tokenizer.json`` over the text after the markers, see ``encoder.py``), and that view adds
+``embeddings @ W`` to the logits. One graph; the tokenizer file travels beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from classifiers.encoder import IDS, MASK, tokenize
 from classifiers.errors import ExportParityError
 from classifiers.features import request_text
 
@@ -30,9 +36,16 @@ if TYPE_CHECKING:  # only a fitted pipeline's methods are used: predicting needs
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import Pipeline
 
+    from classifiers.encoder import SentenceEncoder
+
 OPSET = 18
 PARITY_ATOL = 1e-4
 INPUT_NAME = "text"
+# What the Tokenizer pads shorter rows of a batch with. It must never be a vocabulary entry: a
+# visible character such as '#' would be counted as '###' n-grams in every short row of a batch
+# with a markdown heading. request_text turns control characters into spaces, so U+0001 is never
+# in any text, hence in no n-gram.
+PAD = "\x01"
 
 # Always part of the parity check: accents, CJK, kana, hangul, RTL, emoji, markup, odd spacing.
 UNICODE_PROBES: tuple[str, ...] = tuple(
@@ -102,7 +115,7 @@ def _view_nodes(
             domain="com.microsoft",
             mark=0,
             mincharnum=1,
-            pad_value="#",
+            pad_value=PAD,
             tokenexp=pattern,
             name=p + "tokenizer",
         ),
@@ -132,6 +145,33 @@ def _view_nodes(
     return nodes, inits, p + "logits"
 
 
+def _encoder_graph(model: bytes) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """The encoder's nodes and initializers, renamed ``enc_*`` except its two inputs."""
+    encoder = onnx.load_from_string(model)
+    keep = {i.name for i in encoder.graph.input}
+
+    def rename(name: str) -> str:
+        return name if (not name or name in keep) else "enc_" + name
+
+    nodes: list[onnx.NodeProto] = []
+    for node in encoder.graph.node:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        del new.input[:]
+        del new.output[:]
+        new.input.extend(rename(n) for n in node.input)
+        new.output.extend(rename(n) for n in node.output)
+        new.name = rename(node.name)
+        nodes.append(new)
+    inits: list[onnx.TensorProto] = []
+    for init in encoder.graph.initializer:
+        new_init = onnx.TensorProto()
+        new_init.CopyFrom(init)
+        new_init.name = rename(init.name)
+        inits.append(new_init)
+    return nodes, inits, rename(encoder.graph.output[0].name)
+
+
 def export_onnx(
     pipeline: Pipeline, *, doc: str = "", metadata: dict[str, str] | None = None
 ) -> bytes:
@@ -154,13 +194,30 @@ def export_onnx(
     ]
     offset = 0
     partials: list[str] = []
-    for name, vectorizer in views.transformer_list:
-        width = len(vectorizer.vocabulary_)
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.STRING, [None, 1])]
+    for name, view in views.transformer_list:
+        weight = float(weights.get(name, 1.0))
+        if name == "encoder":
+            enc_nodes, enc_inits, embeddings = _encoder_graph(view.encoder.model_bytes)
+            width = view.encoder.dimensions
+            block = coef[:, offset : offset + width]
+            offset += width
+            nodes += enc_nodes
+            inits += enc_inits
+            inits.append(numpy_helper.from_array((block.T * weight).astype(np.float32), "enc_w"))
+            nodes.append(
+                helper.make_node("MatMul", [embeddings, "enc_w"], ["enc_logits"], name="enc_head")
+            )
+            partials.append("enc_logits")
+            inputs += [
+                helper.make_tensor_value_info(n, TensorProto.INT64, [None, None])
+                for n in (IDS, MASK)
+            ]
+            continue
+        width = len(view.vocabulary_)
         block = coef[:, offset : offset + width]
         offset += width
-        view_nodes, view_inits, out = _view_nodes(
-            name, vectorizer, block, float(weights.get(name, 1.0))
-        )
+        view_nodes, view_inits, out = _view_nodes(name, view, block, weight)
         nodes += view_nodes
         inits += view_inits
         partials.append(out)
@@ -176,7 +233,7 @@ def export_onnx(
     graph = helper.make_graph(
         nodes,
         "task_type_classifier",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.STRING, [None, 1])],
+        inputs,
         [
             helper.make_tensor_value_info("label", TensorProto.STRING, [None]),
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, len(classes)]),
@@ -192,8 +249,9 @@ def export_onnx(
     model.ir_version = 8
     props = {"classes": ",".join(classes), **(metadata or {})}
     helper.set_model_props(model, props)
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    data = model.SerializeToString()
+    onnx.checker.check_model(data if len(data) < 2_000_000_000 else model)
+    return data
 
 
 def onnx_session(model: bytes | str, threads: int = 1) -> ort.InferenceSession:
@@ -204,13 +262,17 @@ def onnx_session(model: bytes | str, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(session: ort.InferenceSession, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """(labels, probabilities) for one batch of texts."""
+def run_onnx(
+    session: ort.InferenceSession, texts: Sequence[str], tokenizer: Any = None
+) -> tuple[list[str], np.ndarray]:
+    """(labels, probabilities) for one batch of texts (``tokenizer``: a model with an encoder)."""
     if not texts:
         width = session.get_outputs()[1].shape[1]
         return [], np.zeros((0, width if isinstance(width, int) else 0), dtype=np.float32)
-    batch = np.asarray(texts, dtype=object).reshape(-1, 1)
-    labels, proba = session.run(["label", "probabilities"], {INPUT_NAME: batch})
+    feed: dict[str, Any] = {INPUT_NAME: np.asarray(texts, dtype=object).reshape(-1, 1)}
+    if tokenizer is not None:
+        feed[IDS], feed[MASK] = tokenize(tokenizer, texts)
+    labels, proba = session.run(["label", "probabilities"], feed)
     return [str(x) for x in labels], np.asarray(proba)
 
 
@@ -223,7 +285,15 @@ def check_parity(
     sk_proba = pipeline.predict_proba(checked)
     sk_labels = [str(x) for x in pipeline.predict(checked)]
     session = onnx_session(model)
-    ox_labels, ox_proba = run_onnx(session, checked)
+    encoder = pipeline_encoder(pipeline)
+    tokenizer = encoder.tokenizer if encoder is not None else None
+    ox_labels: list[str] = []
+    chunks = []
+    for i in range(0, len(checked), 256):
+        labels, proba = run_onnx(session, checked[i : i + 256], tokenizer)
+        ox_labels += labels
+        chunks.append(proba)
+    ox_proba = np.concatenate(chunks) if chunks else np.zeros_like(sk_proba)
     diffs = np.abs(ox_proba.astype(np.float64) - sk_proba).max(axis=1)
     bad = [i for i in range(len(checked)) if sk_labels[i] != ox_labels[i] or diffs[i] > atol]
     if bad:
@@ -246,3 +316,12 @@ def check_parity(
             details,
         )
     return ParityReport(len(checked), float(diffs.max()) if len(diffs) else 0.0, True)
+
+
+def pipeline_encoder(pipeline: Pipeline) -> SentenceEncoder | None:
+    """The sentence encoder of a pipeline's encoder view, or None (an n-gram-only pipeline)."""
+    for name, view in pipeline.named_steps["views"].transformer_list:
+        if name == "encoder":
+            encoder: SentenceEncoder = view.encoder
+            return encoder
+    return None

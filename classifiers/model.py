@@ -23,6 +23,8 @@ import numpy as np
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
+    from classifiers.encoder import EmbeddingCache, SentenceEncoder
+
 from classifiers.features import STRUCTURE_MARKERS, Lexicon, default_lexicon, keyword_markers
 
 # Anything but a space or ASCII punctuation ('_' counts as a letter, so markers stay whole).
@@ -49,6 +51,9 @@ class ModelParams:
     max_iter: int = 300
     class_weight: str | None = "balanced"
     augment: bool = True  # system-prompt dropout copies + lexicon examples (see training.py)
+    calibrate: bool = True  # temperature scaling on the held-out rows (see calibration.py)
+    refit: bool = True  # after the held-out evaluation, fit the exported model on every row
+    encoder_weight: float = 1.0  # the sentence-encoder view, when the classifier has one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,14 +67,24 @@ class ModelParams:
         return cls(**known)
 
 
-def build_pipeline(params: ModelParams, n_texts: int, lexicon: Lexicon | None = None) -> Pipeline:
+def build_pipeline(
+    params: ModelParams,
+    n_texts: int,
+    lexicon: Lexicon | None = None,
+    *,
+    encoder: SentenceEncoder | None = None,
+    cache: EmbeddingCache | None = None,
+) -> Pipeline:
     """An unfitted pipeline for ``n_texts`` training texts. The marker views have fixed
-    vocabularies (every marker ``request_text`` can emit), so they are never empty."""
+    vocabularies (every marker ``request_text`` can emit), so they are never empty. With an
+    ``encoder``, a fifth view holds its embeddings of the same texts."""
     # scikit-learn (and scipy) load here, when a model is built: a run that only predicts
     # (the nightly run, most days) never pays the ~0.8 s import.
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import FeatureUnion, Pipeline
+
+    from classifiers.embedding_view import EmbeddingView
 
     min_df = params.min_df if n_texts >= 200 else 1
     keywords = keyword_markers(lexicon or default_lexicon())
@@ -106,12 +121,14 @@ def build_pipeline(params: ModelParams, n_texts: int, lexicon: Lexicon | None = 
                     **common,
                 ),
             ),
+            *([("encoder", EmbeddingView(encoder, cache))] if encoder is not None else []),
         ],
         transformer_weights={
             "keywords": params.keyword_weight,
             "structure": params.structure_weight,
             "words": params.word_weight,
             "chars": params.char_weight,
+            **({"encoder": params.encoder_weight} if encoder is not None else {}),
         },
     )
     clf = LogisticRegression(

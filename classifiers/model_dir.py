@@ -1,6 +1,7 @@
 """A classifier folder: ``classifier.onnx`` + ``model_card.json`` (what it is, how it was trained,
 how good it is on held-out data, and what a gateway needs to run it). No pickle: the ONNX file is
-the model, and prediction never needs scikit-learn."""
+the model, and prediction never needs scikit-learn. A classifier with a sentence-encoder backbone
+also has ``tokenizer.json`` (the encoder's): the documented pair a routing config names."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from classifiers.encoder import TOKENIZER_FILE
 from classifiers.errors import ModelLoadError
 from classifiers.export import OPSET, ParityReport
 from classifiers.features import Lexicon, text_spec
@@ -35,17 +37,41 @@ def build_card(
     taxonomy: Taxonomy,
     lexicon: Lexicon,
     label_sources: dict[str, int] | None = None,
-    confidence_threshold: float = 0.5,
+    confidence_threshold: float | None = 0.5,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The model card: plain JSON, read by people, the plan page and the gateway."""
+    """The model card: plain JSON, read by people, the plan page and the gateway.
+    ``confidence_threshold=None`` takes the threshold suggested on held-out rows (else 0.5)."""
+    suggested = trained.suggested_threshold
+    threshold = confidence_threshold
+    if threshold is None:
+        threshold = suggested if suggested is not None else 0.5
+    encoder = trained.encoder
     return {
         "schema": CARD_SCHEMA,
         "name": "task-type-classifier",
         "version": classifier_version(model),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "classes": list(trained.classes),
-        "confidence_threshold": confidence_threshold,
+        "confidence_threshold": threshold,
+        "threshold_source": "configured"
+        if confidence_threshold is not None
+        else ("held-out" if suggested is not None else "default"),
+        "suggested_threshold": suggested,
+        "label_source": trained.label_source,
+        "figure": trained.evaluation.figure,
+        "encoder": None
+        if encoder is None
+        else {
+            "name": encoder.name,
+            "sha256": encoder.sha256,
+            "max_length": encoder.max_length,
+            "dimensions": encoder.dimensions,
+            "tokenizer_file": TOKENIZER_FILE,
+            "onnx_inputs": ["text", "input_ids", "attention_mask"],
+            "how": "input_ids/attention_mask: tokenizer.json (truncation max_length, padding) "
+            "over the part of request_text after its first ' | ' (classifiers.encoder.tokenize)",
+        },
         "taxonomy": taxonomy.to_dict(),
         "input": {
             "onnx_input": "text",
@@ -69,6 +95,8 @@ def build_card(
             "label_sources": dict(label_sources or {}),
             "seconds": trained.seconds,
             "params": trained.params.to_dict(),
+            "split": dict(trained.split),
+            "temperature": trained.temperature,
             "warnings": list(trained.warnings),
         },
         "evaluation": trained.evaluation.to_dict(),
@@ -92,12 +120,22 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_classifier(model_dir: Path | str, model: bytes, card: dict[str, Any]) -> Path:
-    """Write the model and its card into ``model_dir`` (created if missing); returns the folder."""
+def save_classifier(
+    model_dir: Path | str, model: bytes, card: dict[str, Any], *, tokenizer_json: str | None = None
+) -> Path:
+    """Write the model and its card (and an encoder's tokenizer) into ``model_dir``."""
     folder = Path(model_dir)
     if folder.exists() and not folder.is_dir():
         raise ModelLoadError(folder, "exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
+    if card.get("encoder") and tokenizer_json is None:
+        raise ModelLoadError(
+            folder / TOKENIZER_FILE, "the card names an encoder: pass its tokenizer"
+        )
+    if tokenizer_json is not None:
+        _write_atomic(folder / TOKENIZER_FILE, tokenizer_json.encode("utf-8"))
+    elif (folder / TOKENIZER_FILE).exists():
+        (folder / TOKENIZER_FILE).unlink()
     _write_atomic(folder / MODEL_FILE, model)
     text = json.dumps(card, indent=2, ensure_ascii=False, default=str)
     _write_atomic(folder / CARD_FILE, text.encode("utf-8"))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from classifiers.encoder import TOKENIZER_FILE, configured_tokenizer
 from classifiers.errors import ModelLoadError
 from classifiers.export import onnx_session, run_onnx
 from classifiers.features import request_text
@@ -42,8 +43,25 @@ class PredictedBatch:
 class TaskClassifier:
     """A loaded ``classifier.onnx`` with its model card."""
 
-    def __init__(self, model: bytes, card: dict[str, Any], *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: bytes,
+        card: dict[str, Any],
+        *,
+        threads: int | None = None,
+        tokenizer_json: str | None = None,
+    ) -> None:
         self.card = card
+        self.tokenizer: Any = None
+        encoder = card.get("encoder")
+        if encoder:
+            if tokenizer_json is None:
+                raise ModelLoadError(TOKENIZER_FILE, "the card names an encoder; tokenizer missing")
+            from tokenizers import Tokenizer
+
+            self.tokenizer = configured_tokenizer(
+                Tokenizer.from_str(tokenizer_json), int(encoder.get("max_length", 256))
+            )
         self.version = classifier_version(model)
         self.classes: tuple[str, ...] = tuple(str(c) for c in card["classes"])
         self.threshold = float(card.get("confidence_threshold", 0.5))
@@ -64,12 +82,16 @@ class TaskClassifier:
     ) -> PredictedBatch:
         """Task type, confidence (max probability) and uncertain flag of request texts."""
         cut = self.threshold if threshold is None else threshold
+        if self.tokenizer is not None:
+            batch_size = min(batch_size, 64)  # encoder batches: padding grows with the batch
         chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
         if self.threads > 1 and len(chunks) > 1:
             with ThreadPoolExecutor(self.threads) as pool:
-                results = list(pool.map(lambda c: run_onnx(self._session, c), chunks))
+                results = list(
+                    pool.map(lambda c: run_onnx(self._session, c, self.tokenizer), chunks)
+                )
         else:
-            results = [run_onnx(self._session, c) for c in chunks]
+            results = [run_onnx(self._session, c, self.tokenizer) for c in chunks]
         labels: list[str] = []
         conf: list[np.ndarray] = []
         for chunk_labels, proba in results:
@@ -79,7 +101,7 @@ class TaskClassifier:
         return PredictedBatch(labels, confidences, confidences < cut)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return run_onnx(self._session, list(texts))[1]
+        return run_onnx(self._session, list(texts), self.tokenizer)[1]
 
     def predict_messages(self, messages: Sequence[dict[str, Any]]) -> Prediction:
         """One request (chat messages) -> its prediction."""
@@ -106,4 +128,6 @@ def load_classifier(model_dir: Path | str, *, threads: int | None = None) -> Tas
     sha = card.get("onnx", {}).get("sha256")
     if sha and hashlib.sha256(model).hexdigest() != sha:
         raise ModelLoadError(path, "does not match its model card (sha256 differs); retrain")
-    return TaskClassifier(model, card, threads=threads)
+    tokenizer = folder / TOKENIZER_FILE
+    tokenizer_json = tokenizer.read_text("utf-8") if tokenizer.is_file() else None
+    return TaskClassifier(model, card, threads=threads, tokenizer_json=tokenizer_json)

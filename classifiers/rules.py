@@ -9,9 +9,12 @@ is not obvious and stays unlabeled. Rules never guess: no rule, no label.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import Any, Literal
 
 from classifiers.features import normalize, split_messages
@@ -25,6 +28,7 @@ class Rule:
     task_type: str
     part: Part  # 'start': first 80 chars of the last user message; 'system'; 'all': user + system
     pattern: re.Pattern[str]
+    unless: re.Pattern[str] | None = None  # abstain when this matches the whole text
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,15 @@ class RuleMatch:
     rule: str  # the names of the agreeing rules, joined by '+'
 
 
-def _rule(name: str, task_type: str, part: Part, pattern: str) -> Rule:
-    return Rule(name, task_type, part, re.compile(pattern))
+def _rule(name: str, task_type: str, part: Part, pattern: str, unless: str | None = None) -> Rule:
+    return Rule(name, task_type, part, re.compile(pattern), re.compile(unless) if unless else None)
+
+
+# Rewriting or translating source code is a code request, not a text rewrite.
+_ABOUT_CODE = (
+    r"```|\b(?:code|snippet|function|script|program|python|javascript|typescript|java|c\+\+|c#|"
+    r"php|ruby|golang|rust|sql|bash|html|css|regex)\b|#include|\bdef \w+\(|[;{}]\s*$"
+)
 
 
 def _any(*alternatives: str) -> str:
@@ -96,12 +107,14 @@ RULES: tuple[Rule, ...] = (
         + _any("translate", "traduce", "traduis", "traduza", "traduci", "übersetze", "переведи")
         + r"\b|^"
         + _any("翻译", "請翻譯", "请翻译"),
+        _ABOUT_CODE,
     ),
     _rule(
         "translate_into",
         "rewrite",
         "all",
-        r"\btranslate (?:it|this|them|that|the \w+) (?:in)?to [a-z]+",
+        r"^.{0,300}\btranslate (?:it|this|them|that|the \w+) (?:in)?to [a-z]+",
+        _ABOUT_CODE,
     ),
     _rule(
         "rewrite",
@@ -122,6 +135,7 @@ RULES: tuple[Rule, ...] = (
             "schreibe .{0,20}um",
         )
         + r"\b",
+        _ABOUT_CODE,
     ),
     _rule(
         "summarize",
@@ -218,10 +232,18 @@ RULES: tuple[Rule, ...] = (
         "math_steps",
         "reasoning",
         "all",
-        r"\b(?:think|reason|solve it|work it out) step[ -]by[ -]step\b.*\d"
-        r"|\d.*\bstep[ -]by[ -]step\b",
+        # A short math question only: long prompts that ask for steps are rarely just math.
+        r"^(?=.{0,400}$)(?:.*\b(?:think|reason|solve it|work it out) step[ -]by[ -]step\b.*\d"
+        r"|.*\d.*\bstep[ -]by[ -]step\b)",
+        _ABOUT_CODE,
     ),
-    _rule("solve", "reasoning", "start", r"^(?:solve|calculate|compute|prove that|find x)\b"),
+    _rule(
+        "solve",
+        "reasoning",
+        "start",
+        r"^(?:solve|calculate|compute|prove that|find x)\b",
+        _ABOUT_CODE,
+    ),
     _rule(
         "creative",
         "text_generation",
@@ -286,6 +308,7 @@ RULES: tuple[Rule, ...] = (
         "start",
         r"^(?!.*\b(?:you|your|i|my|me|we|our)\b)"
         r"(?:what|who|when|where|why|how) (?:is|are|was|were|did|does|do) [^.!]{3,100}\?$",
+        r"\d",  # a number in the question: usually something to compute, not to recall
     ),
 )
 
@@ -308,6 +331,7 @@ def rule_label(
         for r in rules
         if (not history or r.name in _ANY_TURN)
         and r.pattern.search(parts[r.part] if r.name != "fact_question" else user)
+        and not (r.unless is not None and r.unless.search(parts["all"]))
     ]
     types = {r.task_type for r in hits}
     if len(types) != 1:
@@ -325,3 +349,17 @@ def rule_labels(
         if match is not None:
             out.append((request_id, match.task_type, match.rule))
     return out
+
+
+@lru_cache(maxsize=1)
+def rule_precision() -> dict[str, float]:
+    """Each rule's precision on public labeled requests (``data/rule_precision.json``)."""
+    raw = resources.files("classifiers").joinpath("data/rule_precision.json").read_text("utf-8")
+    return {name: float(row["precision"]) for name, row in json.loads(raw)["rules"].items()}
+
+
+def rule_weight(match: RuleMatch, default: float = 0.5) -> float:
+    """How much a rule label counts in training: the best precision among the agreeing rules
+    (a rule never measured counts as a coin flip)."""
+    table = rule_precision()
+    return max(table.get(name, default) for name in match.rule.split("+"))

@@ -96,3 +96,24 @@ def test_binary_classifier_exports_too() -> None:
     model = export_onnx(trained.pipeline)
     report = check_parity(trained.pipeline, model, trained.test_texts)
     assert report.labels_equal and report.max_abs_diff < 1e-4
+
+
+def test_parity_holds_when_the_vocabulary_holds_what_a_tokenizer_would_pad_with() -> None:
+    """Markdown headings put '###' and 'c#'-like n-grams in the char vocabulary; rows of one
+    batch are padded to the longest, and the padding must never count as text."""
+    recs = generate_records(600, 4)
+    requests = [r["request"]["messages"] for r in recs]
+    labels = [true_task_type(r) for r in recs]
+    for k in range(40):
+        body = f"### Report {k}\n\n#### Details\nRevenue grew in region {k}. ## Summary ###"
+        requests.append([{"role": "user", "content": f"Summarize this:\n{body}"}])
+        labels.append("summarization")
+        requests.append([{"role": "user", "content": f"Fix my C# method number {k} please #"}])
+        labels.append("code")
+    trained = train_classifier(requests, labels, taxonomy=load_taxonomy())
+    chars = dict(trained.pipeline.named_steps["views"].transformer_list)["chars"]
+    assert "###" in chars.vocabulary_
+    model = export_onnx(trained.pipeline)
+    short = [request_text([{"role": "user", "content": t}]) for t in ("hi", "ok #", "c# ?")]
+    report = check_parity(trained.pipeline, model, trained.test_texts + short)
+    assert report.labels_equal and report.max_abs_diff < 1e-4

@@ -1,0 +1,291 @@
+"""The classifier on public labeled request data (see README "Benchmarks" for sources): macro-F1
+in-source (grouped split) and cross-source, each next to a character TF-IDF + logistic regression
+baseline trained on the same rows in the same run, with and without the sentence encoder; what the
+rules alone give a team with no labels; and the encoder's cost.
+
+The data files are built by ``scripts/prepare_public_requests.py`` into ``bench/data/`` (or the
+folder in ``PLANNER_BENCH_DATA``); without them this part prints why and returns nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifiers import (
+    ModelParams,
+    TaskClassifier,
+    build_card,
+    check_parity,
+    default_lexicon,
+    evaluate,
+    export_onnx,
+    load_taxonomy,
+    request_text,
+    rule_label,
+    train_classifier,
+)
+from classifiers.encoder import DEFAULT_ENCODER_DIR, MemoryCache, SentenceEncoder, load_encoder
+from classifiers.errors import ModelLoadError
+from classifiers.rules import rule_weight
+
+DATA = Path(os.environ.get("PLANNER_BENCH_DATA", Path(__file__).parent / "data"))
+CROSS = ("arena_hard_v2", "instructwild", "instructlab")  # each held out in turn (English)
+
+Row = dict[str, Any]
+
+
+def load(name: str) -> list[Row]:
+    path = DATA / name
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _flat(messages: list[dict[str, Any]]) -> str:
+    return "\n".join(str(m.get("content", "")) for m in messages)
+
+
+def baseline_fit(rows: list[Row]) -> Any:
+    """Character TF-IDF + logistic regression over the raw messages: the reference point."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    pairs = sorted({(_flat(r["messages"]), r["task_type"]) for r in rows})
+    pipe = Pipeline(
+        [
+            (
+                "tfidf",
+                TfidfVectorizer(
+                    analyzer="char",
+                    ngram_range=(2, 4),
+                    min_df=2,
+                    max_features=40_000,
+                    dtype=np.float32,
+                ),
+            ),
+            ("clf", LogisticRegression(max_iter=300, class_weight="balanced")),
+        ]
+    )
+    return pipe.fit([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def grouped_split(rows: list[Row], test: float = 0.2, seed: int = 0) -> tuple[list[Row], list[Row]]:
+    """Whole groups (one template, task file or seed question) go to one side, by a seeded hash."""
+    train: list[Row] = []
+    held: list[Row] = []
+    for row in rows:
+        h = int(hashlib.sha256(f"{seed}:{row['group']}".encode()).hexdigest()[:8], 16) / 16**8
+        (held if h < test else train).append(row)
+    return train, held
+
+
+def _f1(truth: list[str], pred: list[str]) -> float:
+    return evaluate(truth, pred, np.ones(len(truth))).macro_f1
+
+
+def compare(
+    train: list[Row], test: list[Row], encoder: SentenceEncoder | None, cache: MemoryCache
+) -> dict[str, Any]:
+    """Macro-F1 on ``test`` of the project's classifier (n-grams; + encoder) and the baseline."""
+    taxonomy = load_taxonomy()
+    truth = [r["task_type"] for r in test]
+    out: dict[str, Any] = {"train": len(train), "test": len(test)}
+    base = baseline_fit(train)
+    out["baseline"] = _f1(
+        truth, [str(p) for p in base.predict([_flat(r["messages"]) for r in test])]
+    )
+    texts = [request_text(r["messages"]) for r in test]
+    for name, enc in (("ngrams", None), ("encoder", encoder)):
+        if name == "encoder" and encoder is None:
+            continue
+        trained = train_classifier(
+            [r["messages"] for r in train],
+            [r["task_type"] for r in train],
+            taxonomy=taxonomy,
+            groups=[r["group"] for r in train],
+            encoder=enc,
+            cache=cache,
+        )
+        out[name] = _f1(truth, [str(p) for p in trained.pipeline.predict(texts)])
+    return out
+
+
+def _line(name: str, r: dict[str, Any]) -> str:
+    enc = f", + encoder {r['encoder']:.3f}" if "encoder" in r else ""
+    return (
+        f"{name:34} n-grams {r['ngrams']:.3f}{enc}; baseline {r['baseline']:.3f} "
+        f"(train {r['train']:,}, test {r['test']:,})"
+    )
+
+
+def rules_only(labeled: list[Row], mix: list[Row]) -> dict[str, Any]:
+    """A team with no labels: the rules label what they are sure of, a classifier learns from
+    that; its mix on labeled public data (true mix known) and on a real chat mix."""
+    taxonomy = load_taxonomy()
+    out: dict[str, Any] = {}
+    matches = [rule_label(r["messages"]) for r in labeled]
+    hit = [(r, m) for r, m in zip(labeled, matches, strict=True) if m is not None]
+    right = Counter(m.task_type for r, m in hit if m.task_type == r["task_type"])
+    fired = Counter(m.task_type for _, m in hit)
+    out["rules_coverage"] = round(len(hit) / len(labeled), 4)
+    out["rules_precision"] = {t: round(right[t] / n, 3) for t, n in sorted(fired.items())}
+    out["rules_precision_all"] = round(sum(right.values()) / max(1, len(hit)), 4)
+    trained = train_classifier(
+        [r["messages"] for r, _ in hit],
+        [m.task_type for _, m in hit],
+        taxonomy=taxonomy,
+        groups=[r["group"] for r, _ in hit],
+        label_source="rules",
+        weights=[rule_weight(m) for _, m in hit],
+    )
+    threshold = trained.suggested_threshold or 0.5
+    out["threshold"] = threshold
+    out["agreement_with_rules"] = trained.evaluation.macro_f1
+    for name, rows in (("labeled", labeled), ("chat_mix", mix)):
+        proba = trained.pipeline.predict_proba([request_text(r["messages"]) for r in rows])
+        classes = [str(c) for c in trained.pipeline.classes_]
+        pred = [classes[i] for i in proba.argmax(axis=1)]
+        conf = proba.max(axis=1)
+        shown = [p if c >= threshold else "uncertain" for p, c in zip(pred, conf, strict=True)]
+        mix_share = {k: round(v / len(rows), 3) for k, v in Counter(shown).most_common()}
+        out[name] = {
+            "mix": mix_share,
+            "code_share_argmax": round(pred.count("code") / len(pred), 3),
+        }
+        if name == "labeled":
+            truth = [r["task_type"] for r in rows]
+            true_mix = Counter(truth)
+            sure = [(t, p) for t, p in zip(truth, shown, strict=True) if p != "uncertain"]
+            out[name]["true_code_share"] = round(true_mix["code"] / len(rows), 3)
+            out[name]["macro_f1_vs_truth"] = _f1(truth, pred)
+            out[name]["accuracy_of_labeled"] = round(
+                sum(t == p for t, p in sure) / max(1, len(sure)), 3
+            )
+            out[name]["tvd_argmax_vs_truth"] = round(
+                0.5
+                * sum(abs(Counter(pred)[k] - true_mix[k]) for k in set(pred) | set(truth))
+                / len(rows),
+                3,
+            )
+    return out
+
+
+def encoder_cost(rows: list[Row], encoder: SentenceEncoder) -> dict[str, Any]:
+    """Requests/s of an n-gram and an encoder classifier through ONNX (TaskClassifier, 2 threads)
+    on the same 1,000 requests, and the exported files' sizes."""
+    taxonomy = load_taxonomy()
+    sample = rows[:1000]
+    texts = [request_text(r["messages"]) for r in sample]
+    out: dict[str, Any] = {"requests": len(texts), "threads": 2}
+    for name, enc in (("ngrams", None), ("encoder", encoder)):
+        trained = train_classifier(
+            [r["messages"] for r in rows],
+            [r["task_type"] for r in rows],
+            taxonomy=taxonomy,
+            groups=[r["group"] for r in rows],
+            encoder=enc,
+            cache=MemoryCache(),
+            params=ModelParams(refit=False),
+        )
+        model = export_onnx(trained.pipeline)
+        parity = check_parity(trained.pipeline, model, trained.test_texts[:200])
+        card = build_card(trained, model, parity, taxonomy=taxonomy, lexicon=default_lexicon())
+        clf = TaskClassifier(
+            model, card, threads=2, tokenizer_json=encoder.tokenizer_json if enc else None
+        )
+        clf.predict_texts(texts[:50])
+        started = time.perf_counter()
+        clf.predict_texts(texts, batch_size=32)
+        seconds = time.perf_counter() - started
+        out[name] = {
+            "requests_per_s": round(len(texts) / seconds, 1),
+            "onnx_mb": round(len(model) / 1e6, 1),
+            "parity_max_abs_diff": parity.max_abs_diff,
+        }
+    return out
+
+
+def run() -> dict[str, Any]:
+    try:
+        rows = load("public_requests.jsonl.gz")
+        mix = load("chat_mix.jsonl.gz")
+    except FileNotFoundError as exc:
+        print(
+            f"public data: {exc.filename} missing: build it with scripts/prepare_public_requests.py"
+        )
+        return {}
+    try:
+        encoder: SentenceEncoder | None = load_encoder(
+            os.environ.get("PLANNER_ENCODER_DIR") or DEFAULT_ENCODER_DIR
+        )
+    except ModelLoadError as exc:
+        print(f"encoder: {exc}: the encoder rows are left out (make encoder builds it)")
+        encoder = None
+    cache = MemoryCache()
+    english = [r for r in rows if r["lang"] == "en"]
+    chinese = [r for r in rows if r["source"] == "belle_eval"]
+    out: dict[str, Any] = {"rows": len(rows), "sources": dict(Counter(r["source"] for r in rows))}
+    train, test = grouped_split(english)
+    out["in_source_english"] = compare(train, test, encoder, cache)
+    print(_line("in-source English (grouped split)", out["in_source_english"]), flush=True)
+    train, test = grouped_split(chinese)
+    out["in_source_belle_zh"] = compare(train, test, encoder, cache)
+    print(_line("in-source BELLE zh (grouped split)", out["in_source_belle_zh"]), flush=True)
+    cross: dict[str, Any] = {}
+    for held in CROSS:
+        cross[held] = compare(
+            [r for r in english if r["source"] != held],
+            [r for r in english if r["source"] == held],
+            encoder,
+            cache,
+        )
+        print(_line(f"cross-source -> {held}", cross[held]), flush=True)
+    keys = ["ngrams", "baseline"] + (["encoder"] if encoder else [])
+    cross["mean"] = {k: round(float(np.mean([cross[h][k] for h in CROSS])), 4) for k in keys}
+    cross["mean"].update({"train": 0, "test": sum(cross[h]["test"] for h in CROSS)})
+    print(_line("cross-source mean of 3", cross["mean"]))
+    out["cross_source"] = cross
+    out["cross_lingual_en_to_zh"] = compare(english, chinese, encoder, cache)
+    print(_line("cross-lingual English -> BELLE zh", out["cross_lingual_en_to_zh"]), flush=True)
+    r = rules_only(english, mix)
+    out["rules_only"] = r
+    print(
+        f"rules alone: label {r['rules_coverage']:.1%} of labeled English requests at precision "
+        f"{r['rules_precision_all']:.3f} ({r['rules_precision']}); classifier trained on them "
+        f"(agreement with the rules {r['agreement_with_rules']:.3f}, threshold {r['threshold']})"
+    )
+    lab = r["labeled"]
+    print(
+        f"  on labeled English: macro-F1 vs truth {lab['macro_f1_vs_truth']:.3f}, accuracy of "
+        f"what it labels {lab['accuracy_of_labeled']:.3f}, "
+        f"code share {lab['code_share_argmax']:.3f} "
+        f"(true {lab['true_code_share']:.3f}), mix TVD {lab['tvd_argmax_vs_truth']:.3f}; "
+        f"shown mix {lab['mix']}"
+    )
+    print(
+        f"  on the public chat mix ({len(mix)} real prompts): shown mix {r['chat_mix']['mix']}, "
+        f"code share before the threshold {r['chat_mix']['code_share_argmax']:.3f}"
+    )
+    if encoder is not None:
+        cost = encoder_cost(english, encoder)
+        out["encoder_cost"] = cost
+        print(
+            f"cost on 2 threads, {cost['requests']} requests: n-grams "
+            f"{cost['ngrams']['requests_per_s']:,.0f} req/s ({cost['ngrams']['onnx_mb']} MB); "
+            f"+ encoder {cost['encoder']['requests_per_s']:,.0f} req/s "
+            f"({cost['encoder']['onnx_mb']} MB + tokenizer.json)"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2, default=str))

