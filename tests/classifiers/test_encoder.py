@@ -31,7 +31,7 @@ from classifiers import (
     train_classifier,
 )
 from classifiers.encoder import TOKENIZER_FILE, encoder_input
-from warehouse.synthetic import generate_records, true_task_type
+from demo.logs import generate_records, true_task_type
 
 ROOT = Path(__file__).resolve().parents[2]
 TAX = load_taxonomy()

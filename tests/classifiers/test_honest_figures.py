@@ -27,7 +27,7 @@ from classifiers import (
 )
 from classifiers.calibration import crossfit_ece, expected_calibration_error, softmax
 from classifiers.training import RULES_THRESHOLD
-from warehouse.synthetic import generate_records, true_task_type
+from demo.logs import generate_records, true_task_type
 
 TAX = load_taxonomy()
 
