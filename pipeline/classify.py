@@ -22,24 +22,31 @@ from typing import Any
 import duckdb
 
 from classifiers import (
+    PROMPT_VERSION,
     AnnotationReport,
     AnnotatorError,
     ClassifierError,
     LabelRecord,
     LabelResolution,
     ModelParams,
+    SentenceEncoder,
     Taxonomy,
     TrainingError,
+    agreement,
     annotate,
     build_card,
     check_parity,
     default_lexicon,
     export_onnx,
+    few_shot_examples,
+    label_source_of,
+    load_encoder,
     load_taxonomy,
     normalize_labels,
     read_card,
     resolve_labels,
     rule_label,
+    rule_precision,
     save_classifier,
     train_classifier,
 )
@@ -51,14 +58,17 @@ from planner.replay.ratelimit import CostBudget
 from planner.replay.relay import RelayBackend
 from planner.settings import PlannerSettings
 from warehouse.connection import open_warehouse
+from warehouse.embeddings import WarehouseEmbeddings
 from warehouse.errors import EmptyWarehouseError
 from warehouse.labels import (
     add_labels,
     iter_unlabeled_messages,
     label_counts,
+    labels_by,
     metadata_label_rows,
     read_labels,
     replace_labels,
+    request_conversations,
     request_messages,
     unlabeled_for_annotation,
 )
@@ -111,8 +121,9 @@ def annotator_from_settings(settings: PlannerSettings) -> tuple[Annotator, Relay
     if cand.kind != "relay" or not cand.base_url or not cand.model:
         raise ClassifierError(f"classifier.annotator {name!r} must name a relay candidate")
     backend = relay_backend(cand, CostBudget(settings.replay.max_cost_usd), settings.privacy.names)
-    annotator = Annotator(
-        name=f"{cand.name}:{cand.model}", max_requests=settings.classifier.annotate_max
+    annotator = Annotator(  # the prompt's version too: a new prompt asks afresh
+        name=f"{cand.name}:{cand.model}:{PROMPT_VERSION}",
+        max_requests=settings.classifier.annotate_max,
     )
     return annotator, backend
 
@@ -136,6 +147,15 @@ def annotator_completion(backend: RelayBackend) -> Complete:
     return ask
 
 
+def annotator_agreement(
+    con: duckdb.DuckDBPyConnection, annotator: Annotator | None
+) -> dict[str, Any] | None:
+    """How often the annotator agrees with the human labels, where a request has both."""
+    if annotator is None:
+        return None
+    return agreement(labels_by(con, "relay", annotator.name), labels_by(con, "metadata"))
+
+
 def annotate_unlabeled(
     con: duckdb.DuckDBPyConnection,
     taxonomy: Taxonomy,
@@ -151,8 +171,15 @@ def annotate_unlabeled(
     def store(request_id: str, task_type: str | None, _answer: str) -> None:
         add_labels(con, "relay", [(request_id, task_type, annotator.name)])
 
+    human = labels_by(con, "metadata")
+    examples_from = sorted(human)[:2000]
+    human_examples = [(_messages(m), human[rid]) for rid, m in request_messages(con, examples_from)]
     _, report = annotate(
-        [(rid, _messages(m)) for rid, m in sample], complete, taxonomy, on_result=store
+        [(rid, _messages(m)) for rid, m in sample],
+        complete,
+        taxonomy,
+        on_result=store,
+        examples=few_shot_examples(human_examples, taxonomy, seed=seed),
     )
     return report
 
@@ -215,11 +242,18 @@ def train_from_warehouse(
     params: ModelParams | None = None,
     annotator: Annotator | None = None,
     complete: Complete | None = None,
-    confidence_threshold: float = 0.5,
+    confidence_threshold: float | None = 0.5,
+    encoder: SentenceEncoder | None = None,
     seed: int = 0,
     progress: Progress = quiet,
 ) -> dict[str, Any]:
-    """Labels -> train (held-out evaluation) -> ONNX export (parity-checked) -> model folder."""
+    """Labels -> train (held-out evaluation, split by conversation) -> ONNX export
+    (parity-checked) -> model folder.
+
+    The figures name their label source ("agreement with the rules" when the rules labeled);
+    rule labels weigh by each rule's measured precision; ``confidence_threshold=None`` takes the
+    lowest threshold that reaches the target accuracy on held-out rows. ``encoder`` adds a
+    sentence-encoder view (its vectors cached in the warehouse's ``embeddings`` table)."""
     started = time.perf_counter()
     if count_requests(con) == 0:
         raise EmptyWarehouseError("requests")
@@ -236,9 +270,30 @@ def train_from_warehouse(
     ids = sorted(resolution.labels)
     rows = request_messages(con, ids)
     requests = [_messages(m) for _, m in rows]
-    labels = [resolution.labels[rid].task_type for rid, _ in rows]
+    winners = [resolution.labels[rid] for rid, _ in rows]
+    labels = [w.task_type for w in winners]
+    conversations = request_conversations(con, ids)
+    precision = rule_precision()
+    weights = [
+        max(precision.get(name, 0.5) for name in (w.annotator or "").split("+"))
+        if w.source == "rules"
+        else 1.0
+        for w in winners
+    ]
+    label_source = label_source_of(dict(resolution.by_source))
     progress(f"train: {len(rows)} labeled requests ({_sources_line(resolution.by_source)})")
-    trained = train_classifier(requests, labels, taxonomy=taxonomy, params=params, seed=seed)
+    trained = train_classifier(
+        requests,
+        labels,
+        taxonomy=taxonomy,
+        params=params,
+        seed=seed,
+        groups=[conversations.get(rid) for rid, _ in rows],
+        label_source=label_source,
+        weights=weights if any(w != 1.0 for w in weights) else None,
+        encoder=encoder,
+        cache=WarehouseEmbeddings(con) if encoder is not None else None,
+    )
     model = export_onnx(trained.pipeline, doc="Task-type classifier of llm-migration-planner")
     parity = check_parity(trained.pipeline, model, trained.test_texts)
     label_sources = dict(resolution.by_source)
@@ -263,9 +318,16 @@ def train_from_warehouse(
             }
         },
     )
-    folder = save_classifier(model_dir, model, card)
+    if report is not None:
+        card["labels"]["annotator_agreement"] = annotator_agreement(con, annotator)
+    folder = save_classifier(
+        model_dir,
+        model,
+        card,
+        tokenizer_json=encoder.tokenizer_json if encoder is not None else None,
+    )
     ev = trained.evaluation
-    progress(f"train: held-out macro-F1 {ev.macro_f1:.3f} on {ev.rows} rows; model in {folder}")
+    progress(f"train: held-out {card['figure']} {ev.macro_f1:.3f} on {ev.rows} rows; in {folder}")
     return {
         "model_dir": str(folder),
         "classifier_version": card["version"],
@@ -278,6 +340,13 @@ def train_from_warehouse(
         "rules_bootstrap": resolution.rules_bootstrap,
         "outside_taxonomy": sum(outside.values()) + sum(resolution.outside_taxonomy.values()),
         "annotator": report.to_dict() if report else None,
+        "label_source": card.get("label_source"),
+        "figure": card.get("figure"),
+        "confidence_threshold": card.get("confidence_threshold"),
+        "threshold_source": card.get("threshold_source"),
+        "suggested_threshold": card.get("suggested_threshold"),
+        "selective": ev.to_dict().get("selective"),
+        "encoder": card.get("encoder"),
         "macro_f1": ev.macro_f1,
         "accuracy": ev.accuracy,
         "ece": ev.calibration["ece"],
@@ -308,6 +377,8 @@ def train_with_settings(
     Deterministic given the labels: no retries (the annotator counts its own failures)."""
     found = annotator_from_settings(settings)
     annotator, backend = found if found else (None, None)
+    folder = settings.classifier.encoder
+    encoder = load_encoder(folder) if folder is not None else None
     con = open_warehouse(warehouse)
     try:
         return train_from_warehouse(
@@ -318,6 +389,7 @@ def train_with_settings(
             annotator=annotator,
             complete=annotator_completion(backend) if backend else None,
             confidence_threshold=settings.classifier.confidence_threshold,
+            encoder=encoder,
             progress=progress,
         )
     finally:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from classifiers.encoder import TOKENIZER_FILE
 from pipeline.candidates import objectives_from, plan_candidates
 from pipeline.current import current_evidence, stale_notes
 from pipeline.endpoints import check_endpoints
@@ -296,8 +297,13 @@ def write_plan_files(
 ) -> dict[str, str]:
     """routing.yaml, litellm.yaml, rollback.yaml, metrics.json, plan.html (+ classifier.onnx)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = None
     if classifier_path is not None:
         shutil.copyfile(classifier_path, run_dir / "classifier.onnx")
+        beside = Path(classifier_path).with_name(TOKENIZER_FILE)
+        if (report.classifier or {}).get("encoder") and beside.is_file():
+            tokenizer = TOKENIZER_FILE  # a classifier with a sentence encoder: the pair ships
+            shutil.copyfile(beside, run_dir / tokenizer)
     paths = write_artifacts(
         run_dir,
         report.decision,
@@ -309,6 +315,7 @@ def write_plan_files(
         triggers=Triggers(p95_latency_ms=report.objectives.p95_latency_ms),
         gateway=Gateway(),
         run_id=report.run_id,
+        tokenizer_file=tokenizer,
     )
     out = {name: str(path) for name, path in paths.items()}
     out["plan"] = str(write_plan(report, run_dir / "plan.html"))
@@ -399,11 +406,14 @@ def make_plan(
     if reasked and reasked.get("stopped"):
         notes.append(f"Re-asking production stopped: {reasked['stopped']}.")
     classifier = classifier_figures(Path(classifier_path) if classifier_path else None)
+    # the threshold the classifier predicts with (its card's: configured, or picked on held-out
+    # rows) is the one the routing config must use
+    threshold = (classifier or {}).get("confidence_threshold")
+    if threshold is None:
+        threshold = settings.classifier.confidence_threshold
+    threshold = 0.5 if threshold is None else float(threshold)
     if classifier is not None:
-        classifier = {
-            **classifier,
-            "confidence_threshold": settings.classifier.confidence_threshold,
-        }
+        classifier = {**classifier, "confidence_threshold": threshold}
     previous = (
         previous_quality(settings.output.dir, run_dir) if settings.output.dir.is_dir() else {}
     )
@@ -437,7 +447,7 @@ def make_plan(
         write_plan_files,
         run_dir,
         report,
-        settings.classifier.confidence_threshold,
+        threshold,
         classifier_path,
     )
     projection = report.projection

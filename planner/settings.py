@@ -304,8 +304,23 @@ class ClassifierSettings(_Section):
     labels: Literal["metadata", "rules", "relay", "all"] = Field(
         "all", description="Label sources used for training."
     )
-    confidence_threshold: float = Field(
-        0.5, ge=0, le=1, description="Below this a prediction is 'uncertain'."
+    confidence_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Below this a prediction is 'uncertain' (its request stays on production). Unset: "
+            "the lowest threshold reaching 90% accuracy on held-out requests (0.5 if none does; "
+            "0.9 for a classifier trained on rule labels alone)."
+        ),
+    )
+    encoder: Path | None = Field(
+        None,
+        description=(
+            "An ONNX sentence-encoder folder (encoder.onnx, tokenizer.json, encoder.json; "
+            "`make encoder` builds all-MiniLM-L6-v2) whose embeddings the classifier uses beside "
+            "its n-grams; the exported classifier then needs its tokenizer.json."
+        ),
     )
     annotator: str | None = Field(
         None, description="Name of the relay candidate that labels unlabeled requests."

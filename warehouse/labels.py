@@ -163,3 +163,30 @@ def iter_unlabeled_messages(
         [],
         batch_size,
     )
+
+
+def labels_by(
+    con: duckdb.DuckDBPyConnection, source: str, annotator: str | None = None
+) -> dict[str, str]:
+    """request_id -> task type of one source's valid labels (``annotator``: only its own)."""
+    _check_source(source)
+    rows = con.execute(
+        "SELECT request_id, any_value(task_type) FROM labels WHERE source = ? "
+        "AND task_type IS NOT NULL AND (? IS NULL OR annotator = ?) GROUP BY request_id",
+        [source, annotator, annotator],
+    ).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def request_conversations(
+    con: duckdb.DuckDBPyConnection, request_ids: Sequence[str]
+) -> dict[str, str | None]:
+    """request_id -> conversation_id (from the log, else derived at ingest)."""
+    if not request_ids:
+        return {}
+    rows = con.execute(
+        "SELECT request_id, conversation_id FROM requests "
+        "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+        [list(request_ids)],
+    ).fetchall()
+    return {str(r[0]): None if r[1] is None else str(r[1]) for r in rows}

@@ -11,13 +11,14 @@ rows are never rewritten, so an upgraded file's old replays keep NULL in the new
 - 2: ``replays.content_key`` (what was asked, whoever answered: one replay serves every sampled
   request that asked the same), ``replays.served_model`` and ``replays.system_fingerprint`` (what
   a relay said answered); tables ``request_content`` and ``relay_serving``.
+- 3: table ``embeddings`` (sentence-encoder vectors of the classifier's inputs, by key).
 """
 
 from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DDL: tuple[str, ...] = (
     """
@@ -171,6 +172,15 @@ DDL: tuple[str, ...] = (
         system_fingerprint    VARCHAR,
         since                 TIMESTAMP,
         answers               INTEGER   -- answers of the run that saw it that named it
+    )
+    """,
+    # The classifier's sentence-encoder vectors (v3), keyed by the encoder's digest and the
+    # text it read (classifiers.encoder.prompt_hash): computed once per prompt and encoder.
+    """
+    CREATE TABLE IF NOT EXISTS embeddings (
+        key        VARCHAR PRIMARY KEY,
+        vector     FLOAT[],
+        created_at TIMESTAMP
     )
     """,
     """

@@ -119,14 +119,17 @@ def routing_config(
     stickiness: Stickiness | None = None,
     gateway: Gateway | None = None,
     run_id: str | None = None,
+    tokenizer_file: str | None = None,
 ) -> dict[str, Any]:
-    """This project's routing config (schema version 1)."""
+    """This project's routing config (schema version 1). ``tokenizer_file``: the sentence
+    encoder's tokenizer a classifier with an encoder needs beside its ONNX file."""
     gw = gateway or Gateway()
     doc: dict[str, Any] = {"version": ROUTING_VERSION}
     if run_id:
         doc["run_id"] = run_id
     doc["classifier"] = {
         "file": classifier_file,
+        **({"tokenizer": tokenizer_file} if tokenizer_file else {}),
         "confidence_threshold": confidence_threshold,
         "uncertain_route": decision.uncertain_route,
         "uncertain_fallbacks": list(decision.uncertain_fallbacks),
@@ -399,6 +402,7 @@ def write_artifacts(
     triggers: Triggers | None = None,
     gateway: Gateway | None = None,
     run_id: str | None = None,
+    tokenizer_file: str | None = None,
 ) -> dict[str, Path]:
     """Write routing.yaml, litellm.yaml, rollback.yaml and metrics.json into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -410,6 +414,7 @@ def write_artifacts(
         stickiness=stickiness,
         gateway=gateway,
         run_id=run_id,
+        tokenizer_file=tokenizer_file,
     )
     paths = {
         "routing": folder / "routing.yaml",

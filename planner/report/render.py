@@ -375,6 +375,16 @@ def classifier_view(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "warnings": list(training.get("warnings") or []),
         "limitations": card.get("limitations"),
         "train_rows": training.get("train_rows") or training.get("rows"),
+        "figure": card.get("figure") or evaluation.get("figure") or "macro-F1",
+        "label_source": card.get("label_source") or evaluation.get("label_source"),
+        "split": (training.get("split") or {}).get("method"),
+        "threshold_source": card.get("threshold_source"),
+        "suggested_threshold": card.get("suggested_threshold"),
+        "selective": [
+            p for p in (evaluation.get("selective") or []) if isinstance(p, Mapping)
+        ],
+        "encoder": (card.get("encoder") or {}).get("name"),
+        "annotator_agreement": labels.get("annotator_agreement"),
     }
 
 

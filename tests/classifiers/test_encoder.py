@@ -128,3 +128,32 @@ def test_encoder_classifier_exports_as_one_graph_with_parity_and_predicts_from_i
     (folder / TOKENIZER_FILE).unlink()
     with pytest.raises(Exception, match="tokenizer"):
         load_classifier(folder)
+
+
+def test_the_pipeline_trains_with_the_encoder_caching_vectors_in_the_warehouse(
+    encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    """`[classifier] encoder` through the pipeline: the vectors land in the warehouse's
+    embeddings table (a retrain encodes nothing again) and the model folder holds the pair."""
+    from demo.logs import write_chat_log
+    from pipeline.classify import train_from_warehouse
+    from warehouse.connection import open_warehouse
+    from warehouse.embeddings import WarehouseEmbeddings
+    from warehouse.ingest import ingest_paths
+
+    log = tmp_path / "log.jsonl"
+    write_chat_log(log, 400, seed=5)
+    con = open_warehouse(tmp_path / "w.duckdb")
+    try:
+        ingest_paths(con, [log])
+        first = train_from_warehouse(con, tmp_path / "clf", use="metadata", encoder=encoder)
+        stored = WarehouseEmbeddings(con).count()
+        assert stored > 0 and first["encoder"]["sha256"] == encoder.sha256
+        again = train_from_warehouse(con, tmp_path / "clf2", use="metadata", encoder=encoder)
+        assert WarehouseEmbeddings(con).count() == stored  # every vector came from the cache
+        assert again["classifier_version"] == first["classifier_version"]
+    finally:
+        con.close()
+    assert (tmp_path / "clf" / TOKENIZER_FILE).is_file()
+    clf = load_classifier(tmp_path / "clf", threads=1)
+    assert clf.predict_texts(["Summarize this: the meeting moved to Friday."]).task_types

@@ -62,9 +62,9 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
 
     con = open_warehouse(path)  # for writing: upgraded
     try:
-        assert schema_version(con) == SCHEMA_VERSION == 2
+        assert schema_version(con) == SCHEMA_VERSION == 3
         assert columns(con, "replays")[-3:] == list(V2_COLUMNS)
-        assert {"request_content", "relay_serving"} <= {
+        assert {"request_content", "relay_serving", "embeddings"} <= {
             r[0] for r in con.execute("SHOW TABLES").fetchall()
         }
         assert con.execute("SELECT count(*) FROM requests").fetchall() == requests_before
@@ -98,7 +98,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         con.close()
     again = open_warehouse(path)  # opening an upgraded file again changes nothing
     try:
-        assert schema_version(again) == 2
+        assert schema_version(again) == SCHEMA_VERSION
         assert again.execute("SELECT count(*) FROM replays").fetchall() == [(2,)]
     finally:
         again.close()

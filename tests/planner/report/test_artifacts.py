@@ -564,3 +564,11 @@ def test_plan_command(tmp_path: Path, prefect_harness: None) -> None:
     assert "'good-relay' is a judged candidate" in own.output
     missing = runner.invoke(app, ["plan", "-c", str(config), "-w", str(tmp_path / "none.duckdb")])
     assert missing.exit_code == 2 and "none.duckdb" in missing.output
+
+
+def test_a_classifier_with_an_encoder_ships_its_tokenizer_in_the_routing_config() -> None:
+    plain = routing_config(decision(), candidates())
+    assert "tokenizer" not in plain["classifier"]
+    paired = routing_config(decision(), candidates(), tokenizer_file="tokenizer.json")
+    assert paired["classifier"]["tokenizer"] == "tokenizer.json"
+    validate_routing(paired)
