@@ -380,9 +380,7 @@ def classifier_view(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "split": (training.get("split") or {}).get("method"),
         "threshold_source": card.get("threshold_source"),
         "suggested_threshold": card.get("suggested_threshold"),
-        "selective": [
-            p for p in (evaluation.get("selective") or []) if isinstance(p, Mapping)
-        ],
+        "selective": [p for p in (evaluation.get("selective") or []) if isinstance(p, Mapping)],
         "encoder": (card.get("encoder") or {}).get("name"),
         "annotator_agreement": labels.get("annotator_agreement"),
     }
