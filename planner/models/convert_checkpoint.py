@@ -139,10 +139,11 @@ def gguf_to_hf(gguf: Path, hf_dir: Path) -> None:
     hf_logging.disable_progress_bar()
     field = gguf_lib.GGUFReader(gguf).fields.get("general.architecture")
     gguf_arch = str(field.contents()) if field is not None else "<none>"
-    if gguf_arch not in GGUF_SUPPORTED_ARCHITECTURES:
+    readable = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+    if gguf_arch not in readable:
         raise ConversionError(
             f"{gguf}: GGUF architecture {gguf_arch} cannot be read by "
-            f"transformers (it reads: {', '.join(GGUF_SUPPORTED_ARCHITECTURES)})"
+            f"transformers (it reads: {', '.join(readable)})"
         )
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, f"<{config.model_type}>")
