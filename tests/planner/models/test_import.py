@@ -107,7 +107,10 @@ def test_unsupported_architecture_of_a_checkpoint_is_refused_before_any_build(
     (checkpoint / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     (checkpoint / "model.safetensors").unlink()
     code, _, err = cli("models", "import", str(checkpoint), str(tmp_path / "out"))
-    assert (code, err) == (2, f"error: {checkpoint}: no *.safetensors or pytorch_model*.bin weights\n")
+    assert (code, err) == (
+        2,
+        f"error: {checkpoint}: no *.safetensors or pytorch_model*.bin weights\n",
+    )
 
 
 def _gguf_header(architecture: str) -> bytes:
@@ -126,7 +129,9 @@ def test_unsupported_gguf_architecture_is_the_converters_one_line(
     source.write_bytes(_gguf_header("rwkv6"))
     assert gguf_architecture(source) == "rwkv6"
     out = tmp_path / "out"
-    code, _, err = cli("models", "import", str(source), str(out), "--build-python", str(build_python))
+    code, _, err = cli(
+        "models", "import", str(source), str(out), "--build-python", str(build_python)
+    )
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and errors == err.splitlines()[-1:]  # progress lines, then one error line
     assert errors[0].startswith(
@@ -160,7 +165,10 @@ def test_a_genai_folder_is_checked_and_copied_in_its_precision(
     assert digests(out / "int4") == digests(tiny_int4_dir)  # copied byte for byte
     # again: refused without --force, replaced with it
     code, _, err = cli("models", "import", str(tiny_int4_dir), str(out))
-    assert (code, err) == (2, f"error: {out / 'int4'}: already exists (pass --force to replace it)\n")
+    assert (code, err) == (
+        2,
+        f"error: {out / 'int4'}: already exists (pass --force to replace it)\n",
+    )
     assert cli("models", "import", str(tiny_int4_dir), str(out), "--force")[0] == 0
     # a precision it is not in
     code, _, err = cli("models", "import", str(tiny_int4_dir), str(out), "--precision", "int8")
