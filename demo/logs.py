@@ -10,8 +10,13 @@ ingest ignores unknown top-level keys.
 The answers are the "production" answers the replays are scored against. Simple types have short,
 regular answers a tiny model can learn; reasoning and code do not.
 
-This module is long because each task type's templates are a function of their own here (the
-words they draw from are data, in ``demo/vocabulary.json``).
+The words requests are made of are data, in ``demo/vocabulary.json``, in two parts that share no
+value: the demo models are fine-tuned on examples drawn from the ``train`` part
+(:func:`task_examples`), the demo's logs are drawn from the ``eval`` part (:func:`generate_records`),
+so the plan evaluates them on requests whose slots (names, companies, products, reviews, ...)
+they never saw.
+
+This module is long because each task type's templates are a function of their own here.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -29,22 +35,59 @@ _VOCABULARY: dict[str, Any] = json.loads(
 )
 _MIX = _VOCABULARY["mix"]
 _FEATURE = _VOCABULARY["feature"]
-_FIRST = _VOCABULARY["first_names"]
-_LAST = _VOCABULARY["last_names"]
-_COMPANY = _VOCABULARY["companies"]
-_CITY = _VOCABULARY["cities"]
-_PRODUCT = _VOCABULARY["products"]
-_TOPIC = _VOCABULARY["topics"]
-_POS = _VOCABULARY["review_positive"]
-_NEG = _VOCABULARY["review_negative"]
-_NEU = _VOCABULARY["review_neutral"]
-_TICKETS = _VOCABULARY["tickets"]
-_POLITE = _VOCABULARY["polite_rewrites"]
-_FR = _VOCABULARY["french"]
-_CAPITALS = _VOCABULARY["capitals"]
-_CHAT_OPENERS = _VOCABULARY["chat_openers"]
-_CHAT_FOLLOWUPS = _VOCABULARY["chat_followups"]
 _CHAT_REPLIES = _VOCABULARY["chat_replies"]
+PARTS = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Words:
+    """One part of the vocabulary's request words: ``train`` (the demo models' fine-tuning
+    examples) or ``eval`` (the demo's logs, what is replayed). The parts share no value."""
+
+    first: list[str]
+    last: list[str]
+    company: list[str]
+    city: list[str]
+    product: list[str]
+    topic: list[str]
+    positive: list[str]
+    negative: list[str]
+    neutral: list[str]
+    tickets: dict[str, list[str]]
+    polite: list[list[str]]
+    french: dict[str, str]
+    capitals: dict[str, str]
+    openers: list[str]
+    followups: list[str]
+
+    @classmethod
+    def part(cls, name: str) -> Words:
+        if name not in PARTS:
+            raise ValueError(f"unknown vocabulary part {name!r}; known: {', '.join(PARTS)}")
+        v = _VOCABULARY
+        return cls(
+            *(
+                v[key][name]
+                for key in (
+                    "first_names",
+                    "last_names",
+                    "companies",
+                    "cities",
+                    "products",
+                    "topics",
+                    "review_positive",
+                    "review_negative",
+                    "review_neutral",
+                    "tickets",
+                    "polite_rewrites",
+                    "french",
+                    "capitals",
+                    "chat_openers",
+                    "chat_followups",
+                )
+            )
+        )
+
 
 Messages = list[dict[str, Any]]
 Example = tuple[str | None, str, str]  # (system prompt, user message, production answer)
@@ -64,8 +107,8 @@ TASK_TYPES: tuple[str, ...] = (
 )
 
 
-def _name(rng: random.Random) -> str:
-    return f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+def _name(rng: random.Random, w: Words) -> str:
+    return f"{rng.choice(w.first)} {rng.choice(w.last)}"
 
 
 def _email(name: str, company: str) -> str:
@@ -74,23 +117,25 @@ def _email(name: str, company: str) -> str:
     return f"{first}@{domain}"
 
 
-def _classification(rng: random.Random) -> Example:
+def _classification(rng: random.Random, w: Words) -> Example:
     if rng.random() < 0.55:
         label = rng.choice(["positive", "negative", "neutral"])
-        phrase = rng.choice({"positive": _POS, "negative": _NEG, "neutral": _NEU}[label])
-        review = f"The {rng.choice(_PRODUCT)} {phrase}."
+        phrase = rng.choice(
+            {"positive": w.positive, "negative": w.negative, "neutral": w.neutral}[label]
+        )
+        review = f"The {rng.choice(w.product)} {phrase}."
         system = "You label product reviews. Answer with one word: positive, negative or neutral."
         return system, f"Review: {review}\nSentiment:", label
-    category = rng.choice(sorted(_TICKETS))
-    text = rng.choice(_TICKETS[category])
+    category = rng.choice(sorted(w.tickets))
+    text = rng.choice(w.tickets[category])
     system = "You are an inbox triage assistant. Classify each support ticket as billing, technical or account. Reply with the category only."
     return system, f"Ticket: {text}", category
 
 
-def _extraction(rng: random.Random) -> Example:
-    name, company = _name(rng), rng.choice(_COMPANY)
+def _extraction(rng: random.Random, w: Words) -> Example:
+    name, company = _name(rng, w), rng.choice(w.company)
     email = _email(name, company)
-    city = rng.choice(_CITY)
+    city = rng.choice(w.city)
     text = rng.choice(
         [
             f"Hi, this is {name} from {company}. You can reach me at {email}. I'm based in {city}.",
@@ -105,9 +150,9 @@ def _extraction(rng: random.Random) -> Example:
     return system, f"Text: {text}", answer
 
 
-def _summarization(rng: random.Random) -> Example:
-    team, topic = rng.choice(_COMPANY), rng.choice(_TOPIC)
-    owner, day = _name(rng), rng.choice(["Monday", "Wednesday", "Friday"])
+def _summarization(rng: random.Random, w: Words) -> Example:
+    team, topic = rng.choice(w.company), rng.choice(w.topic)
+    owner, day = _name(rng, w), rng.choice(["Monday", "Wednesday", "Friday"])
     pct = rng.randint(5, 40)
     notes = (
         f"Meeting notes, {team}. The team discussed the {topic} initiative. Sales grew {pct} percent "
@@ -118,28 +163,28 @@ def _summarization(rng: random.Random) -> Example:
     return None, f"Summarize these notes in one sentence:\n\n{notes}", answer
 
 
-def _rewrite(rng: random.Random) -> Example:
+def _rewrite(rng: random.Random, w: Words) -> Example:
     roll = rng.random()
     if roll < 0.4:
-        rude, polite = rng.choice(_POLITE)
+        rude, polite = rng.choice(w.polite)
         return (
             "You rewrite messages to sound polite and professional.",
             f"Rewrite politely: {rude}",
             polite,
         )
     if roll < 0.75:
-        src, dst = rng.choice(sorted(_FR.items()))
+        src, dst = rng.choice(sorted(w.french.items()))
         return None, f"Translate to French: {src}", dst
-    sentence = f"the {rng.choice(_PRODUCT)} ships from {rng.choice(_CITY)} tomorrow"
+    sentence = f"the {rng.choice(w.product)} ships from {rng.choice(w.city)} tomorrow"
     return None, f"Rewrite in title case: {sentence}", sentence.title()
 
 
-def _closed_qa(rng: random.Random) -> Example:
-    company, city = rng.choice(_COMPANY), rng.choice(_CITY)
+def _closed_qa(rng: random.Random, w: Words) -> Example:
+    company, city = rng.choice(w.company), rng.choice(w.city)
     year, staff = rng.randint(1950, 2020), rng.randint(20, 900)
     context = (
         f"{company} was founded in {year} in {city}. It employs {staff} people and "
-        f"sells {rng.choice(_PRODUCT)}s worldwide."
+        f"sells {rng.choice(w.product)}s worldwide."
     )
     question, answer = rng.choice(
         [
@@ -152,11 +197,11 @@ def _closed_qa(rng: random.Random) -> Example:
     return system, f"Context: {context}\nQuestion: {question}", answer
 
 
-def _open_qa(rng: random.Random) -> Example:
+def _open_qa(rng: random.Random, w: Words) -> Example:
     if rng.random() < 0.6:
-        country, capital = rng.choice(sorted(_CAPITALS.items()))
+        country, capital = rng.choice(sorted(w.capitals.items()))
         return None, f"What is the capital of {country}?", f"The capital of {country} is {capital}."
-    topic = rng.choice(_TOPIC)
+    topic = rng.choice(w.topic)
     return (
         None,
         f"Why do people care about {topic}?",
@@ -165,8 +210,8 @@ def _open_qa(rng: random.Random) -> Example:
     )
 
 
-def _brainstorming(rng: random.Random) -> Example:
-    product = rng.choice(_PRODUCT)
+def _brainstorming(rng: random.Random, w: Words) -> Example:
+    product = rng.choice(w.product)
     n = rng.choice([3, 5])
     ideas = [
         f"{i + 1}. {idea}"
@@ -192,16 +237,16 @@ def _brainstorming(rng: random.Random) -> Example:
     )
 
 
-def _text_generation(rng: random.Random) -> Example:
+def _text_generation(rng: random.Random, w: Words) -> Example:
     if rng.random() < 0.5:
-        product = rng.choice(_PRODUCT)
+        product = rng.choice(w.product)
         return (
             "You write vivid, concise product copy.",
             f"Write a product description for a {product}.",
             f"Meet the {product} you did not know you needed: thoughtfully designed, built to "
             f"last and a joy to use every day. Whether at home or on the go, it fits your life.",
         )
-    topic = rng.choice(_TOPIC)
+    topic = rng.choice(w.topic)
     return (
         None,
         f"Write a short poem about {topic}.",
@@ -210,7 +255,7 @@ def _text_generation(rng: random.Random) -> Example:
     )
 
 
-def _code(rng: random.Random) -> Example:
+def _code(rng: random.Random, w: Words) -> Example:
     fn, body, task = rng.choice(
         [
             (
@@ -244,7 +289,7 @@ def _code(rng: random.Random) -> Example:
     )
 
 
-def _reasoning(rng: random.Random) -> Example:
+def _reasoning(rng: random.Random, w: Words) -> Example:
     a, b, c = rng.randint(3, 19), rng.randint(2, 9), rng.randint(2, 30)
     item = rng.choice(["apples", "tickets", "notebooks", "cables"])
     total = a * b - c
@@ -259,7 +304,7 @@ def _reasoning(rng: random.Random) -> Example:
     return None, question, answer
 
 
-_TEMPLATES: dict[str, Callable[[random.Random], Example]] = {
+_TEMPLATES: dict[str, Callable[[random.Random, Words], Example]] = {
     "classification": _classification,
     "extraction": _extraction,
     "summarization": _summarization,
@@ -273,24 +318,28 @@ _TEMPLATES: dict[str, Callable[[random.Random], Example]] = {
 }
 
 
-def _chat_conversation(rng: random.Random, turns: int) -> list[Example]:
+def _chat_conversation(rng: random.Random, w: Words, turns: int) -> list[Example]:
     """A companion-chat conversation: each turn is (system, user, answer)."""
     system = "You are Sunny, a cheerful companion. Keep answers short and kind."
-    out: list[Example] = [(system, rng.choice(_CHAT_OPENERS), rng.choice(_CHAT_REPLIES))]
+    out: list[Example] = [(system, rng.choice(w.openers), rng.choice(_CHAT_REPLIES))]
     for _ in range(turns - 1):
-        out.append((system, rng.choice(_CHAT_FOLLOWUPS), rng.choice(_CHAT_REPLIES)))
+        out.append((system, rng.choice(w.followups), rng.choice(_CHAT_REPLIES)))
     return out
 
 
-def task_examples(task_type: str, n: int, seed: int = 0) -> list[tuple[Messages, str]]:
-    """``n`` (messages, production answer) pairs of one task type, for training demo models."""
-    rng = random.Random(f"{seed}:{task_type}")
+def task_examples(
+    task_type: str, n: int, seed: int = 0, part: str = "train"
+) -> list[tuple[Messages, str]]:
+    """``n`` (messages, production answer) pairs of one task type, for training demo models:
+    drawn from the vocabulary's ``train`` part, so the demo's logs (``eval``) hold requests
+    whose slots the models never saw."""
+    rng, w = random.Random(f"{seed}:{task_type}"), Words.part(part)
     out: list[tuple[Messages, str]] = []
     for _ in range(n):
         if task_type == "chatbot":
-            system, user, answer = _chat_conversation(rng, 1)[0]
+            system, user, answer = _chat_conversation(rng, w, 1)[0]
         elif task_type in _TEMPLATES:
-            system, user, answer = _TEMPLATES[task_type](rng)
+            system, user, answer = _TEMPLATES[task_type](rng, w)
         else:
             raise ValueError(f"unknown task type {task_type!r}; known: {', '.join(TASK_TYPES)}")
         out.append((_messages(system, [(user, None)]), answer))
@@ -385,9 +434,12 @@ def generate_records(
     label_share: float = 0.4,
     failed_share: float = 0.02,
     start: datetime = datetime(2026, 11, 12, tzinfo=UTC),
+    part: str = "eval",
 ) -> list[dict[str, Any]]:
-    """``n`` chat-log records over a week of traffic; the same seed gives the same records."""
-    rng = random.Random(seed)
+    """``n`` chat-log records over a week of traffic; the same seed gives the same records.
+    Their request words come from the vocabulary's ``eval`` part, which the demo models never
+    trained on."""
+    rng, w = random.Random(seed), Words.part(part)
     types, weights = list(_MIX), list(_MIX.values())
     out: list[dict[str, Any]] = []
     repeats: list[tuple[str, Messages, str]] = []
@@ -401,10 +453,10 @@ def generate_records(
         task = rng.choices(types, weights)[0]
         if task == "chatbot" or (task == "open_qa" and rng.random() < 0.3):
             turns = (
-                _chat_conversation(rng, rng.choice([1, 2, 3, 3, 4, 5]))
+                _chat_conversation(rng, w, rng.choice([1, 2, 3, 3, 4, 5]))
                 if task == "chatbot"
                 else [
-                    _TEMPLATES["open_qa"](rng),
+                    _TEMPLATES["open_qa"](rng, w),
                     (
                         None,
                         "Can you say more?",
@@ -437,7 +489,7 @@ def generate_records(
         if repeats and rng.random() < 0.06:  # the same prompt again (what a cache would save)
             task, msgs, answer = rng.choice(repeats)
         else:
-            system, user, answer = _TEMPLATES[task](rng)
+            system, user, answer = _TEMPLATES[task](rng, w)
             msgs = _messages(system, [(user, None)])
             if task == "classification" and len(repeats) < 50:
                 repeats.append((task, msgs, answer))

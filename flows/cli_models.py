@@ -75,6 +75,55 @@ def inspect(
         typer.echo(format_info(info))
 
 
+@app.command("import")
+def import_(
+    src: Path = typer.Argument(
+        ..., help="A .gguf file, a Hugging Face checkpoint folder or an onnxruntime-genai folder."
+    ),
+    out: Path = typer.Argument(
+        ..., help="Folder to write; each precision goes to OUT/<precision>."
+    ),
+    precision: list[str] = typer.Option(
+        [], "--precision", help="int4, int8 or fp32; repeat for several (default: int4)."
+    ),
+    context_cap: int | None = typer.Option(
+        None,
+        "--context-cap",
+        min=256,
+        help="Cap the context (and the KV cache reserved) at N tokens.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace existing OUT/<precision> folders."),
+    build_python: Path | None = typer.Option(
+        None,
+        "--build-python",
+        help="Python of a build environment to use (default: $MIGRATION_PLANNER_BUILD_PYTHON, "
+        "else one created once under ~/.cache/migration-planner/build-venv).",
+    ),
+    json_output: bool = JsonOption,
+) -> None:
+    """Import a real model as onnxruntime-genai folders: a GGUF file (quantized ones are
+    dequantized), a Hugging Face checkpoint (AWQ/GPTQ included) or an existing genai folder
+    (checked and copied). Conversions run in a separate build environment (torch CPU,
+    transformers, the onnxruntime-genai model builder) and take minutes."""
+    from planner.models.importer import import_model
+
+    result = import_model(
+        src,
+        out,
+        precision,
+        context_cap=context_cap,
+        force=force,
+        python=build_python,
+        progress=progress,
+    )
+    if json_output:
+        print_json(result.as_dict())
+        return
+    for name, folder in result.folders.items():
+        typer.echo(f"{name}: {folder} ({_size(result.sizes[name])})")
+    typer.echo(f"imported in {result.seconds:.0f}s; check one with `models inspect FOLDER`")
+
+
 @app.command("tiny")
 def tiny(
     out: Path = typer.Argument(..., help="Folder to write (replaced if it exists)."),

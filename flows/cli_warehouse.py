@@ -299,6 +299,12 @@ def demo(
         if key.endswith("_html") or key == "plan":
             typer.echo(f"{key.replace('_', ' ')}: {value}")
     typer.echo(f"run folder: {result['run_dir']}")
+    if result.get("real_models_missing"):
+        typer.echo(
+            "SmolLM2-135M-Instruct was left out (not built: "
+            + ", ".join(result["real_models_missing"])
+            + "); `make real-models` builds it once, `make demo` does it for you"
+        )
 
 
 def register(app: typer.Typer) -> None:

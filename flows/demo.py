@@ -2,7 +2,8 @@
 
 It writes a realistic synthetic log set (chat-log with multi-turn conversations, failed calls and a
 few malformed lines, plus an OpenAI batch input/output pair), ingests it, trains and runs the
-task-type classifier, replays a sample through the committed demo edge models and through a
+task-type classifier, replays a sample through the committed demo edge models, SmolLM2-135M-Instruct
+INT4/INT8 when `make real-models` has built them, and through a
 "relay" played by the project's own OpenAI-compatible model server on 127.0.0.1 (with injected
 429s and 503s, so retries show), then scores, decides and writes ``out/<run-id>/``.
 """
@@ -18,7 +19,13 @@ from prefect import flow, task
 from demo.logs import write_chat_log, write_openai_batch
 from flows.subflow import subflow_settings
 from flows.warehouse_flow import ingest_task, profile_task, rejects_task
-from pipeline.demo import demo_judge, demo_models, demo_relay, write_demo_config
+from pipeline.demo import (
+    demo_judge,
+    demo_models,
+    demo_relay,
+    real_demo_models,
+    write_demo_config,
+)
 from planner.report.profile import write_profile
 from planner.runs.folder import new_run_id, run_folder
 
@@ -81,7 +88,8 @@ def demo_flow(
     relay_model = next(
         (m for m in models if m.parent.name == "edge-base" and m.name == "fp32"), None
     )
-    local = [m for m in models if m != relay_model]
+    real, missing = real_demo_models()  # SmolLM2 INT4/INT8, when `make real-models` built them
+    local = [m for m in models if m != relay_model] + real
     profile = profile_task(warehouse)
     run_id = new_run_id()
     out = Path(out_dir)
@@ -112,4 +120,6 @@ def demo_flow(
         "classifier": {k: v for k, v in classified.items() if k != "page"},
         "replay": replayed,
         "verdict": planned.get("verdict"),
+        "real_models": [str(m) for m in real],
+        "real_models_missing": [str(m) for m in missing],
     }

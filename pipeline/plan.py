@@ -388,7 +388,12 @@ def make_plan(
         use_judge,
         [t.task_type for t in inputs.traffic.types],
     )
-    notes = list(device_notes) + stale_notes(inputs.stale, current.unreadable)
+    described: dict[str, list[str]] = {}  # what the candidates are, as their config says
+    for candidate in settings.candidates:
+        if candidate.description:
+            described.setdefault(candidate.description, []).append(candidate.name)
+    notes = [f"{', '.join(names)}: {text}" for text, names in described.items()]
+    notes += list(device_notes) + stale_notes(inputs.stale, current.unreadable)
     endpoints = check_endpoints(settings, strict=False)  # planning sends nothing to them
     if endpoints:
         notes.append("Production prompts went to: " + "; ".join(e.line() for e in endpoints) + ".")

@@ -3,6 +3,8 @@
 PlannerError                    root: anything the planner cannot do
 ├── ConfigError                 planner.toml missing or malformed, or a field out of range
 ├── ModelFolderError            not an onnxruntime-genai model folder (names the missing file)
+├── ModelImportError            a model cannot be imported (names the file: missing, not a model,
+│                               unsupported architecture, the build environment or builder failed)
 ├── BackendError                a whole replay backend cannot go on
 │   ├── AuthError               401/403: names the candidate and its key's env var
 │   ├── CircuitOpenError        too many consecutive failures; the candidate is stopped
@@ -32,6 +34,13 @@ class ModelFolderError(PlannerError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class ModelImportError(PlannerError):
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
 
 
 class BackendError(PlannerError):

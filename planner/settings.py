@@ -103,6 +103,9 @@ def _check_env_name(value: str | None) -> str | None:
 
 class CandidateSettings(_Section):
     name: str = Field(min_length=1, description="Unique name used in reports and routing configs.")
+    description: str | None = Field(
+        None, description="What this candidate is, in a sentence (the plan page says it)."
+    )
     kind: Literal["local", "relay"] = Field(
         description="'local': an onnxruntime-genai folder; 'relay': an OpenAI-compatible endpoint."
     )

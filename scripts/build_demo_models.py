@@ -8,7 +8,10 @@
 Both models are the decoder of ``planner/models/tiny.py`` (the PyTorch module below is the same
 computation, weight for weight: a parity check compares the exported graph's logits with
 PyTorch's before anything is written), trained from scratch on the demo's task templates
-(``demo.logs.task_examples``) with the loss on the answer tokens only:
+(``demo.logs.task_examples``) filled with the ``train`` part of ``demo/vocabulary.json``, with the
+loss on the answer tokens only. The demo's logs are drawn from the ``eval`` part, which shares no
+name, company, city, product, topic, review, ticket or phrase with it: the models are fine-tuned
+on part of the team's traffic and evaluated on requests whose slots they never saw.
 
 - ``edge-small`` (2 layers, hidden 64): classification, extraction, rewrite, closed QA.
 - ``edge-base`` (3 layers, hidden 128): those plus summarization, open QA, chatbot,
@@ -17,9 +20,9 @@ PyTorch's before anything is written), trained from scratch on the demo's task t
 Neither sees code. Both learn the formats; the arithmetic of the reasoning template is beyond
 them, so they answer it confidently and wrongly — the failure a migration plan must catch.
 Each folder gets ``fp32``, ``int8`` (dynamic) and ``int4`` (MatMulNBits, block 32) variants and
-a ``planner_model.json`` card with the training recipe and held-out exact-match accuracy per
-task type. Training is seeded and runs a fixed number of steps (a few minutes each on 2 cores);
-PyTorch is needed only here, never at run time.
+a ``planner_model.json`` card with the training recipe and exact-match accuracy per task type
+on requests of the ``eval`` part (slots never seen). Training is seeded and runs a fixed number
+of steps (a few minutes each on 2 cores); PyTorch is needed only here, never at run time.
 """
 
 from __future__ import annotations
@@ -292,11 +295,12 @@ def check_parity(model: TinyDecoder, tokenizer, examples) -> float:
 
 
 def evaluate(folder: Path, per_type: int) -> dict[str, float]:
-    """Held-out exact match per task type, through the real runtime (LocalBackend)."""
+    """Exact match per task type on requests whose slots training never saw (the vocabulary's
+    ``eval`` part), through the real runtime (LocalBackend)."""
     backend = LocalBackend("eval", folder, max_new_tokens=128, batch_size=8)
     scores = {}
     for task in TASK_TYPES:
-        examples = task_examples(task, per_type, EVAL_SEED)
+        examples = task_examples(task, per_type, EVAL_SEED, part="eval")
         requests = [
             ReplayRequest(f"{task}-{i}", messages, max_tokens=128)
             for i, (messages, _) in enumerate(examples)
@@ -359,6 +363,7 @@ def main() -> None:
             data["eval_exact_match"] = {
                 "per_type": args.eval_per_type,
                 "seed": EVAL_SEED,
+                "vocabulary_part": "eval",
                 "scores": scores,
             }
             card_path.write_text(json.dumps(data, indent=2) + "\n")
