@@ -292,7 +292,8 @@ def batching_for(folder: ModelFolder, requested: int) -> tuple[int, str | None]:
 
 
 def _fmt_bytes(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+    """MB and GB of 2^20 and 2^30 bytes, as the fit table and peak memory are reported."""
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
 def _tokenizer_config(folder: ModelFolder) -> dict[str, Any]:
@@ -428,10 +429,10 @@ class GenaiRuntime:
         raise ModelMemoryError(
             str(self.folder.path),
             f"a request of {prompt_len} prompt tokens with max_length {max_length} (batch "
-            f"{batch_size}) needs {_fmt_bytes(asked)} (KV cache {_fmt_bytes(kv)}: "
-            f"{self.info.layers} layers x {self.info.kv_heads} KV heads x {self.info.head_size} "
-            f"x 2, {self.info.kv_bytes_per_token} bytes a token; prefill logits "
-            f"{_fmt_bytes(logits)}) but {_fmt_bytes(available)} is {where}",
+            f"{batch_size}) needs {_fmt_bytes(asked)} (KV cache {_fmt_bytes(kv)} at "
+            f"{self.info.kv_bytes_per_token} bytes a token: {self.info.layers} layers x "
+            f"{self.info.kv_heads} KV heads x {self.info.head_size} x keys and values; prefill "
+            f"logits {_fmt_bytes(logits)}) but {_fmt_bytes(available)} is {where}",
             asked_bytes=asked,
             available_bytes=available,
             max_length=max_length,
