@@ -49,7 +49,7 @@ _FLOAT_TYPES = {
     TensorProto.DOUBLE: "float64",
 }
 _KV_BYTES = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2}
-_NUMPY_FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+_NUMPY_FLOATS: dict[int, Any] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 IMPORT_INFO = "import_info.json"
 TIE_CHECK_ROWS = 16  # rows of a suspected copy dequantized and compared
 
