@@ -225,8 +225,13 @@ def test_smollm2_multi_turn_chat_with_parts_and_its_own_end_of_turn() -> None:
         {"role": "system", "content": "You are a helpful assistant.", "name": None},
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello! How can I help?", "tool_calls": None},
-        {"role": "user", "content": [{"type": "text", "text": "What is the capital "},
-                                     {"type": "text", "text": "of France?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is the capital "},
+                {"type": "text", "text": "of France?"},
+            ],
+        },
     ]
     assert rt.render(messages) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

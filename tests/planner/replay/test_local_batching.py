@@ -94,7 +94,7 @@ def test_the_plan_notes_a_candidate_that_cannot_batch(tmp_path: Path) -> None:
     gemma, smol = real_model("gemma3-270m", "int4"), real_model("smollm2-135m-instruct", "int4")
     config = tmp_path / "planner.toml"
     config.write_text(
-        f'[warehouse]\npath = {json.dumps(str(warehouse))}\n'
+        f"[warehouse]\npath = {json.dumps(str(warehouse))}\n"
         f'[[candidates]]\nname = "gemma"\nkind = "local"\npath = {json.dumps(str(gemma))}\n'
         "batch_size = 8\n"
         f'[[candidates]]\nname = "smol"\nkind = "local"\npath = {json.dumps(str(smol))}\n'
