@@ -329,17 +329,12 @@ def _duplicated_embedding(
 def _rows(folder: ModelFolder, tensor: TensorProto, dtype: Any, rows: list[int]) -> np.ndarray:
     """Some rows (first axis) of an initializer, read from its external file without loading
     the rest."""
-    shape = [int(d) for d in tensor.dims]
     if tensor.data_location != TensorProto.EXTERNAL:
         return np.asarray(numpy_helper.to_array(tensor))[rows]
     ext = {e.key: e.value for e in tensor.external_data}
-    data = np.memmap(
-        folder.model_file.parent / ext["location"],
-        dtype=dtype,
-        mode="r",
-        offset=int(ext.get("offset", 0)),
-        shape=tuple(shape),
-    )
+    where = folder.model_file.parent / ext["location"]
+    shape = tuple(int(d) for d in tensor.dims)
+    data = np.memmap(where, dtype=dtype, mode="r", offset=int(ext.get("offset", 0)), shape=shape)
     return np.array(data[rows])
 
 
@@ -365,12 +360,9 @@ def _same_weights(
         scale = _rows(folder, scales, np.float32, rows).reshape(len(rows), -1)
     except (OSError, ValueError, KeyError):
         return False
-    if bits == 4:
-        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(len(rows), -1)
-    elif bits == 8:
-        q = packed
-    else:
+    if bits not in (4, 8):
         return False
+    q = np.stack([packed & 0x0F, packed >> 4], -1).reshape(len(rows), -1) if bits == 4 else packed
     step = np.repeat(scale, block, axis=1)[:, :hidden]
     values = (q[:, : step.shape[1]].astype(np.float32) - 2 ** (bits - 1)) * step
     return bool(np.all(np.abs(values[:, :hidden] - floats) <= np.abs(step) * 1.01 + 1e-8))
