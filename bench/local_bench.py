@@ -461,7 +461,7 @@ def print_tables(result: dict[str, Any]) -> None:
     )
     header = (
         f"{'variant':<8} {'params':>7} {'weights MB':>10} {'load ms':>8} {'prompt tok/s':>12} "
-        f"{'gen tok/s':>9} {'ttft ms':>8} {'e2e ms':>8} {'peak RSS MB':>11}"
+        f"{'gen tok/s':>9} {'ttft ms':>8} {'e2e ms':>8} {'own peak MB':>11}"
     )
     print(header)
     print("-" * len(header))
