@@ -3,13 +3,15 @@ planner's harness costs and what batching buys.
 
 With ``BENCH_MODEL=DIR`` (a real model folder, e.g. the Phi-4-mini-shaped INT4 one) it measures
 that folder instead: the project (:class:`LocalBackend`) and a bare onnxruntime-genai greedy loop
-(a fresh generator of prompt + new tokens per request), each in fresh processes, alternated,
-on the same prompts and threads: decode tok/s, time to first token and the model's own peak
-memory (the process's high-water mark during the requests less its resident memory before the
-model was loaded), next to the memory-bandwidth ceiling (bandwidth measured here / bytes read per
-generated token: the weights plus the KV cache at the mean context). Goals: decode >= 0.97x the
-bare loop, peak memory within 10% of it. It also times a fresh generator against a rewound one at
-the requests' length. ``BENCH_ROUNDS`` (default 2) and ``BENCH_NEW_TOKENS`` (default 64) tune it.
+(a fresh generator of prompt + new tokens per request), each in fresh processes, alternated with
+the order swapped each round, on the same prompts and threads: decode tok/s, time to first token
+and the model's own peak memory (the process's high-water mark during the requests less its
+resident memory before the model was loaded), next to the memory-bandwidth ceilings (bytes read
+per generated token, the weights plus the KV cache at the mean context, against
+:func:`planner.models.devices.measure_bandwidth`'s one-thread copy and against a read by as many
+threads as the model uses). Goals: decode >= 0.97x the bare loop, peak memory within 10% of it.
+It also times a fresh generator against a rewound one at the requests' length. ``BENCH_ROUNDS``
+(default 2) and ``BENCH_NEW_TOKENS`` (default 64) tune it.
 
 Builds a random-weight decoder big enough for timings to mean something (hidden 512, 8 layers,
 about 26M parameters) in a temporary folder, with INT8 and INT4 copies, then:
@@ -323,6 +325,27 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def read_bandwidth(threads: int, size_mb: int = 1024, repeats: int = 3) -> float:
+    """GB/s read by ``threads`` threads summing their share of one array (numpy releases the
+    GIL): what decoding does, where devices.measure_bandwidth copies on one thread."""
+    import threading
+
+    import numpy as np
+
+    data = np.ones(size_mb * 2**20 // 8, dtype=np.float64)
+    chunks = np.array_split(data, threads)
+    best = float("inf")
+    for _ in range(repeats):
+        workers = [threading.Thread(target=np.sum, args=(c,)) for c in chunks]
+        started = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = min(best, time.perf_counter() - started)
+    return data.nbytes / best / 1e9
+
+
 def folder_bench(
     folder: Path, rounds: int = 2, n: int = 4, new: int = NEW_TOKENS
 ) -> dict[str, Any]:
@@ -334,10 +357,13 @@ def folder_bench(
     load_before = os.getloadavg()[0]
     bare: list[dict[str, Any]] = []
     project: list[dict[str, Any]] = []
-    for _ in range(rounds):
-        bare.append(_in_child("bare", folder, n, new))
-        project.append(_in_child("project", folder, n, new))
+    loads: list[float] = []
+    for i in range(rounds):  # alternated, the order swapped each round: no side goes first
+        for kind in ("bare", "project") if i % 2 == 0 else ("project", "bare"):
+            (bare if kind == "bare" else project).append(_in_child(kind, folder, n, new))
+        loads.append(round(os.getloadavg()[0], 2))
     bandwidth = measure_bandwidth()
+    read = read_bandwidth(default_threads())
     b, p = _summary(bare), _summary(project)
     context = b["prompt_tokens"] + b["new_tokens"] / 2
     bytes_per_token = info.weight_bytes + info.kv_bytes_per_token * context
@@ -353,12 +379,18 @@ def folder_bench(
         "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "bare": b,
         "project": p,
+        "per_round": [
+            {"bare": _summary([x]), "project": _summary([y]), "load_avg": load}
+            for x, y, load in zip(bare, project, loads, strict=True)
+        ],
         "decode_ratio": p["decode_tok_s"] / b["decode_tok_s"],
         "ttft_ratio": p["ttft_ms"] / b["ttft_ms"],
         "peak_ratio": p["peak_mb"] / b["peak_mb"],
         "bandwidth_gbs": bandwidth,
         "bytes_per_token": bytes_per_token,
         "ceiling_tok_s": bandwidth * GB / bytes_per_token,
+        "read_bandwidth_gbs": read,
+        "read_ceiling_tok_s": read * GB / bytes_per_token,
         "generator": {
             k: project[-1][k]
             for k in ("reuse", "generator_length", "fresh_generator_ms", "rewind_ms")
@@ -384,16 +416,29 @@ def print_folder(result: dict[str, Any]) -> None:
             f"{name:<22} {row['decode_tok_s']:>12.1f} {row['ttft_ms']:>9.0f} "
             f"{row['peak_mb']:>8.0f} {row['load_ms']:>8.0f}"
         )
+    per_token = result["bytes_per_token"] / 1e9
     print(
         f"{'bandwidth ceiling':<22} {result['ceiling_tok_s']:>12.1f}   "
-        f"({result['bandwidth_gbs']:.1f} GB/s measured / {result['bytes_per_token'] / 1e9:.2f} "
-        "GB read per token)"
+        f"({result['bandwidth_gbs']:.1f} GB/s, devices.measure_bandwidth: a one-thread copy, "
+        f"/ {per_token:.2f} GB read per token)"
     )
+    print(
+        f"{'read ceiling':<22} {result['read_ceiling_tok_s']:>12.1f}   "
+        f"({result['read_bandwidth_gbs']:.1f} GB/s read by {result['threads']} threads "
+        f"/ {per_token:.2f} GB)"
+    )
+    for i, r in enumerate(result["per_round"], 1):
+        print(
+            f"  round {i}: decode bare {r['bare']['decode_tok_s']:.1f} / project "
+            f"{r['project']['decode_tok_s']:.1f} tok/s, TTFT {r['bare']['ttft_ms']:.0f} / "
+            f"{r['project']['ttft_ms']:.0f} ms, peak {r['bare']['peak_mb']:.0f} / "
+            f"{r['project']['peak_mb']:.0f} MB (load average {r['load_avg']})"
+        )
     g = result["generator"]
     print(
         f"project / bare: decode {result['decode_ratio']:.3f}x (goal >= 0.97), TTFT "
         f"{result['ttft_ratio']:.3f}x, peak memory {result['peak_ratio']:.3f}x (goal <= 1.10); "
-        f"decode at {p['decode_tok_s'] / result['ceiling_tok_s']:.0%} of the ceiling"
+        f"decode at {p['decode_tok_s'] / result['read_ceiling_tok_s']:.0%} of the read ceiling"
     )
     print(
         f"generator set-up at max_length {g['generator_length']}: fresh "
