@@ -204,17 +204,22 @@ def folder_requests(n: int, new: int) -> list[ReplayRequest]:
 
 
 def bare_child(folder: Path, n: int, new: int) -> dict[str, Any]:
-    """The plainest loop: og.Model + tokenizer, the folder's chat template, a fresh generator of
-    prompt + new tokens per request, greedy; peak = high-water mark less the pre-load RSS."""
+    """The plainest loop: og.Model + tokenizer, the folder's chat template (BOS where the
+    tokenizer wants it), a fresh generator of prompt + new tokens per request (at least a sliding
+    window), greedy; peak = high-water mark less the pre-load RSS."""
     import numpy as np
     import onnxruntime_genai as og
 
     from planner.models.folder import open_model_folder
-    from planner.models.runtime import PLAIN_TEMPLATE, render_chat
+    from planner.models.runtime import PLAIN_TEMPLATE, cache_policy, render_chat
 
     model_folder = open_model_folder(folder)
     template = model_folder.chat_template() or PLAIN_TEMPLATE
     special = model_folder.special_tokens()
+    min_length = cache_policy(model_folder).min_length  # a sliding window refuses less
+    tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    bos = model_folder.config["model"].get("bos_token_id")
+    add_bos = tok_config.get("add_bos_token") is True and isinstance(bos, int)
     baseline = _status_bytes("VmRSS")
     started = time.perf_counter()
     config = og.Config(str(folder))
@@ -229,9 +234,11 @@ def bare_child(folder: Path, n: int, new: int) -> dict[str, Any]:
     for i, req in enumerate(folder_requests(n, new)):
         _reset_peak()
         t0 = time.perf_counter()
-        ids = tokenizer.encode(render_chat(template, req.messages, special_tokens=special))
+        ids = list(tokenizer.encode(render_chat(template, req.messages, special_tokens=special)))
+        if add_bos and ids[0] != bos:
+            ids.insert(0, bos)
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + new, do_sample=False)
+        params.set_search_options(max_length=max(len(ids) + new, min_length), do_sample=False)
         gen = og.Generator(model, params)
         gen.append_tokens(np.asarray(ids, dtype=np.int32))
         gen.generate_next_token()
