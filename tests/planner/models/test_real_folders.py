@@ -19,9 +19,8 @@ import pytest
 
 from planner.errors import ModelMemoryError
 from planner.models.devices import MB, RUNTIME_OVERHEAD_MB, generation_bytes
-from planner.models.folder import inspect_model
+from planner.models.folder import inspect_model, open_model_folder
 from planner.models.runtime import BUCKET_TOKENS, GenaiRuntime, batching_for, cache_policy
-from planner.models.folder import open_model_folder
 from planner.replay.local import LocalBackend
 from planner.replay.protocol import ERROR_KINDS, ReplayRequest, ReplayResult
 from tests.conftest import real_model
@@ -294,3 +293,21 @@ def test_int8_and_int4_parameter_counts_agree_with_fp32(tmp_path: Path) -> None:
     (untied / "import_info.json").write_text(json.dumps({**info, "tie_word_embeddings": False}))
     assert inspect_model(untied).parameters == 134_515_008 + 49_152 * 576
     assert open_model_folder(untied).path == untied
+
+
+def test_measuring_a_request_keeps_the_process_peak() -> None:
+    """A request's peak comes from resetting the kernel's high-water mark; the process's
+    whole-life peak (what a bench reads at the end of a run) is kept."""
+    import numpy as np
+
+    from planner.models.runtime import RssSampler, _peak_rss, process_peak_bytes, rss_bytes
+
+    block = np.ones(300 * 2**20 // 8)  # 300 MB resident, then freed
+    high = rss_bytes()
+    del block
+    with RssSampler(baseline_bytes=rss_bytes()) as mem:
+        small = np.ones(20 * 2**20 // 8)
+        del small
+    assert 15 < mem.peak_mb < 200  # this block's 20 MB, not the earlier 300
+    assert _peak_rss() is not None and _peak_rss() < high - 200 * 2**20  # the kernel's was reset
+    assert process_peak_bytes() > high - 2**20  # the process's is kept
