@@ -298,16 +298,21 @@ def test_int8_and_int4_parameter_counts_agree_with_fp32(tmp_path: Path) -> None:
 def test_measuring_a_request_keeps_the_process_peak() -> None:
     """A request's peak comes from resetting the kernel's high-water mark; the process's
     whole-life peak (what a bench reads at the end of a run) is kept."""
-    import numpy as np
+    import mmap
 
     from planner.models.runtime import RssSampler, _peak_rss, process_peak_bytes, rss_bytes
 
-    block = np.ones(300 * 2**20 // 8)  # 300 MB resident, then freed
+    def touch(mb: int) -> mmap.mmap:  # fresh pages from the kernel, made resident
+        block = mmap.mmap(-1, mb * 2**20)
+        for offset in range(0, mb * 2**20, 4096):
+            block[offset] = 1
+        return block
+
+    big = touch(300)
     high = rss_bytes()
-    del block
+    big.close()
     with RssSampler(baseline_bytes=rss_bytes()) as mem:
-        small = np.ones(20 * 2**20 // 8)
-        del small
+        touch(20).close()
     assert 15 < mem.peak_mb < 200  # this block's 20 MB, not the earlier 300
     assert _peak_rss() is not None and _peak_rss() < high - 200 * 2**20  # the kernel's was reset
     assert process_peak_bytes() > high - 2**20  # the process's is kept
