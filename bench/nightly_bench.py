@@ -4,7 +4,7 @@ The candidates are the committed demo models (edge-small-int4, edge-base-int4) a
 by the project's model server (edge-base fp32) in a process of its own on 127.0.0.1. Each run is a
 fresh process against a Prefect server that is already up, as under `serve` (which starts one),
 so its time includes the process's imports but not a server's start; its peak memory is the
-process's VmHWM (neither the relay nor the Prefect server is counted).
+process's peak RSS over its life (neither the relay nor the Prefect server is counted).
 
 Prints each stage's time and peak memory for both runs, the share of the second run's replays
 served from cache, and the goal: the second run takes at most 20% of the first.
@@ -41,10 +41,8 @@ started = time.perf_counter()
 state = nightly_flow(config_path=sys.argv[1], return_state=True)
 flow_s = round(time.perf_counter() - started, 2)
 result = state.result()
-peak = 0
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        peak = int(line.split()[1]) // 1024
+from planner.models.runtime import process_peak_bytes  # VmHWM is reset per local request
+peak = process_peak_bytes() // 2**20
 print("RESULT " + json.dumps({"state": state.name, "peak_rss_mb": peak, "flow_s": flow_s, **result},
                              default=str))
 """

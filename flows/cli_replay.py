@@ -87,6 +87,12 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{run['candidate']}: {run['renewed']} stored answers renewed (expired, tonight's "
                 "slice, or served by another model)"
             )
+        batching = run.get("batching") or {}
+        if batching.get("used", 1) < batching.get("requested", 1):
+            notes.append(
+                f"{run['candidate']}: batch size {batching['requested']} requested, "
+                f"{batching['used']} used: {batching['why']}"
+            )
         serving = run.get("serving") or {}
         if serving.get("changed_from"):
             notes.append(

@@ -93,6 +93,9 @@ def _add_round(totals: dict[str, dict[str, Any]], rows: Sequence[dict[str, Any]]
             mine["errors"][kind] = mine["errors"].get(kind, 0) + n
         if row.get("stopped") and not mine.get("stopped"):
             mine["stopped"], mine["message"] = row["stopped"], row.get("message")
+        batching = row.get("batching")
+        if batching and (not mine.get("batching") or batching["used"] < batching["requested"]):
+            mine["batching"] = batching  # what batching ran, said once for the run
 
 
 def replay_in_rounds(

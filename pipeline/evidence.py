@@ -349,10 +349,12 @@ def device_fits(
     """Each local candidate's fit and latency factor on the configured device tier.
 
     Returns (fits by candidate, the device's name/power/battery, notes). A local candidate whose
-    folder cannot be inspected has no fit (the plan then keeps it out, and says why).
+    folder cannot be inspected has no fit (the plan then keeps it out, and says why); one whose
+    folder cannot batch as configured gets a note saying what runs instead.
     """
     from planner.models.devices import device_by_id, estimate_fit, load_devices, measure_host
-    from planner.models.folder import inspect_model
+    from planner.models.folder import inspect_model, open_model_folder
+    from planner.models.runtime import batching_for
 
     local = [c for c in settings.candidates if c.kind == "local"]
     if not local:
@@ -385,6 +387,11 @@ def device_fits(
             device_decode_tokens_per_s=cand.device_tokens_per_s,
         )
         fits[cand.name] = fit_row(fit)
+        used, why = batching_for(open_model_folder(info.path), cand.batch_size)
+        if used < cand.batch_size:
+            notes.append(
+                f"{cand.name}: batch size {cand.batch_size} requested, {used} used: {why}."
+            )
     power = {
         "name": device.name,
         "power_w": device.sustained_power_w,

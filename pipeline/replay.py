@@ -544,7 +544,7 @@ def make_replay(
             wait_relays()
         if local and not stop_requested():
             specs = {
-                c.name: LocalModelSpec(c.name, str(c.path), c.threads, max_new)
+                c.name: LocalModelSpec(c.name, str(c.path), c.threads, max_new, c.batch_size)
                 for c in local
                 if c.path
             }

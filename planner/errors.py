@@ -5,6 +5,8 @@ PlannerError                    root: anything the planner cannot do
 ├── ModelFolderError            not an onnxruntime-genai model folder (names the missing file)
 ├── ModelImportError            a model cannot be imported (names the file: missing, not a model,
 │                               unsupported architecture, the build environment or builder failed)
+├── ModelRuntimeError           a loaded model could not run one request (names the folder, the fix)
+│   └── ModelMemoryError        its KV cache and buffers do not fit: the bytes asked and available
 ├── BackendError                a whole replay backend cannot go on
 │   ├── AuthError               401/403: names the candidate and its key's env var
 │   ├── CircuitOpenError        too many consecutive failures; the candidate is stopped
@@ -41,6 +43,41 @@ class ModelImportError(PlannerError):
         self.source = source
         self.reason = reason
         super().__init__(f"{source}: {reason}")
+
+
+class ModelRuntimeError(PlannerError):
+    """A loaded model folder failed on one request; the next request starts clean.
+
+    ``fix`` says what the user can change (empty when there is nothing to say)."""
+
+    def __init__(self, path: str, reason: str, fix: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{path}: {reason}" + (f"; {fix}" if fix else ""))
+
+
+class ModelMemoryError(ModelRuntimeError):
+    """A request's KV cache and prefill buffers need more memory than is available: refused
+    before onnxruntime-genai tries to allocate it (which can take a minute and the OOM killer),
+    or reported when the runtime itself could not allocate."""
+
+    def __init__(
+        self,
+        path: str,
+        reason: str,
+        *,
+        asked_bytes: int,
+        available_bytes: int,
+        max_length: int,
+        batch_size: int = 1,
+        fix: str = "",
+    ) -> None:
+        self.asked_bytes = asked_bytes
+        self.available_bytes = available_bytes
+        self.max_length = max_length
+        self.batch_size = batch_size
+        super().__init__(path, reason, fix)
 
 
 class BackendError(PlannerError):

@@ -130,6 +130,15 @@ class CandidateSettings(_Section):
     threads: int | None = Field(
         None, gt=0, description="local: intra-op threads (default: all cores)."
     )
+    batch_size: int = Field(
+        1,
+        ge=1,
+        description=(
+            "local: requests generated together in padded batches (1: one at a time). A folder "
+            "that cannot batch (sliding-window attention) runs one at a time, and the replay "
+            "summary and the plan say so."
+        ),
+    )
     send_production_data: bool = Field(
         False,
         description=(

@@ -4,8 +4,12 @@ Every figure here is an ESTIMATE for planning, labeled with its formula (``Devic
 
 - memory needed = weights (the graph's bytes on disk, mapped or loaded whole)
   + KV cache (``kv_bytes_per_token`` x the workload's p95 context)
+  + prefill logits (``logits_bytes_per_token`` x the p95 prompt, taken as the p95 context less
+  the answer: the prefill returns a vocabulary's logits for every prompt position)
   + runtime overhead (:data:`RUNTIME_OVERHEAD_MB` + :data:`ACTIVATION_SHARE` of the weights);
-  it fits when that is within the device's usable RAM.
+  it fits when that is within the device's usable RAM. The local runtime sizes every generator
+  to its request (:mod:`planner.models.runtime`), and refuses one whose KV cache and logits
+  (:func:`generation_bytes`, the same formula) exceed the memory available.
 - decode tokens/s: decoding reads every weight once per token, so it scales with memory
   bandwidth. With a decode speed measured on this host for the model:
   ``host_tok_s x device_bw / host_bw`` ("host-scaled"); without one, the roofline
@@ -119,6 +123,7 @@ class DeviceFit:
     estimate: bool = True
     latency_factor: float = 1.0  # device latency = host latency x this
     latency_basis: str = "this host"
+    logits_mb: float = 0.0  # the prefill's logits for the p95 prompt
 
 
 def _device_from(entry: Any, where: str) -> Device:
@@ -276,12 +281,26 @@ def _read_host_cache(cache_file: Path, key: str, max_age_s: float) -> HostMeasur
         return None  # missing, stale or foreign: measured again
 
 
-def memory_needed_mb(info: ModelInfo, context_tokens: int) -> tuple[float, float, float]:
-    """(weights, KV cache, overhead) in MB for ``context_tokens`` of context."""
+def generation_bytes(
+    info: ModelInfo, *, prompt_tokens: int, max_length: int, batch_size: int = 1
+) -> tuple[int, int]:
+    """(KV cache, prefill logits) bytes of one onnxruntime-genai generator: the KV cache holds
+    ``max_length`` positions of every layer per sequence (allocated whole when the generator is
+    made), and the prompt's prefill returns logits for each of its positions."""
+    kv = info.kv_bytes_per_token * max_length * batch_size
+    logits = info.logits_bytes_per_token * prompt_tokens * batch_size
+    return kv, logits
+
+
+def memory_needed_mb(
+    info: ModelInfo, context_tokens: int, prompt_tokens: int = 0
+) -> tuple[float, float, float, float]:
+    """(weights, KV cache, prefill logits, overhead) in MB for ``context_tokens`` of context of
+    which ``prompt_tokens`` are the prompt."""
     weights = info.weight_bytes / MB
-    kv = info.kv_bytes_per_token * context_tokens / MB
+    kv, logits = generation_bytes(info, prompt_tokens=prompt_tokens, max_length=context_tokens)
     overhead = RUNTIME_OVERHEAD_MB + ACTIVATION_SHARE * weights
-    return weights, kv, overhead
+    return weights, kv / MB, logits / MB, overhead
 
 
 def estimate_fit(
@@ -302,8 +321,10 @@ def estimate_fit(
     if context_tokens < 1 or output_tokens < 1:
         raise ValueError("context_tokens and output_tokens must be >= 1")
     prompt = prompt_tokens if prompt_tokens is not None else max(context_tokens - output_tokens, 1)
-    weights, kv, overhead = memory_needed_mb(info, context_tokens)
-    required = weights + kv + overhead
+    weights, kv, logits, overhead = memory_needed_mb(
+        info, context_tokens, max(context_tokens - output_tokens, 1)
+    )
+    required = weights + kv + logits + overhead
     usable = device.usable_ram_gb * 1000 * 1000 * 1000 / MB
     bytes_per_token = info.weight_bytes + info.kv_bytes_per_token * context_tokens
     bandwidth = device.bandwidth_gbs
@@ -361,7 +382,8 @@ def estimate_fit(
         else None
     )
     formula += (
-        f"; memory = weights + KV x {context_tokens} tokens + {RUNTIME_OVERHEAD_MB:.0f} MB "
+        f"; memory = weights + KV x {context_tokens} tokens + logits x "
+        f"{max(context_tokens - output_tokens, 1)} prompt tokens + {RUNTIME_OVERHEAD_MB:.0f} MB "
         f"+ {ACTIVATION_SHARE:.0%} of weights; device latency = host latency x host decode "
         "tok/s / device decode tok/s; energy = sustained W x "
         "(prompt/prefill + output/decode); battery %/h = J/request x requests/h / (Wh x 3600)"
@@ -376,6 +398,7 @@ def estimate_fit(
         headroom_mb=usable - required,
         weights_mb=weights,
         kv_cache_mb=kv,
+        logits_mb=logits,
         overhead_mb=overhead,
         context_tokens=context_tokens,
         decode_tokens_per_s=decode,

@@ -5,8 +5,15 @@ weights as external data beside it) + the tokenizer (``tokenizer.json`` or ``tok
 and ``tokenizer_config.json``, which onnxruntime-genai requires and where the chat template
 lives). :func:`open_model_folder` names the first missing piece in a
 :class:`planner.errors.ModelFolderError`; :func:`inspect_model` reads the graph's structure
-(never its weights) to report parameters and quantization; :func:`fingerprint` hashes every
-byte of the folder, remembering each file's digest by its size, times and inode.
+(its weights only where a shared tensor must be told from a copy) to report parameters and
+quantization; :func:`fingerprint` hashes every byte of the folder, remembering each file's digest
+by its size, times and inode.
+
+Parameters count each learned tensor once. The onnxruntime-genai builder's INT8 models keep a
+tied embedding twice (a float table for the Gather, an 8-bit copy for the head's MatMulNBits);
+the copy is counted once (``ModelInfo.duplicate_parameters`` says how many were left out), known
+from ``import_info.json``'s ``tie_word_embeddings`` or, without it, by dequantizing a few rows
+of the head and comparing them with the table (within one quantization step).
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from planner.errors import ModelFolderError
 
@@ -41,6 +49,9 @@ _FLOAT_TYPES = {
     TensorProto.DOUBLE: "float64",
 }
 _KV_BYTES = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2}
+_NUMPY_FLOATS: dict[int, Any] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+IMPORT_INFO = "import_info.json"
+TIE_CHECK_ROWS = 16  # rows of a suspected copy dequantized and compared
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,9 @@ class ModelInfo:
     kv_bytes_per_token: int  # keys + values of every layer for one token
     chat_template: bool
     files: list[str] = field(default_factory=list)
+    # logits of one prompt position (the prefill returns them for every position: vocab x dtype)
+    logits_bytes_per_token: int = 0
+    duplicate_parameters: int = 0  # a shared tensor's second copy, not counted in parameters
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -211,6 +225,8 @@ def inspect_model(path: Path | str) -> ModelInfo:
             weight_types[_FLOAT_TYPES[init.data_type]] += numel
         elif init.data_type in (TensorProto.INT8, TensorProto.UINT8):
             params += numel
+    duplicate = _duplicated_embedding(folder, graph, inits)
+    params -= duplicate
     quant_ops = {
         "MatMulNBits": ops.get("MatMulNBits", 0),
         "MatMulInteger": ops.get("MatMulInteger", 0),
@@ -240,6 +256,11 @@ def inspect_model(path: Path | str) -> ModelInfo:
             kv_dtype = value.type.tensor_type.elem_type
             break
     kv_bytes = 2 * layers * kv_heads * head_size * _KV_BYTES.get(kv_dtype, 4)
+    logits_dtype = TensorProto.FLOAT
+    for value in graph.output:
+        if value.name == "logits":
+            logits_dtype = value.type.tensor_type.elem_type
+    vocab = int(model_cfg.get("vocab_size", 0))
 
     files = sorted(p for p in folder.path.rglob("*") if p.is_file())
     weight_files = {folder.model_file} | {
@@ -255,7 +276,7 @@ def inspect_model(path: Path | str) -> ModelInfo:
         bytes_on_disk=sum(p.stat().st_size for p in files),
         weight_bytes=sum(p.stat().st_size for p in weight_files if p.is_file()),
         context_length=int(model_cfg.get("context_length", 0)),
-        vocab_size=int(model_cfg.get("vocab_size", 0)),
+        vocab_size=vocab,
         hidden_size=int(dec.get("hidden_size", 0)),
         layers=layers,
         attention_heads=heads,
@@ -264,7 +285,87 @@ def inspect_model(path: Path | str) -> ModelInfo:
         kv_bytes_per_token=kv_bytes,
         chat_template=folder.chat_template() is not None,
         files=[str(p.relative_to(folder.path)) for p in files],
+        logits_bytes_per_token=vocab * _KV_BYTES.get(logits_dtype, 4),
+        duplicate_parameters=duplicate,
     )
+
+
+def _tied_flag(folder: ModelFolder) -> bool | None:
+    """``tie_word_embeddings`` as the import recorded it (None: not recorded)."""
+    try:
+        info = json.loads((folder.path / IMPORT_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    tied = info.get("tie_word_embeddings") if isinstance(info, dict) else None
+    return tied if isinstance(tied, bool) else None
+
+
+def _duplicated_embedding(
+    folder: ModelFolder, graph: onnx.GraphProto, inits: dict[str, TensorProto]
+) -> int:
+    """Parameters stored twice: a float Gather table [V, H] beside a MatMulNBits head with
+    N = V and K = H holding the same weights (counted in both places above)."""
+    heads = {}
+    for node in graph.node:
+        if node.op_type == "MatMulNBits" and len(node.input) > 2 and node.input[1] in inits:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            heads[(int(attrs.get("N", 0)), int(attrs.get("K", 0)))] = (node, attrs)
+    for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" and node.input else None
+        if table is None or len(table.dims) != 2 or table.data_type not in _NUMPY_FLOATS:
+            continue
+        vocab, hidden = int(table.dims[0]), int(table.dims[1])
+        head = heads.get((vocab, hidden))
+        if head is None:
+            continue
+        tied = _tied_flag(folder)
+        if tied is None:
+            tied = _same_weights(folder, table, head[0], head[1], inits)
+        if tied:
+            return vocab * hidden
+    return 0
+
+
+def _rows(folder: ModelFolder, tensor: TensorProto, dtype: Any, rows: list[int]) -> np.ndarray:
+    """Some rows (first axis) of an initializer, read from its external file without loading
+    the rest."""
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return np.asarray(numpy_helper.to_array(tensor))[rows]
+    ext = {e.key: e.value for e in tensor.external_data}
+    where = folder.model_file.parent / ext["location"]
+    shape = tuple(int(d) for d in tensor.dims)
+    data = np.memmap(where, dtype=dtype, mode="r", offset=int(ext.get("offset", 0)), shape=shape)
+    return np.array(data[rows])
+
+
+def _same_weights(
+    folder: ModelFolder,
+    table: TensorProto,
+    head: onnx.NodeProto,
+    attrs: dict[str, Any],
+    inits: dict[str, TensorProto],
+) -> bool:
+    """Whether a few dequantized rows of the head equal the table's within one quantization
+    step (an untied head differs by far more)."""
+    bits, block = int(attrs.get("bits", 4)), int(attrs.get("block_size", 32))
+    vocab, hidden = int(table.dims[0]), int(table.dims[1])
+    rows = sorted({int(i) for i in np.linspace(0, vocab - 1, TIE_CHECK_ROWS)})
+    quant, scales = inits[head.input[1]], inits.get(head.input[2])
+    zero_points = inits.get(head.input[3]) if len(head.input) > 3 and head.input[3] else None
+    if scales is None or zero_points is not None or quant.data_type != TensorProto.UINT8:
+        return False  # a layout not checked here: count both
+    try:
+        floats = _rows(folder, table, _NUMPY_FLOATS[table.data_type], rows).astype(np.float32)
+        packed = _rows(folder, quant, np.uint8, rows).reshape(len(rows), -1)
+        scale = _rows(folder, scales, np.float32, rows).reshape(len(rows), -1)
+    except (OSError, ValueError, KeyError):
+        return False
+    if bits not in (4, 8):
+        return False
+    q = np.stack([packed & 0x0F, packed >> 4], -1).reshape(len(rows), -1) if bits == 4 else packed
+    step = np.repeat(scale, block, axis=1)[:, :hidden]
+    values = (q[:, : step.shape[1]].astype(np.float32) - 2 ** (bits - 1)) * step
+    return bool(np.all(np.abs(values[:, :hidden] - floats) <= np.abs(step) * 1.01 + 1e-8))
 
 
 # A model folder's fingerprint covers every byte of it. Hashing gigabytes takes seconds, so each

@@ -39,7 +39,16 @@ from planner.stats import percentile
 # Failed replays of these kinds are tried again by the next run (the world may have changed);
 # every other outcome is final for its cache key until --refresh.
 RETRY_NEXT_RUN_KINDS = frozenset(
-    {"timeout", "rate_limited", "server_error", "connection", "budget", "circuit_open", "auth"}
+    {
+        "timeout",
+        "rate_limited",
+        "server_error",
+        "connection",
+        "budget",
+        "circuit_open",
+        "auth",
+        "memory",  # free memory differs from run to run
+    }
 )
 NOT_STORED_KINDS = frozenset({"budget"})  # never sent: counted as "skipped: budget"
 

@@ -7,9 +7,20 @@ seeded). A request's ``max_tokens`` is respected and capped by ``max_new_tokens`
 left of the context window. Measured per request: prompt tokens, output tokens (the end-of-turn
 token not counted), TTFT (from before the template is rendered to the first generated token),
 decode tokens/s (output tokens after the first, over the time after the first), total latency,
-and peak RSS of this process sampled every 5 ms during generation. Per model: load time
-(``load_ms``, the cold start). With ``batch_size > 1`` requests are generated in padded
-batches (greedy batches give the same tokens as one at a time). The model itself is a
+and the model's own peak memory during generation (above what the process held before the model
+was loaded). Per model: load time (``load_ms``, the cold start).
+
+With ``batch_size > 1`` requests are generated in padded batches (greedy batches give the same
+tokens as one at a time) where the folder allows it: a folder whose cache cannot batch
+(sliding-window attention) is known from its config and runs one at a time, and a batch the
+runtime refuses sends its requests, and every later one, one at a time. Either way
+:attr:`LocalBackend.batching` says what was asked, what was used and why, and the replay summary
+and the plan report it.
+
+A request whose KV cache and buffers do not fit in memory fails as ``error_kind="memory"`` (a
+:class:`planner.errors.ModelMemoryError`'s message: the figures asked and available, and the fix)
+before anything is allocated; any other failure of the runtime is that request's ``runtime``
+error. Either way the next request starts with a clean generator. The model itself is a
 :class:`planner.models.runtime.GenaiRuntime`.
 """
 
@@ -22,9 +33,9 @@ from typing import Any
 
 from jinja2.exceptions import TemplateError
 
-from planner.errors import BackendError, ModelFolderError
+from planner.errors import BackendError, ModelFolderError, ModelMemoryError
 from planner.models.folder import fingerprint, open_model_folder
-from planner.models.runtime import GenaiRuntime, Generation, RssSampler, default_threads
+from planner.models.runtime import GenaiRuntime, Generation, batching_for, default_threads
 from planner.replay.protocol import ReplayRequest, ReplayResult
 
 
@@ -45,6 +56,7 @@ class LocalBackend:
         batch_size: int = 1,
         greedy: bool = True,
         seed: int = 0,
+        memory_limit_mb: float | None = None,
     ) -> None:
         if max_new_tokens < 1 or batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
@@ -54,8 +66,10 @@ class LocalBackend:
         self.max_new_tokens = max_new_tokens
         self.threads = threads or default_threads()
         self.batch_size = batch_size
+        self.batch_used, self.batch_why = batching_for(self.folder, batch_size)
         self.greedy = greedy
         self.seed = seed
+        self.memory_limit_mb = memory_limit_mb
         self._runtime: GenaiRuntime | None = None
         self._fingerprint: str | None = None
 
@@ -67,10 +81,19 @@ class LocalBackend:
         """The loaded model (loads it the first time: the cold start is ``load_ms``)."""
         if self._runtime is None:
             try:
-                self._runtime = GenaiRuntime(self.model_dir, threads=self.threads)
+                self._runtime = GenaiRuntime(
+                    self.model_dir, threads=self.threads, memory_limit_mb=self.memory_limit_mb
+                )
             except ModelFolderError as exc:
                 raise BackendError(self.name, str(exc)) from exc
         return self._runtime
+
+    @property
+    def batching(self) -> dict[str, Any] | None:
+        """What batching was asked for and what ran (None: one at a time was asked)."""
+        if self.batch_size == 1:
+            return None
+        return {"requested": self.batch_size, "used": self.batch_used, "why": self.batch_why}
 
     @property
     def load_ms(self) -> float | None:
@@ -160,35 +183,42 @@ class LocalBackend:
         assert prompt is not None
         max_new = min(request.max_tokens, self.max_new_tokens)
         try:
-            with RssSampler() as rss:
+            with self.runtime.measure() as mem:
                 (gen,) = self.runtime.generate(
                     [prompt], [max_new], self._temperature(request), self.seed
                 )
+        except ModelMemoryError as exc:
+            return self._failure(request, "memory", str(exc), prompt_tokens=len(prompt))
         except Exception as exc:  # the runtime's failure is this sample's, not the run's
             return self._failure(
                 request, "runtime", f"{type(exc).__name__}: {exc}", prompt_tokens=len(prompt)
             )
-        return self._result(request, prompt, gen, started, time.perf_counter(), rss.peak_mb)
+        return self._result(request, prompt, gen, started, time.perf_counter(), mem.peak_mb)
 
     def _run_batch(self, ready: list[tuple[ReplayRequest, list[int]]]) -> list[ReplayResult]:
-        """One padded batch; if the runtime refuses it, its requests one at a time."""
+        """One padded batch; if the runtime refuses it, its requests (and every later one)
+        one at a time, and :attr:`batching` says why."""
         started = time.perf_counter()
         temperatures = {self._temperature(r) for r, _ in ready}
-        if len(ready) > 1 and len(temperatures) == 1:
+        if len(ready) > 1 and len(temperatures) == 1 and self.batch_used > 1:
             try:
-                with RssSampler() as rss:
+                with self.runtime.measure() as mem:
                     gens = self.runtime.generate(
                         [p for _, p in ready],
                         [min(r.max_tokens, self.max_new_tokens) for r, _ in ready],
                         temperatures.pop(),
                         self.seed,
                     )
-            except Exception:  # e.g. a runtime without batching: fall through
-                pass
+            except Exception as exc:  # the folder cannot batch after all: one at a time
+                self.batch_used = 1
+                self.batch_why = (
+                    f"a batch of {len(ready)} failed ({type(exc).__name__}: {exc}); "
+                    "requests ran one at a time from then on"
+                )
             else:
                 ended = time.perf_counter()
                 return [
-                    self._result(request, prompt, gen, started, ended, rss.peak_mb)
+                    self._result(request, prompt, gen, started, ended, mem.peak_mb)
                     for (request, prompt), gen in zip(ready, gens, strict=True)
                 ]
         return [self._run_one(request) for request, _ in ready]
@@ -207,7 +237,7 @@ class LocalBackend:
         latency are its batch's.
         """
         _ = self.runtime  # load (cold start) before the first request's clock starts
-        if self.batch_size == 1:
+        if self.batch_used == 1:
             for request in requests:
                 if should_stop():
                     return
@@ -222,10 +252,11 @@ class LocalBackend:
                 assert prompt is not None
                 ready.append((request, prompt))
         ready.sort(key=lambda item: len(item[1]))
-        for start in range(0, len(ready), self.batch_size):
+        size = self.batch_used
+        for start in range(0, len(ready), size):
             if should_stop():
                 return
-            for result in self._run_batch(ready[start : start + self.batch_size]):
+            for result in self._run_batch(ready[start : start + size]):
                 on_result(result)
 
     def stats(self) -> dict[str, Any]:
@@ -238,6 +269,7 @@ class LocalBackend:
             "load_ms": self.load_ms,
             "threads": self.threads,
             "batch_size": self.batch_size,
+            "batching": self.batching,
             "chat_template": rt.has_chat_template if rt is not None else None,
             "context_length": rt.context_length if rt is not None else None,
         }

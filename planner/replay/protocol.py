@@ -18,6 +18,7 @@ ERROR_KINDS = (
     "context_overflow",  # prompt longer than the model's context window
     "empty_output",  # the model produced no text
     "runtime",  # the local runtime raised
+    "memory",  # the local model's KV cache and buffers for this request do not fit in memory
     "timeout",  # no (complete) answer within the read timeout
     "rate_limited",  # 429 after every retry
     "server_error",  # 5xx after every retry

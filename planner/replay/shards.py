@@ -54,6 +54,7 @@ class LocalModelSpec:
     path: str
     threads: int | None
     max_new_tokens: int
+    batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def backend_for(spec: LocalModelSpec) -> ReplayBackend:
                 Path(spec.path),
                 max_new_tokens=spec.max_new_tokens,
                 threads=spec.threads,
+                batch_size=spec.batch_size,
             )
             _loaded[spec] = backend
         return backend
@@ -194,7 +196,8 @@ def replay_shard(
             should_stop=stop_requested,
             report=report,
         )
-    return {"run": run.to_dict(), "rows": rows}
+    # what batching was asked and what ran (a local backend that batches says why not)
+    return {"run": {**run.to_dict(), "batching": getattr(backend, "batching", None)}, "rows": rows}
 
 
 # -- a candidate's outcome over its shards --------------------------------------------------
@@ -223,9 +226,13 @@ def merge_runs(
         "stopped": None,
         "message": None,
         "seconds": 0.0,
+        "batching": None,
     }
     errors: dict[str, int] = {}
     for run in runs:
+        batching = run.get("batching")
+        if batching and (merged["batching"] is None or batching["used"] < batching["requested"]):
+            merged["batching"] = batching  # one line per candidate: the shard that fell back
         for field in ("sent", "ok", "retries", "cost_usd", "skipped_budget", "seconds"):
             merged[field] += run[field]
         for kind, n in run["errors"].items():

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import onnxruntime_genai as og
+import psutil
 import pytest
 from tokenizers import Tokenizer
 
@@ -83,7 +84,9 @@ def test_tokens_and_timings_are_counted_against_the_tokenizer(tiny_model_dir: Pa
     assert result.ttft_ms is not None and result.latency_ms is not None
     assert 0 < result.ttft_ms < result.latency_ms
     assert result.tokens_per_s is not None and result.tokens_per_s > 0
-    assert result.peak_rss_mb is not None and result.peak_rss_mb > 10
+    # the model's own memory: above what the process held before loading it
+    assert result.peak_rss_mb is not None
+    assert 0 < result.peak_rss_mb < psutil.Process().memory_info().rss / 2**20
     assert backend.load_ms is not None and backend.load_ms > 0
     stats = backend.stats()
     assert stats["chat_template"] is True and stats["context_length"] == 256
