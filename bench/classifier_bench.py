@@ -243,7 +243,7 @@ def run(
         "public labeled requests (goals: in-source >= baseline; cross-source >= baseline + 0.10, "
         "+ 0.20 with the encoder):"
     )
-    out["public"] = public_quality.run()
+    out["public"] = public_quality.public(public_quality.run())
     return out
 
 

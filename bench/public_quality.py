@@ -92,6 +92,29 @@ def _f1(truth: list[str], pred: list[str]) -> float:
     return evaluate(truth, pred, np.ones(len(truth))).macro_f1
 
 
+def paired_interval(
+    sets: list[tuple[list[str], list[str], list[str]]], draws: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of macro-F1(ours) - macro-F1(baseline), averaged over
+    ``sets`` of (truth, ours, baseline) predictions; each set's test requests are resampled (the
+    same draw for both models). How far a difference on a few hundred requests can be trusted."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    arrays = [tuple(np.asarray(v) for v in one) for one in sets]
+    diffs = []
+    for _ in range(draws):
+        total = 0.0
+        for t, o, b in arrays:
+            labels = sorted(set(t.tolist()))
+            i = rng.integers(0, len(t), len(t))
+            total += f1_score(t[i], o[i], labels=labels, average="macro", zero_division=0)
+            total -= f1_score(t[i], b[i], labels=labels, average="macro", zero_division=0)
+        diffs.append(total / len(arrays))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return round(float(low), 3), round(float(high), 3)
+
+
 def compare(
     train: list[Row], test: list[Row], encoder: SentenceEncoder | None, cache: MemoryCache
 ) -> dict[str, Any]:
@@ -100,9 +123,8 @@ def compare(
     truth = [r["task_type"] for r in test]
     out: dict[str, Any] = {"train": len(train), "test": len(test)}
     base = baseline_fit(train)
-    out["baseline"] = _f1(
-        truth, [str(p) for p in base.predict([_flat(r["messages"]) for r in test])]
-    )
+    base_pred = [str(p) for p in base.predict([_flat(r["messages"]) for r in test])]
+    out["baseline"] = _f1(truth, base_pred)
     texts = [request_text(r["messages"]) for r in test]
     for name, enc in (("ngrams", None), ("encoder", encoder)):
         if name == "encoder" and encoder is None:
@@ -115,14 +137,21 @@ def compare(
             encoder=enc,
             cache=cache,
         )
-        out[name] = _f1(truth, [str(p) for p in trained.pipeline.predict(texts)])
+        pred = [str(p) for p in trained.pipeline.predict(texts)]
+        out[name] = _f1(truth, pred)
+        out[f"{name}_minus_baseline_95"] = paired_interval([(truth, pred, base_pred)])
+        out.setdefault("_predictions", {"truth": truth, "baseline": base_pred})[name] = pred
     return out
 
 
 def _line(name: str, r: dict[str, Any]) -> str:
-    enc = f", + encoder {r['encoder']:.3f}" if "encoder" in r else ""
+    def gap(key: str) -> str:
+        low_high = r.get(f"{key}_minus_baseline_95")
+        return f" (vs baseline {low_high[0]:+.3f}..{low_high[1]:+.3f})" if low_high else ""
+
+    enc = f", + encoder {r['encoder']:.3f}{gap('encoder')}" if "encoder" in r else ""
     return (
-        f"{name:34} n-grams {r['ngrams']:.3f}{enc}; baseline {r['baseline']:.3f} "
+        f"{name:34} n-grams {r['ngrams']:.3f}{gap('ngrams')}{enc}; baseline {r['baseline']:.3f} "
         f"(train {r['train']:,}, test {r['test']:,})"
     )
 
@@ -252,6 +281,11 @@ def run() -> dict[str, Any]:
     keys = ["ngrams", "baseline"] + (["encoder"] if encoder else [])
     cross["mean"] = {k: round(float(np.mean([cross[h][k] for h in CROSS])), 4) for k in keys}
     cross["mean"].update({"train": 0, "test": sum(cross[h]["test"] for h in CROSS)})
+    for k in keys[:1] + keys[2:]:
+        sets = [cross[h]["_predictions"] for h in CROSS]
+        cross["mean"][f"{k}_minus_baseline_95"] = paired_interval(
+            [(p["truth"], p[k], p["baseline"]) for p in sets]
+        )
     print(_line("cross-source mean of 3", cross["mean"]))
     out["cross_source"] = cross
     out["cross_lingual_en_to_zh"] = compare(english, chinese, encoder, cache)
@@ -287,5 +321,12 @@ def run() -> dict[str, Any]:
     return out
 
 
+def public(value: Any) -> Any:
+    """``value`` without the predictions kept for the intervals (too long to print)."""
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items() if k != "_predictions"}
+    return value
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2, default=str))
+    print(json.dumps(public(run()), indent=2, default=str))
