@@ -318,6 +318,14 @@ def serve_model(
         min=1,
         help="Requests served at once; one more gets 429 with Retry-After.",
     ),
+    memory_limit_mb: float | None = typer.Option(
+        None,
+        "--memory-limit-mb",
+        min=1,
+        help="Cap on the model's own memory (weights, KV cache, buffers), e.g. a device tier's; "
+        "a request whose cache would not fit gets 503 insufficient_memory before anything is "
+        "allocated. Default: the host's available memory.",
+    ),
 ) -> None:
     """Serve a local model (or --echo) as an OpenAI-compatible API (models, chat completions)."""
     import uvicorn
@@ -364,7 +372,9 @@ def serve_model(
         engine = EchoEngine(model_name or "echo")
     else:
         assert model_dir is not None
-        engine = LocalEngine(model_dir, model_name=model_name, threads=threads)
+        engine = LocalEngine(
+            model_dir, model_name=model_name, threads=threads, memory_limit_mb=memory_limit_mb
+        )
     shown = f"[{host}]" if ":" in host else host
     progress(f"serving {engine.model_name!r} on http://{shown}:{port}/v1 (Ctrl+C stops)")
     app = create_app(

@@ -104,6 +104,7 @@ def demo_flow(
                 warehouse_path=warehouse,
                 classifier_path=str(classifier_dir / "classifier.onnx"),
                 run_id=run_id,
+                judge_spent_usd=float(replayed.get("judge_spent_usd", 0.0) or 0.0),
             )
             render_profile_task(
                 str(scratch / "profile.html"), profile, ingest, classified.get("page")

@@ -61,7 +61,9 @@ class PrefectSteps:
                 dask_address=self.settings.run.dask_address,
             )
 
-    def plan(self, out_dir: Path, classifier_path: Path, run_id: str) -> dict[str, Any]:
+    def plan(
+        self, out_dir: Path, classifier_path: Path, run_id: str, judge_spent_usd: float = 0.0
+    ) -> dict[str, Any]:
         with subflow_settings():
             return plan_flow(
                 config_path=self.config_path,
@@ -69,6 +71,7 @@ class PrefectSteps:
                 warehouse_path=self.warehouse,
                 classifier_path=str(classifier_path),
                 run_id=run_id,
+                judge_spent_usd=judge_spent_usd,
             )
 
     def info(self, line: str) -> None:

@@ -27,9 +27,11 @@ def plan_flow(
     device_power_w: float | None = None,
     battery_wh: float | None = None,
     run_id: str | None = None,
+    judge_spent_usd: float = 0.0,
 ) -> dict[str, Any]:
     """Score the replays, decide the routes, project the month, write the artifacts and the HTML.
-    ``run_id`` names the run in metrics.json and the configs (the parent flow passes its own)."""
+    ``run_id`` names the run in metrics.json and the configs (the parent flow passes its own);
+    ``judge_spent_usd`` what the run's replay rounds already spent of the judge's cap."""
     return make_plan(
         load_settings(config_path),
         warehouse=warehouse_path,
@@ -40,5 +42,6 @@ def plan_flow(
         classifier_path=classifier_path,
         device_power_w=device_power_w,
         battery_wh=battery_wh,
+        judge_spent_usd=judge_spent_usd,
         stage=as_task,
     )

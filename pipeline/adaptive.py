@@ -235,6 +235,8 @@ def replay_in_rounds(
         ],
         "sample": sample,
         "spent_usd": budget.spent_usd,
+        # The plan's scoring pass spends only what is left of the judge's cap for this run.
+        "judge_spent_usd": judge_budget.spent_usd if judge_budget is not None else 0.0,
         "shards": totals,
         "adaptive": True,
         "cap": cap,

@@ -154,6 +154,8 @@ def score_replays(
 
     Items the judge could not reach (its budget or circuit) stay unscored for a later run."""
     use_judge = judge_enabled(settings, judge)
+    if use_judge and judge_budget is None:
+        judge_budget = CostBudget(settings.judge.max_cost_usd)
     current = current_evidence(settings)
     con = open_warehouse(warehouse, create=False)
     try:
@@ -194,6 +196,8 @@ def score_replays(
         "scored": len(items) - scoring.awaiting_judge,
         "rows": len(scoring.scores),
         "judge": settings.judge.name if use_judge else None,
+        # what the judge's budget has spent so far (a budget shared by the rounds: all of them)
+        "judge_spent_usd": judge_budget.spent_usd if judge_budget is not None else 0.0,
         **{k: v for k, v in scoring.summary().items() if k != "rows"},
     }
 

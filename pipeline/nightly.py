@@ -169,7 +169,9 @@ class NightlySteps(Protocol):
 
     def replay(self) -> dict[str, Any]: ...
 
-    def plan(self, out_dir: Path, classifier_path: Path, run_id: str) -> dict[str, Any]: ...
+    def plan(
+        self, out_dir: Path, classifier_path: Path, run_id: str, judge_spent_usd: float = 0.0
+    ) -> dict[str, Any]: ...
 
     def info(self, line: str) -> None: ...
 
@@ -242,7 +244,10 @@ def _stages(
     previous_figures = history.figures(previous.run_id) if previous else None
     classifier_path = Path(run.classified["model_dir"]) / "classifier.onnx"
     with run_folder(run.out_dir, run.run_id) as scratch:
-        run.planned = clock.run("plan", lambda: steps.plan(scratch, classifier_path, run.run_id))
+        judge_spent = float(replayed.get("judge_spent_usd", 0.0) or 0.0)
+        run.planned = clock.run(
+            "plan", lambda: steps.plan(scratch, classifier_path, run.run_id, judge_spent)
+        )
         metrics = json.loads((scratch / "metrics.json").read_text("utf-8"))
         run.figures = figures_from_metrics(metrics)
         if previous is not None and previous_figures is not None:

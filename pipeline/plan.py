@@ -56,6 +56,7 @@ from planner.evaluate.projection import (
 from planner.evaluate.risks import Risk, assess_risks
 from planner.evaluate.verdict import Ceiling
 from planner.evaluate.views import Fitted, View, compare_views, pick_tiers
+from planner.replay.ratelimit import CostBudget
 from planner.report.artifacts import Gateway, Triggers, write_artifacts
 from planner.report.render import PlanReport, SampleOutput, write_plan
 from planner.runs.folder import new_run_id
@@ -353,10 +354,14 @@ def make_plan(
     classifier_path: str | None = None,
     device_power_w: float | None = None,
     battery_wh: float | None = None,
+    judge_spent_usd: float = 0.0,
     stage: Stage = direct,
 ) -> dict[str, Any]:
     """Score the replays (the configured judge on its types), measure production's ceiling,
     decide the routes, project the month, write the artifacts and the HTML.
+
+    The judge's ``[judge] max_cost_usd`` caps a whole run: ``judge_spent_usd`` is what the run's
+    replay rounds already spent of it, and this scoring pass gets only the rest.
 
     ``judge`` names the judge to use (the configured ``[judge]``; a judged candidate is refused);
     by default the configured judge, if any. ``run_id`` names the run in metrics.json and the
@@ -374,7 +379,10 @@ def make_plan(
         raise PlanError(f"{classifier_path}: classifier file not found")
 
     reasked = stage("reask-production", reask_production, settings, warehouse)
-    scored = stage("score", score_replays, settings, warehouse, judge, rescore)
+    judge_budget = (
+        CostBudget(max(0.0, settings.judge.max_cost_usd - judge_spent_usd)) if use_judge else None
+    )
+    scored = stage("score", score_replays, settings, warehouse, judge, rescore, judge_budget)
     fits, power, device_notes = stage("device-fit", device_fits, settings, warehouse)
     current = current_evidence(settings)
     inputs = stage(
@@ -402,6 +410,13 @@ def make_plan(
             "Replays of candidates no longer configured were left out: "
             + ", ".join(inputs.dropped_candidates)
             + "."
+        )
+    if use_judge:
+        spent = judge_spent_usd + float(scored.get("judge_spent_usd", 0.0))
+        notes.append(
+            f"The judge's calls cost ${spent:.4f} this run (replay rounds ${judge_spent_usd:.4f}, "
+            f"this plan's scoring ${spent - judge_spent_usd:.4f}), within its cap "
+            f"${settings.judge.max_cost_usd:.2f} per run ([judge] max_cost_usd)."
         )
     if scored.get("awaiting_judge"):
         notes.append(

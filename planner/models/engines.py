@@ -93,9 +93,15 @@ class LocalEngine:
     pieces_are_tokens = True
 
     def __init__(
-        self, model_dir: Path, model_name: str | None = None, threads: int | None = None
+        self,
+        model_dir: Path,
+        model_name: str | None = None,
+        threads: int | None = None,
+        memory_limit_mb: float | None = None,
     ) -> None:
-        self._runtime = GenaiRuntime(Path(model_dir), threads=threads)
+        self._runtime = GenaiRuntime(
+            Path(model_dir), threads=threads, memory_limit_mb=memory_limit_mb
+        )
         self.model_name = model_name or default_model_name(Path(model_dir))
         self._lock = threading.Lock()
 

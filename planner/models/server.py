@@ -54,6 +54,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from planner.errors import ModelMemoryError, ModelRuntimeError
 from planner.messages import message_text
 from planner.models.engines import (
     ChatEngine,
@@ -190,6 +191,12 @@ def _completion_tokens(engine: ChatEngine, text: str, pieces: list[str]) -> int:
 def _generation_error(exc: Exception) -> JSONResponse:
     if isinstance(exc, ContextOverflow):
         return _error(400, str(exc), "invalid_request_error", "context_length_exceeded")
+    if isinstance(exc, ModelMemoryError):
+        # The host cannot hold this request's KV cache now: the server is fine and a shorter
+        # request (or the same one later) may fit, so this is "unavailable", not a crash.
+        return _error(503, str(exc), "server_error", "insufficient_memory")
+    if isinstance(exc, ModelRuntimeError):
+        return _error(500, str(exc), "server_error", "model_error")
     return _error(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -462,6 +463,9 @@ max_retries = 0
     assert metrics["judge"] == "rule-judge"
     notes = " ".join(metrics["notes"])
     assert "The judge stopped" in notes and "await its verdict" in notes
+    # the cap is the whole run's: the rounds and the plan's scoring pass share it
+    spent = re.search(r"The judge's calls cost \$([0-9.]+) this run", notes)
+    assert spent is not None and 0 < float(spent.group(1)) <= 0.15 + 1e-9
     assert "judge rule-judge on 127.0.0.1 (this machine)" in metrics["labels"]
     judged_types = {"chatbot", "brainstorming", "text_generation", "open_qa"}
     judged = [

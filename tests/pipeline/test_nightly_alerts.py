@@ -80,9 +80,15 @@ class DirectSteps:
     def replay(self) -> dict[str, Any]:
         return self.pipe.replay_here(self.settings)
 
-    def plan(self, out_dir: Path, classifier_path: Path, run_id: str) -> dict[str, Any]:
+    def plan(
+        self, out_dir: Path, classifier_path: Path, run_id: str, judge_spent_usd: float = 0.0
+    ) -> dict[str, Any]:
         return make_plan(
-            self.settings, run_dir=out_dir, run_id=run_id, classifier_path=str(classifier_path)
+            self.settings,
+            run_dir=out_dir,
+            run_id=run_id,
+            classifier_path=str(classifier_path),
+            judge_spent_usd=judge_spent_usd,
         )
 
     def info(self, line: str) -> None:

@@ -316,3 +316,31 @@ def test_measuring_a_request_keeps_the_process_peak() -> None:
     assert 15 < mem.peak_mb < 200  # this block's 20 MB, not the earlier 300
     assert _peak_rss() is not None and _peak_rss() < high - 200 * 2**20  # the kernel's was reset
     assert process_peak_bytes() > high - 2**20  # the process's is kept
+
+
+def test_the_model_server_answers_a_request_that_does_not_fit_with_503_and_serves_the_next() -> None:
+    """Behind `serve-model --memory-limit-mb`, a request whose KV cache would not fit is refused
+    before allocation with 503 insufficient_memory (the server is fine; a shorter request fits),
+    in both modes, and the next request is answered."""
+    import httpx
+
+    from planner.models.engines import LocalEngine
+    from planner.models.server import ServerThread, create_app
+
+    folder = real_model("smollm2-135m-instruct", "int4")
+    engine = LocalEngine(folder, model_name="smol", memory_limit_mb=300)
+    with ServerThread(create_app(engine)) as server:
+        url = f"{server.base_url}/chat/completions"
+        for stream in (False, True):
+            body = {"model": "smol", "messages": CAPITAL, "max_tokens": 8000, "stream": stream}
+            resp = httpx.post(url, json=body, timeout=120)
+            assert resp.status_code == 503, resp.text
+            error = resp.json()["error"]
+            assert error["code"] == "insufficient_memory"
+            assert str(folder) in error["message"] and "lower max_new_tokens" in error["message"]
+        small = httpx.post(
+            url, json={"model": "smol", "messages": CAPITAL, "max_tokens": 8}, timeout=120
+        )
+    engine.close()
+    assert small.status_code == 200
+    assert small.json()["usage"]["completion_tokens"] == 8
