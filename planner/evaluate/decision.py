@@ -181,6 +181,15 @@ def check(ev: Evidence, objectives: Objectives) -> tuple[str, ...]:
                 f"does not fit the device (needs {ev.fit.needed_mb:.0f} MB, "
                 f"headroom {ev.fit.headroom_mb:.0f} MB)"
             )
+        elif ev.peak_memory_mb is not None:
+            # The estimate fits; the replays' measured peak (the model's own memory, above the
+            # process's baseline) must fit too: the estimate is a formula, the peak is not.
+            usable = ev.fit.needed_mb + ev.fit.headroom_mb
+            if ev.peak_memory_mb > usable:
+                reasons.append(
+                    f"measured peak memory {ev.peak_memory_mb:.0f} MB over the device's usable "
+                    f"{usable:.0f} MB"
+                )
     if ev.cost_per_1k_usd is None:
         reasons.append("cost unknown")
     return tuple(reasons)

@@ -93,6 +93,16 @@ def test_a_model_that_does_not_fit_the_device_is_not_chosen() -> None:
     )
     assert route.route == "relay"
     assert "does not fit the device (needs 9000 MB, headroom -1200 MB)" in route.rejected[0].reasons
+    # the formula fits (1500 of 4000 MB) but the replays measured more than the device has
+    heavy = choose_route(
+        "summarization",
+        [ev("heavy", "local", peak_memory_mb=4100.0), ev("light", "local", peak_memory_mb=900.0)],
+        OBJ,
+    )
+    assert heavy.route == "light"
+    assert heavy.rejected[0].reasons == (
+        "measured peak memory 4100 MB over the device's usable 4000 MB",
+    )
     unknown = choose_route("summarization", [ev("big", "local", fit=None)], OBJ)
     assert unknown.route == "production"
     assert unknown.rejected[0].reasons == ("device fit unknown",)
