@@ -38,11 +38,19 @@ def _opt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _parameters(info: dict[str, Any]) -> str:
+    shown = f"{_count(info['parameters'])} ({info['parameters']:,})"
+    duplicate = int(info.get("duplicate_parameters") or 0)
+    if duplicate:
+        shown += f"; a stored second copy of a shared tensor ({duplicate:,}) counted once"
+    return shown
+
+
 def format_info(info: dict[str, Any]) -> str:
     ops = ", ".join(f"{op} {n}" for op, n in info["quant_ops"].items() if n) or "none"
     rows = [
         ("model", f"{info['path']} ({info['model_type']})"),
-        ("parameters", f"{_count(info['parameters'])} ({info['parameters']:,})"),
+        ("parameters", _parameters(info)),
         ("quantization", info["quantization"]),
         ("weight ops", ops),
         ("on disk", f"{_size(info['bytes_on_disk'])} (weights {_size(info['weight_bytes'])})"),

@@ -61,15 +61,17 @@ def _moved(a: Mapping[str, int], b: Mapping[str, int], shown: int = 3) -> str:
 
 def _flip_message(change: RouteChange, previous_id: str) -> str:
     a, b = change.route_a, change.route_b
+    qa, qb = change.quality.a, change.quality.b
+    # Production's quality is 1.00 by definition: only a candidate's figure is worth showing.
     if change.kind_b == PRODUCTION_KIND:
-        what = f"{change.task_type} goes back to production (was {a})"
+        what = f"{change.task_type} goes back to production (was {a}"
+        what += f", quality {qa:.2f} then)" if qa is not None else ")"
     elif change.kind_a == PRODUCTION_KIND:
         what = f"{change.task_type} now moves to {b} (was production)"
+        what += f"; quality {qb:.2f}" if qb is not None else ""
     else:
         what = f"{change.task_type} moves from {a} to {b}"
-    quality = change.quality
-    if quality.a is not None and quality.b is not None:
-        what += f"; quality {quality.a:.2f} → {quality.b:.2f}"
+        what += f"; quality {qa:.2f} → {qb:.2f}" if qa is not None and qb is not None else ""
     return f"Decision flipped since run {previous_id}: {what}."
 
 

@@ -276,6 +276,10 @@ def test_int8_and_int4_parameter_counts_agree_with_fp32(tmp_path: Path) -> None:
     gemma = {p: inspect_model(real_model("gemma3-270m", p)) for p in ("int4", "int8")}
     assert gemma["int4"].parameters == gemma["int8"].parameters == 268_098_176
     assert gemma["int8"].duplicate_parameters == 262_144 * 640  # the tied embedding's copy
+    from flows.cli_models import format_info
+
+    shown = format_info(gemma["int8"].as_dict())
+    assert "268.10M (268,098,176); a stored second copy of a shared tensor (167,772,160)" in shown
     # without import_info.json the copy is found by dequantizing rows of the head
     int8 = real_model("smollm2-135m-instruct", "int8")
     bare = tmp_path / "no-info"

@@ -79,7 +79,7 @@ def test_signals_most_serious_first_with_their_messages() -> None:
     ]
     assert signals[0].message == (
         "Decision flipped since run run-a: classification goes back to production "
-        "(was edge-small-int4); quality 0.97 → 1.00."
+        "(was edge-small-int4, quality 0.97 then)."
     )
     assert signals[1].message == (
         "classification is routed to edge-small-int4 (deployed by run run-a), and tonight's "
