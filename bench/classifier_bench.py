@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
+from bench.public_quality import baseline_pipeline, flat
 from classifiers import (
     TaskClassifier,
     build_card,
@@ -64,10 +62,6 @@ def _crosssource() -> tuple[list[list[dict[str, Any]]], list[str], list[str]]:
     )
 
 
-def _flat(messages: list[dict[str, Any]]) -> str:
-    return "\n".join(str(m.get("content", "")) for m in messages)
-
-
 def _f1(truth: list[str], pred: list[str], conf: np.ndarray, splits: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("dev", "test", "all"):
@@ -75,27 +69,6 @@ def _f1(truth: list[str], pred: list[str], conf: np.ndarray, splits: list[str]) 
         ev = evaluate([truth[i] for i in idx], [pred[i] for i in idx], conf[idx])
         out[name] = {"macro_f1": ev.macro_f1, "ece": ev.calibration["ece"], "rows": ev.rows}
     return out
-
-
-def _baseline(requests: list[list[dict[str, Any]]], labels: list[str]) -> Pipeline:
-    """The reference point: char n-gram TF-IDF over the raw messages + logistic regression."""
-    pairs = sorted(set(zip([_flat(m) for m in requests], labels, strict=True)))
-    pipe = Pipeline(
-        [
-            (
-                "tfidf",
-                TfidfVectorizer(
-                    analyzer="char",
-                    ngram_range=(2, 4),
-                    min_df=2,
-                    max_features=40_000,
-                    dtype=np.float32,
-                ),
-            ),
-            ("clf", LogisticRegression(max_iter=300, class_weight="balanced")),
-        ]
-    )
-    return pipe.fit([p[0] for p in pairs], [p[1] for p in pairs])
 
 
 def _warehouse_of(folder: Path, n: int, distinct: int) -> Path:
@@ -161,8 +134,8 @@ def run(
     proba = trained.pipeline.predict_proba(xs_texts)
     pred = [trained.classes[i] for i in proba.argmax(axis=1)]
     out["crosssource"] = _f1(xs_labels, pred, proba.max(axis=1), xs_splits)
-    base = _baseline(requests, labels)
-    bproba = base.predict_proba([_flat(m) for m in xs_requests])
+    base = baseline_pipeline(requests, labels)
+    bproba = base.predict_proba([flat(m) for m in xs_requests])
     bpred = [str(base.classes_[i]) for i in bproba.argmax(axis=1)]
     out["crosssource_baseline"] = _f1(xs_labels, bpred, bproba.max(axis=1), xs_splits)
     cs, bs = out["crosssource"], out["crosssource_baseline"]

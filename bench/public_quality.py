@@ -49,17 +49,18 @@ def load(name: str) -> list[Row]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _flat(messages: list[dict[str, Any]]) -> str:
+def flat(messages: list[dict[str, Any]]) -> str:
+    """The messages' contents, one per line: what the baseline reads."""
     return "\n".join(str(m.get("content", "")) for m in messages)
 
 
-def baseline_fit(rows: list[Row]) -> Any:
+def baseline_pipeline(requests: list[list[dict[str, Any]]], labels: list[str]) -> Any:
     """Character TF-IDF + logistic regression over the raw messages: the reference point."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    pairs = sorted({(_flat(r["messages"]), r["task_type"]) for r in rows})
+    pairs = sorted(set(zip([flat(m) for m in requests], labels, strict=True)))
     pipe = Pipeline(
         [
             (
@@ -76,6 +77,10 @@ def baseline_fit(rows: list[Row]) -> Any:
         ]
     )
     return pipe.fit([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def baseline_fit(rows: list[Row]) -> Any:
+    return baseline_pipeline([r["messages"] for r in rows], [r["task_type"] for r in rows])
 
 
 def grouped_split(rows: list[Row], test: float = 0.2, seed: int = 0) -> tuple[list[Row], list[Row]]:
@@ -123,7 +128,7 @@ def compare(
     truth = [r["task_type"] for r in test]
     out: dict[str, Any] = {"train": len(train), "test": len(test)}
     base = baseline_fit(train)
-    base_pred = [str(p) for p in base.predict([_flat(r["messages"]) for r in test])]
+    base_pred = [str(p) for p in base.predict([flat(r["messages"]) for r in test])]
     out["baseline"] = _f1(truth, base_pred)
     texts = [request_text(r["messages"]) for r in test]
     for name, enc in (("ngrams", None), ("encoder", encoder)):
