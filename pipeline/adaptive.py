@@ -177,6 +177,7 @@ def replay_in_rounds(
             only=only,
             budget=budget,
             adaptive=False,
+            sample=sample,
         )
         for key in totals:
             totals[key] += int(last.get("shards", {}).get(key, 0))
@@ -215,6 +216,7 @@ def replay_in_rounds(
             only={name: set() for name in chosen},
             budget=budget,
             adaptive=False,
+            sample=sample,
         )
     pairs = [
         {

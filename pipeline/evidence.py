@@ -204,6 +204,11 @@ def score_replays(
 
 # ---------------------------------------------------------------- production's ceiling
 
+# The score of a production pair by its type's rule, kept for the life of the process: a run's
+# adaptive rounds and its plan measure the same pairs again (a pair's score depends only on
+# these four texts, and scoring ten thousand pairs takes half a second).
+_PAIR_SCORES: dict[tuple[str, str, str, str], tuple[str | None, float]] = {}
+
 
 def measure_ceilings(
     settings: PlannerSettings, warehouse: str, judged: bool, task_types: Sequence[str] = ()
@@ -218,18 +223,23 @@ def measure_ceilings(
     finally:
         con.close()
     by_type: dict[str, list[tuple[str | None, float, str]]] = defaultdict(list)
+    if len(_PAIR_SCORES) > 200_000:
+        _PAIR_SCORES.clear()
     for pair in pairs:
         if pair["task_type"] in judged_types:
             continue
-        item = ScoreItem(
-            "pair",
+        key = (
             pair["task_type"],
             pair["reference"] or "",
             pair["answer"] or "",
-            tuple(messages_from_json(pair["messages_json"])),
+            pair["messages_json"] or "",
         )
-        quality = score_without_judge(item)[0]
-        by_type[pair["task_type"]].append((quality[2], float(quality[1]), pair["source"]))
+        if key not in _PAIR_SCORES:
+            item = ScoreItem("pair", key[0], key[1], key[2], tuple(messages_from_json(key[3])))
+            quality = score_without_judge(item)[0]
+            _PAIR_SCORES[key] = (quality[2], float(quality[1]))
+        scorer, value = _PAIR_SCORES[key]
+        by_type[pair["task_type"]].append((scorer, value, pair["source"]))
     out: dict[str, Ceiling] = {}
     for task_type in sorted(set(by_type) | set(task_types) | judged_types):
         if task_type in judged_types:

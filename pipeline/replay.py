@@ -451,6 +451,7 @@ def make_replay(
     only: Mapping[str, Collection[str]] | None = None,
     budget: CostBudget | None = None,
     adaptive: bool | None = None,
+    sample: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sample, replay through every (or the named) candidates, and summarize from the warehouse.
 
@@ -459,7 +460,8 @@ def make_replay(
     shard counts. With ``[verdict] adaptive`` (or ``adaptive=True``) the sample is replayed in
     rounds that stop each (type, candidate) once its verdict is decided
     (:func:`pipeline.adaptive.replay_in_rounds`); a round is this function with ``only`` (the
-    request ids each candidate replays) and the run's shared ``budget``."""
+    request ids each candidate replays), the run's shared ``budget`` and the ``sample`` the
+    rounds drew (drawn once: the draw hashes every eligible request)."""
     if only is None and (settings.verdict.adaptive if adaptive is None else adaptive):
         from pipeline.adaptive import replay_in_rounds
 
@@ -481,14 +483,15 @@ def make_replay(
     if size < 1:
         raise ConfigError("[run] shard_size", f"must be at least 1, got {size}")
     warehouse = warehouse or str(settings.warehouse.path)
-    sample = stage(
-        "draw-sample",
-        draw,
-        warehouse,
-        per_type or settings.replay.per_type,
-        settings.replay.uncertain,
-        settings.replay.seed,
-    )
+    if sample is None:
+        sample = stage(
+            "draw-sample",
+            draw,
+            warehouse,
+            per_type or settings.replay.per_type,
+            settings.replay.uncertain,
+            settings.replay.seed,
+        )
     max_new = settings.replay.max_new_tokens
     budget = budget if budget is not None else CostBudget(settings.replay.max_cost_usd)
     relays = [c for c in chosen if c.kind == "relay"]
