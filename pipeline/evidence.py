@@ -27,18 +27,8 @@ from planner.errors import BudgetExceeded, CircuitOpenError, PlanError, PlannerE
 from planner.evaluate.conversations import Conversations
 from planner.evaluate.evidence import Candidate, Method, Observation
 from planner.evaluate.projection import Traffic, TypeTraffic
-from planner.evaluate.scoring import (
-    ScoreItem,
-    score_items,
-    score_without_judge,
-)
-from planner.evaluate.verdict import (
-    Ceiling,
-    PassRules,
-    is_judge,
-    judge_ceiling,
-    measure_ceiling,
-)
+from planner.evaluate.scoring import ScoreItem, score_items, score_without_judge
+from planner.evaluate.verdict import Ceiling, PassRules, is_judge, judge_ceiling, measure_ceiling
 from planner.replay.protocol import ReplayRequest, ReplayResult
 from planner.replay.ratelimit import CostBudget
 from planner.replay.relay import RelayBackend
@@ -204,10 +194,9 @@ def score_replays(
 
 # ---------------------------------------------------------------- production's ceiling
 
-# The score of a production pair by its type's rule, kept for the life of the process: a run's
-# adaptive rounds and its plan measure the same pairs again (a pair's score depends only on
-# these four texts, and scoring ten thousand pairs takes half a second).
-_PAIR_SCORES: dict[tuple[str, str, str, str], tuple[str | None, float]] = {}
+# A production pair's score by its type's rule (it depends only on these four texts), kept for
+# the process: a run's rounds and its plan measure the same pairs (10,000 take half a second).
+_PAIR_SCORES: dict[tuple[str, ...], tuple[str | None, float]] = {}
 
 
 def measure_ceilings(
@@ -223,19 +212,17 @@ def measure_ceilings(
     finally:
         con.close()
     by_type: dict[str, list[tuple[str | None, float, str]]] = defaultdict(list)
-    if len(_PAIR_SCORES) > 200_000:
+    if len(_PAIR_SCORES) > 200_000:  # a long-lived `serve` process: keep it bounded
         _PAIR_SCORES.clear()
     for pair in pairs:
         if pair["task_type"] in judged_types:
             continue
-        key = (
-            pair["task_type"],
-            pair["reference"] or "",
-            pair["answer"] or "",
-            pair["messages_json"] or "",
+        key = tuple(
+            str(pair[k] or "") for k in ("task_type", "reference", "answer", "messages_json")
         )
         if key not in _PAIR_SCORES:
-            item = ScoreItem("pair", key[0], key[1], key[2], tuple(messages_from_json(key[3])))
+            messages = tuple(messages_from_json(key[3] or None))
+            item = ScoreItem("pair", key[0], key[1], key[2], messages)
             quality = score_without_judge(item)[0]
             _PAIR_SCORES[key] = (quality[2], float(quality[1]))
         scorer, value = _PAIR_SCORES[key]
