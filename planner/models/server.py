@@ -42,7 +42,6 @@ import asyncio
 import hmac
 import json
 import math
-import random
 import threading
 import time
 import uuid

@@ -8,12 +8,7 @@ ChatML (its folder's own)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-
-import pytest
-from jinja2.exceptions import TemplateError
-from tokenizers import Tokenizer
 
 from planner.models.folder import open_model_folder
 from planner.models.runtime import PLAIN_TEMPLATE, end_of_turn_text, render_chat
@@ -82,3 +77,29 @@ def test_smollm2_chatml_default_system_prompt_and_end() -> None:
 def test_a_template_without_an_end_token_has_none() -> None:
     assert end_of_turn_text(PLAIN_TEMPLATE) is None
     assert end_of_turn_text("{{ raise_exception('no') }}") is None
+
+
+# Llama 3's turn format (header ids, <|eot_id|> after every turn), written for this test: the
+# model's own tokenizer_config.json is under the Llama licence, so its template is not test data.
+LLAMA3_FORMAT = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{{ message['content'] | trim }}{{ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+
+
+def test_llama3_turn_format_renders_bos_once_and_ends_turns_with_eot_id() -> None:
+    special = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}
+    text = render_chat(LLAMA3_FORMAT, CONVERSATION, special_tokens=special)
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert text.count("<|begin_of_text|>") == 1
+    # the assistant's turn ends with <|eot_id|>, not the EOS <|end_of_text|>: it must be a stop id
+    assert end_of_turn_text(LLAMA3_FORMAT, special) == "<|eot_id|>"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from planner.errors import ConfigError
 from planner.models import devices
 from planner.models.devices import (
     ACTIVATION_SHARE,
@@ -23,7 +24,6 @@ from planner.models.devices import (
     load_devices,
     measure_host,
 )
-from planner.errors import ConfigError
 from planner.models.folder import ModelInfo, inspect_model
 
 HOST = HostMeasurement(

@@ -17,8 +17,6 @@ from typer.testing import CliRunner
 
 from flows.cli_common import UserError
 from flows.cli_models import serve_model
-from planner.replay.protocol import ReplayRequest, ReplayResult
-from planner.replay.local import LocalBackend
 from planner.models.server import (
     ChatEngine,
     EchoEngine,
@@ -28,6 +26,8 @@ from planner.models.server import (
     create_app,
     default_model_name,
 )
+from planner.replay.local import LocalBackend
+from planner.replay.protocol import ReplayRequest, ReplayResult
 
 MESSAGES: Any = [
     {"role": "system", "content": "You are terse."},
