@@ -10,8 +10,10 @@ exported trees); see README "Benchmarks" for the sources, licences and mapping.
         --instructlab DIR --gpteacher DIR --gsm8k DIR --arena-hard DIR --self-instruct DIR \
         --instructwild DIR --belle DIR
 
-A source missing from the command line is skipped. Also writes ``chat_mix.jsonl.gz`` (unlabeled
-real user prompts: InstructionWild v2 + Arena-Hard v0.1) beside ``--out``.
+InstructLab: a checkout of instructlab/taxonomy at commit a7db9bd (its head has since emptied
+the skill folders). A source missing from the command line is skipped. Also writes
+``chat_mix.jsonl.gz`` (unlabeled real user prompts: InstructionWild v2 + Arena-Hard v0.1) beside
+``--out``.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def instructlab(root: Path) -> Iterator[Row]:
         try:
             data = yaml.safe_load(path.read_text("utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if not isinstance(data, dict):  # early files of its history: other layouts
             continue
         for example in data.get("seed_examples") or []:
             question = str(example.get("question") or "").strip()
