@@ -115,7 +115,7 @@ TEXT_SECRET_PATTERNS: tuple[SecretPattern, ...] = (
         r"|hf_[A-Za-z0-9]{30,}|gsk_[A-Za-z0-9]{40,}|xai-[A-Za-z0-9]{40,}|pplx-[A-Za-z0-9]{40,}"
         r"|r8_[A-Za-z0-9]{30,})",
         ("sk-", "k_live_", "k_test_", "AIza", "hf_", "gsk_", "xai-", "pplx-", "r8_"),
-        "sk-proj-4fT9xQ2mZ7LkP0aBcD3eFgH1",
+        "sk-proj-EXAMPLEonlyNotAKey000000",
     ),
     # Access tokens by their prefixes: GitHub, GitLab, Slack, Google OAuth.
     SecretPattern(
@@ -146,7 +146,7 @@ TEXT_SECRET_PATTERNS: tuple[SecretPattern, ...] = (
         "bearer_token",
         r"((?:Bearer|bearer|BEARER) +)" + _TOKEN + "{16,}",
         ("earer", "EARER"),
-        "Bearer 9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+        "Bearer EXAMPLEonlyNotAToken00000000000",
     ),
 )
 

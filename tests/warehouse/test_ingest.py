@@ -232,7 +232,7 @@ def test_batch_pairing_errors_say_what_to_do(
 
 def test_credentials_never_reach_the_warehouse(warehouse_file: Path, tmp_path: Path) -> None:
     con = open_warehouse(warehouse_file)
-    secret = "sk-live-5up3rs3cr3tk3y0000"
+    secret = "sk-live-EXAMPLEnotAKey0000"
     lines: list[bytes | dict[str, Any]] = [
         rec(
             1,

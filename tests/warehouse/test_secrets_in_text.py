@@ -24,11 +24,11 @@ from warehouse.secrets_in_text import (
 # (text, what it must become)
 MASKED: list[tuple[str, str]] = [
     (
-        "my key is sk-proj-4fT9xQ2mZ7LkP0aBcD3eFgH1_abc-def, why 401?",
+        "my key is sk-proj-EXAMPLEonlyNotAKey000000_abc-def, why 401?",
         "my key is [REDACTED:api_key], why 401?",
     ),
     (
-        "client = Anthropic(api_key='sk-ant-api03-Qw3rTy7uIoP1aSdFgHjKl9ZxCvBnM0')",
+        "client = Anthropic(api_key='sk-ant-api03-EXAMPLEonlyNotAKey0000000000')",
         "client = Anthropic(api_key='[REDACTED:api_key]')",
     ),
     ("OPENAI_API_KEY=sk-abcdefghijklmnopqrstuvwxyz0123", "OPENAI_API_KEY=[REDACTED:api_key]"),
@@ -37,7 +37,7 @@ MASKED: list[tuple[str, str]] = [
     ("maps AIzaSyA-1234567890abcdefghijklmnopqrstu ok", "maps [REDACTED:api_key] ok"),
     ("HF token hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567", "HF token [REDACTED:api_key]"),
     (
-        'curl -H "Authorization: Bearer 9f8e7d6c5b4a39281706f5e4d3c2b1a0" https://api.x/v1',
+        'curl -H "Authorization: Bearer EXAMPLEonlyNotAToken00000000000" https://api.x/v1',
         'curl -H "Authorization: Bearer [REDACTED:auth_header]" https://api.x/v1',
     ),
     ("token: bearer abcDEF123456ghiJKL789", "token: bearer [REDACTED:bearer_token]"),
@@ -240,7 +240,7 @@ def test_raw_lines_are_masked_alike_in_python_and_sql(con: duckdb.DuckDBPyConnec
         json.dumps({"id": "r", "api_key": "abc", "request": {"messages": [{"content": t}]}})
         for t in _fuzz_texts(200, seed=11)
     ] + [
-        '{"id": "r-4", "token": "Bearer sk-live-5up3rs3cr3tk3y0000", "note": "AKIAIOSFODNN7EXAMPLE"',
+        '{"id": "r-4", "token": "Bearer sk-live-EXAMPLEnotAKey0000", "note": "AKIAIOSFODNN7EXAMPLE"',
         '{"headers": {"Authorization": "Basic dXNlcjpwYXNz"}, "x": "postgres://a:b@c"}',
     ]
     for line in lines:
