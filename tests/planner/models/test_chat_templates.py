@@ -2,8 +2,8 @@
 system prompts, content parts, null fields, BOS from the template, and the token that ends an
 assistant turn (which the runtime adds to its stop ids).
 
-Templates: Qwen2.5-Instruct's and Phi-4-mini-instruct's (test data, see README) and SmolLM2's
-ChatML (its folder's own)."""
+Templates: Qwen2.5-Instruct's and Phi-4-mini-instruct's (test data, see README), SmolLM2's
+ChatML (its folder's own) and Llama 3's turn format (written here)."""
 
 from __future__ import annotations
 

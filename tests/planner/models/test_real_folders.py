@@ -322,9 +322,7 @@ def test_measuring_a_request_keeps_the_process_peak() -> None:
     assert process_peak_bytes() > high - 2**20  # the process's is kept
 
 
-def test_the_model_server_answers_a_request_that_does_not_fit_with_503_and_serves_the_next() -> (
-    None
-):
+def test_the_model_server_answers_503_to_a_request_that_does_not_fit_then_the_next() -> None:
     """Behind `serve-model --memory-limit-mb`, a request whose KV cache would not fit is refused
     before allocation with 503 insufficient_memory (the server is fine; a shorter request fits),
     in both modes, and the next request is answered."""
