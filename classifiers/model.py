@@ -2,8 +2,9 @@
 
 Every step is a component the export rebuilds exactly (see ``export.py``): keyword markers
 (``__kw_<family>__``), structure markers (``__turns2__``, ``__json__``...), words (runs of anything
-but spaces and ASCII punctuation, a negated character class that means the same in Python's
-``re`` and onnxruntime's RE2, so accented and CJK words survive) and character n-grams. Raw term
+but spaces and punctuation, a negated character class that means the same in Python's ``re`` and
+onnxruntime's RE2, so accented words survive; each Chinese or Japanese character is a word of its
+own, see ``WORD_PATTERN``) and character n-grams. Raw term
 counts (``sublinear_tf`` does not convert exactly), idf, L2 norm per view; class imbalance is
 handled with balanced class weights.
 
@@ -27,8 +28,18 @@ if TYPE_CHECKING:
 
 from classifiers.features import STRUCTURE_MARKERS, Lexicon, default_lexicon, keyword_markers
 
-# Anything but a space or ASCII punctuation ('_' counts as a letter, so markers stay whole).
-WORD_PATTERN = r"[^ !-/:-@\[-\^`{-~]+"
+# Scripts written without spaces between words: Han ideographs (with extension A and the
+# compatibility block) and Japanese kana. Each of their characters is a word of its own, so the
+# word view's unigrams and bigrams are their characters and character pairs (most Chinese words
+# are one or two characters). A run of them would otherwise be ONE token, a whole clause.
+CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Punctuation outside ASCII that separates words like ASCII's: ideographic symbols (、。「」),
+# and the fullwidth forms of ASCII punctuation (，：？！（）).
+WIDE_PUNCTUATION = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+# One CJK character, or a run of anything but a space, ASCII or wide punctuation and CJK ('_'
+# counts as a letter, so markers stay whole). Written with the characters themselves: Python's
+# ``re`` and onnxruntime's RE2 read a class of literal characters alike.
+WORD_PATTERN = f"[{CJK}]|[^ !-/:-@\\[-\\^`{{-~{WIDE_PUNCTUATION}{CJK}]+"
 KEYWORD_PATTERN = r"__kw_[a-z0-9]+(?:_[a-z0-9]+)*__"
 STRUCTURE_PATTERN = r"__[a-z0-9]+__"  # no inner '_': never matches inside a keyword marker
 VIEWS: tuple[str, ...] = ("keywords", "structure", "words", "chars")

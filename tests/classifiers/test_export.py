@@ -117,3 +117,29 @@ def test_parity_holds_when_the_vocabulary_holds_what_a_tokenizer_would_pad_with(
     short = [request_text([{"role": "user", "content": t}]) for t in ("hi", "ok #", "c# ?")]
     report = check_parity(trained.pipeline, model, trained.test_texts + short)
     assert report.labels_equal and report.max_abs_diff < 1e-4
+
+
+def test_chinese_and_japanese_words_are_characters_and_export_alike() -> None:
+    """Text without spaces between words is read a character at a time by the word view, so its
+    bigrams are character pairs ('总 结'), never a whole clause; onnxruntime's tokenizer agrees."""
+    zh = [
+        ("请总结下面这段话的主要内容：{}公司今年的收入增长了，利润也提高了。", "summarization"),
+        ("请把这句话翻译成英文：{}我们明天在上海开会。", "rewrite"),
+        ("用Python写一个函数，计算第{}个斐波那契数。", "code"),
+        ("次の文章を要約してください：東京タワーは{}年に完成した。", "summarization"),
+    ]
+    requests = [
+        [{"role": "user", "content": text.format(i)}] for text, _ in zh for i in range(1, 31)
+    ]
+    labels = [label for _, label in zh for _ in range(1, 31)]
+    trained = train_classifier(requests, labels, taxonomy=load_taxonomy())
+    words = dict(trained.pipeline.named_steps["views"].transformer_list)["words"]
+    assert {"总", "总 结", "翻 译", "要 約", "python"} <= set(words.vocabulary_)
+    assert not any("主要内容" in term for term in words.vocabulary_)
+    probes = [
+        request_text([{"role": "user", "content": t}])
+        for t in ("总结一下：天气很好。", "翻译：你好，世界！", "要約：東京", "写代码")
+    ]
+    model = export_onnx(trained.pipeline)
+    report = check_parity(trained.pipeline, model, trained.test_texts + probes)
+    assert report.labels_equal and report.max_abs_diff < 1e-4
