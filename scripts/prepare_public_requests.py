@@ -8,12 +8,13 @@ exported trees); see README "Benchmarks" for the sources, licences and mapping.
 
     python scripts/prepare_public_requests.py --out bench/data/public_requests.jsonl.gz \
         --instructlab DIR --gpteacher DIR --gsm8k DIR --arena-hard DIR --self-instruct DIR \
-        --instructwild DIR --belle DIR
+        --instructwild DIR --belle DIR --alignbench DIR
 
 InstructLab: a checkout of instructlab/taxonomy at commit a7db9bd (its head has since emptied
-the skill folders). A source missing from the command line is skipped. Also writes
-``chat_mix.jsonl.gz`` (unlabeled real user prompts: InstructionWild v2 + Arena-Hard v0.1) beside
-``--out``.
+the skill folders). AlignBench: a checkout of THUDM/AlignBench (measured at commit 5b79d4a; its
+repository states no licence: read for evaluation only, nothing of it is committed). A source
+missing from the command line is skipped. Also writes ``chat_mix.jsonl.gz`` (unlabeled real user
+prompts: InstructionWild v2 + Arena-Hard v0.1) beside ``--out``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,25 @@ BELLE = {
     "extract": "extraction",
 }
 ARENA = {"coding": "code", "math": "reasoning", "creative_writing": "text_generation"}
+# AlignBench v1.1 (THUDM/AlignBench): (category, subcategory) -> task type; a subcategory of None
+# maps the whole category. Left out, never guessed: 中文理解 (Chinese understanding: couplets,
+# idioms and typo fixes together), 综合问答/寻求建议 (advice: open QA or brainstorming), and the
+# role-play subcategories 功能类 and 其他写作类 (their requests are writing and proofreading);
+# 基本任务/文本分类 and 阅读理解 hold 1 and 2 requests, too few to measure a type by.
+ALIGNBENCH = {
+    ("专业能力", None): "open_qa",  # professional knowledge: history, physics, law...
+    ("数学计算", None): "reasoning",
+    ("逻辑推理", None): "reasoning",
+    ("文本写作", None): "text_generation",
+    ("基本任务", "信息抽取"): "extraction",
+    ("基本任务", "常识知识"): "open_qa",
+    ("基本任务", "翻译"): "rewrite",  # translation, as the taxonomy defines rewrite
+    ("综合问答", "观点表达"): "open_qa",
+    ("角色扮演", "现实生活类"): "chatbot",
+    ("角色扮演", "游戏娱乐类"): "chatbot",
+    ("角色扮演", "现实名人类"): "chatbot",
+    ("角色扮演", "（虚拟）恋爱类"): "chatbot",
+}
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -193,6 +213,17 @@ def belle(root: Path) -> Iterator[Row]:
             yield _row("belle_eval", f"belle:{_hash(question)}", task, question, "zh")
 
 
+def alignbench(root: Path) -> Iterator[Row]:
+    """Real users' questions to ChatGLM's online service (a few written by its researchers)."""
+    for item in _lenient_jsonl((root / "data/data_v1.1_release.jsonl").read_text("utf-8")):
+        category, sub = str(item.get("category")), str(item.get("subcategory"))
+        task = ALIGNBENCH.get((category, sub)) or ALIGNBENCH.get((category, None))
+        question = str(item.get("question", "")).strip()
+        if task and question:
+            # Each question is its own group; the first 60 characters join near-duplicates.
+            yield _row("alignbench", f"alignbench:{_hash(question[:60])}", task, question, "zh")
+
+
 def chat_mix(instructwild_root: Path | None, arena_root: Path | None) -> Iterator[Row]:
     if instructwild_root is not None:
         for name in ("user_1", "user_2", "user_3"):
@@ -220,6 +251,7 @@ def main() -> None:
         "self-instruct",
         "instructwild",
         "belle",
+        "alignbench",
     ):
         parser.add_argument(f"--{name}", type=Path)
     args = parser.parse_args()
@@ -231,6 +263,7 @@ def main() -> None:
         (args.self_instruct, self_instruct_seed),
         (args.instructwild, instructwild),
         (args.belle, belle),
+        (args.alignbench, alignbench),
     ]
     rows: list[Row] = []
     seen: set[str] = set()
