@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 from classifiers.encoder import TOKENIZER_FILE, configured_tokenizer
 from classifiers.errors import ModelLoadError
 from classifiers.export import onnx_session, run_onnx
-from classifiers.features import request_text
+from classifiers.features import Lexicon, default_lexicon, request_text, request_text_json
 from classifiers.model_dir import CARD_FILE, MODEL_FILE, classifier_version, read_card
 
 
@@ -40,8 +40,21 @@ class PredictedBatch:
     uncertain: np.ndarray  # bool [N]
 
 
+def card_lexicon(card: Mapping[str, Any]) -> Lexicon:
+    """The lexicon a classifier was trained with, from its card (``input.text_spec``). A newer
+    lexicon in the package must not change the keyword markers an older model reads: it was
+    fitted on the old ones. Cards without a lexicon get the package's."""
+    spec = (card.get("input") or {}).get("text_spec") or {}
+    current = default_lexicon()
+    version, families = spec.get("lexicon_version"), spec.get("lexicon")
+    if not version or str(version) == current.version or not isinstance(families, dict):
+        return current
+    return Lexicon(families, str(version))
+
+
 class TaskClassifier:
-    """A loaded ``classifier.onnx`` with its model card."""
+    """A loaded ``classifier.onnx`` with its model card. Build its input with ``text`` or
+    ``text_json``: they use the card's lexicon."""
 
     def __init__(
         self,
@@ -52,6 +65,7 @@ class TaskClassifier:
         tokenizer_json: str | None = None,
     ) -> None:
         self.card = card
+        self.lexicon = card_lexicon(card)
         self.tokenizer: Any = None
         encoder = card.get("encoder")
         if encoder:
@@ -76,6 +90,14 @@ class TaskClassifier:
             raise ModelLoadError(
                 CARD_FILE, f"card lists {len(self.classes)} classes, model has {width}"
             )
+
+    def text(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """``request_text`` of one request, with the lexicon this model was trained with."""
+        return request_text(messages, self.lexicon)
+
+    def text_json(self, messages_json: str | None) -> str:
+        """``text`` of a JSON-encoded message list (the warehouse's ``messages`` column)."""
+        return request_text_json(messages_json, self.lexicon)
 
     def predict_texts(
         self, texts: Sequence[str], *, threshold: float | None = None, batch_size: int = 2048
@@ -105,7 +127,7 @@ class TaskClassifier:
 
     def predict_messages(self, messages: Sequence[dict[str, Any]]) -> Prediction:
         """One request (chat messages) -> its prediction."""
-        batch = self.predict_texts([request_text(messages)])
+        batch = self.predict_texts([self.text(messages)])
         return Prediction(
             batch.task_types[0], float(batch.confidences[0]), bool(batch.uncertain[0])
         )

@@ -24,8 +24,6 @@ from classifiers import (
     load_classifier,
     load_taxonomy,
     read_card,
-    request_text,
-    request_text_json,
 )
 from pipeline.stage import Progress, quiet
 from planner.runs.folder import new_run_id
@@ -77,7 +75,7 @@ def predict_warehouse(
         # Texts of the next batch are built (Python) while onnxruntime runs this one (no GIL).
         missing = clf.version if only_missing else None
         for batch in iter_request_messages(con, batch_size, missing_version=missing):
-            texts = [request_text_json(m) for _, m in batch]
+            texts = [clf.text_json(m) for _, m in batch]
             if pending is not None:
                 _write(writer, pending_ids, pending.result())
                 progress(f"predict: {writer.rows} requests")
@@ -114,7 +112,7 @@ def _write(writer: PredictionWriter, ids: Sequence[str], batch: Any) -> None:
 def predict_one(model_dir: Path | str, text: str) -> dict[str, Any]:
     """One prompt (as a single user message) -> task type, confidence, top probabilities."""
     clf = load_classifier(model_dir, threads=1)
-    features = request_text([{"role": "user", "content": text}])
+    features = clf.text([{"role": "user", "content": text}])
     proba = clf.predict_proba([features])[0]
     order = proba.argsort()[::-1]
     best = clf.classes[int(order[0])]
@@ -190,7 +188,7 @@ def evaluate_file(
     clf = load_classifier(model_dir)
     taxonomy = taxonomy or load_taxonomy()
     requests, labels, skipped = read_labeled_file(path, taxonomy)
-    batch = clf.predict_texts([request_text(m) for m in requests])
+    batch = clf.predict_texts([clf.text(m) for m in requests])
     ev = evaluate(labels, batch.task_types, batch.confidences, classes=clf.classes)
     unknown = sorted(set(labels) - set(clf.classes))
     return {

@@ -150,3 +150,29 @@ def test_only_missing_predicts_just_what_this_classifier_has_not_seen(
     assert [r[0][:4] for r in ids] == ["new-", "new-"]
     n = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
     assert n == full["rows"] + 2
+
+
+def test_a_model_reads_requests_with_the_lexicon_it_was_trained_with(
+    trained_dir: Path, tmp_path: Path
+) -> None:
+    """A later lexicon in the package must not change the keyword markers an older model reads:
+    the card's lexicon (input.text_spec) builds its input, here one with an entry since removed."""
+    from classifiers import default_lexicon, request_text
+
+    old = tmp_path / "old"
+    shutil.copytree(trained_dir, old)
+    card_path = old / "model_card.json"
+    card = json.loads(card_path.read_text("utf-8"))
+    spec = card["input"]["text_spec"]
+    spec["lexicon_version"] = "lex-older"
+    spec["lexicon"]["code"] = [*spec["lexicon"]["code"], "zzqword"]
+    card_path.write_text(json.dumps(card), "utf-8")
+
+    assert load_classifier(trained_dir).lexicon is default_lexicon()
+    clf = load_classifier(old)
+    assert clf.lexicon.version == "lex-older"
+    messages = [{"role": "user", "content": "zzqword for the report please"}]
+    assert "__kw_code__" in clf.text(messages)
+    assert "__kw_code__" not in request_text(messages)
+    text = "zzqword for the report please"
+    assert predict_one(old, text)["top"] != predict_one(trained_dir, text)["top"]
