@@ -309,13 +309,14 @@ def run() -> dict[str, Any]:
     print(
         _line(f"in-source BELLE zh ({FOLDS}-fold grouped)", out["in_source_belle_zh"]), flush=True
     )
-    alignbench = [r for r in rows if r["source"] == "alignbench"]
-    if alignbench:  # real users' questions in Chinese; a second source, added after BELLE
-        out["in_source_alignbench_zh"] = cross_validate(alignbench, encoder, cache)
-        print(
-            _line(f"in-source AlignBench zh ({FOLDS}-fold)", out["in_source_alignbench_zh"]),
-            flush=True,
-        )
+    # Two more Chinese sources, not used to choose the lexicon's CJK entries (chosen on BELLE,
+    # see README): real users' questions to ChatGLM, and MOSS's beta users' prompts.
+    for source, name in (("alignbench", "AlignBench"), ("moss", "MOSS")):
+        subset = [r for r in rows if r["source"] == source]
+        if subset:
+            out[f"in_source_{source}_zh"] = cross_validate(subset, encoder, cache)
+            label = f"in-source {name} zh ({FOLDS}-fold grouped)"
+            print(_line(label, out[f"in_source_{source}_zh"]), flush=True)
     cross: dict[str, Any] = {}
     for held in CROSS:
         cross[held] = compare(

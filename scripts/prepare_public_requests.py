@@ -8,11 +8,12 @@ exported trees); see README "Benchmarks" for the sources, licences and mapping.
 
     python scripts/prepare_public_requests.py --out bench/data/public_requests.jsonl.gz \
         --instructlab DIR --gpteacher DIR --gsm8k DIR --arena-hard DIR --self-instruct DIR \
-        --instructwild DIR --belle DIR --alignbench DIR
+        --instructwild DIR --belle DIR --alignbench DIR --moss DIR
 
 InstructLab: a checkout of instructlab/taxonomy at commit a7db9bd (its head has since emptied
 the skill folders). AlignBench: a checkout of THUDM/AlignBench (measured at commit 5b79d4a; its
-repository states no licence: read for evaluation only, nothing of it is committed). A source
+repository states no licence: read for evaluation only, nothing of it is committed). MOSS: a
+checkout of OpenLMLab/MOSS (measured at commit c810e0b; data CC BY-NC 4.0). A source
 missing from the command line is skipped. Also writes ``chat_mix.jsonl.gz`` (unlabeled real user
 prompts: InstructionWild v2 + Arena-Hard v0.1) beside ``--out``.
 """
@@ -213,6 +214,40 @@ def belle(root: Path) -> Iterator[Row]:
             yield _row("belle_eval", f"belle:{_hash(question)}", task, question, "zh")
 
 
+# MOSS-003's helpful user prompts (OpenLMLab/MOSS SFT_data): category -> task type. Left out:
+# complex_instruction (several tasks in one), and the harmless and honest sets (not task types).
+MOSS = {
+    "brainstorming": "brainstorming",
+    "code": "code",
+    "writing": "text_generation",
+    "role_playing": "chatbot",
+}
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+
+
+def mostly_chinese(text: str) -> bool:
+    """At least 30% of the non-space characters are Han: MOSS mixes English prompts in."""
+    chars = re.sub(r"\s", "", text)
+    return bool(chars) and len(_HAN.findall(chars)) / len(chars) >= 0.3
+
+
+def moss(root: Path) -> Iterator[Row]:
+    """The Chinese prompts of MOSS-003's helpful set: the user-prompt files and the first turn of
+    each conversation (prompts its beta users sent, per its README)."""
+    prompts = root / "SFT_data/user_prompts/helpful_prompts_without_plugins"
+    chats = root / "SFT_data/conversations/conversation_without_plugins/helpful_conversations"
+    for category, task in MOSS.items():
+        texts: list[str] = []
+        for item in _lenient_jsonl((prompts / f"helpful_{category}_prompts.jsonl").read_text()):
+            texts.append(str(item.get("user_prompt", "")))
+        for path in sorted((chats / f"helpful_{category}_conversations").glob("*.json")):
+            turn = json.loads(path.read_text("utf-8"))["chat"]["turn_1"]["Human"]
+            texts.append(re.sub(r"^<\|Human\|>:\s*", "", str(turn)).replace("<eoh>", ""))
+        for text in (t.strip() for t in texts):
+            if text and mostly_chinese(text):
+                yield _row("moss", f"moss:{_hash(text[:60])}", task, text, "zh")
+
+
 def alignbench(root: Path) -> Iterator[Row]:
     """Real users' questions to ChatGLM's online service (a few written by its researchers)."""
     for item in _lenient_jsonl((root / "data/data_v1.1_release.jsonl").read_text("utf-8")):
@@ -252,6 +287,7 @@ def main() -> None:
         "instructwild",
         "belle",
         "alignbench",
+        "moss",
     ):
         parser.add_argument(f"--{name}", type=Path)
     args = parser.parse_args()
@@ -264,6 +300,7 @@ def main() -> None:
         (args.instructwild, instructwild),
         (args.belle, belle),
         (args.alignbench, alignbench),
+        (args.moss, moss),
     ]
     rows: list[Row] = []
     seen: set[str] = set()
