@@ -238,8 +238,8 @@ def moss(root: Path) -> Iterator[Row]:
     chats = root / "SFT_data/conversations/conversation_without_plugins/helpful_conversations"
     for category, task in MOSS.items():
         texts: list[str] = []
-        for item in _lenient_jsonl((prompts / f"helpful_{category}_prompts.jsonl").read_text()):
-            texts.append(str(item.get("user_prompt", "")))
+        listed = (prompts / f"helpful_{category}_prompts.jsonl").read_text("utf-8")
+        texts.extend(str(item.get("user_prompt", "")) for item in _lenient_jsonl(listed))
         for path in sorted((chats / f"helpful_{category}_conversations").glob("*.json")):
             turn = json.loads(path.read_text("utf-8"))["chat"]["turn_1"]["Human"]
             texts.append(re.sub(r"^<\|Human\|>:\s*", "", str(turn)).replace("<eoh>", ""))
