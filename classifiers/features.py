@@ -67,7 +67,7 @@ STRUCTURE_MARKERS: tuple[str, ...] = (
 
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
 _WORD = re.compile(r"\w+")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _CODE_LINE = re.compile(
     r"^\s*(?:def |class |import |from [\w.]+ import|#include|public |private |function |"
     r"const |let |var |return\b|if ?\(|for ?\(|while ?\(|select .+ from|\}|<\w+[ >]|\$ )"
@@ -135,7 +135,7 @@ class Lexicon:
                 entry = raw.strip().lower()
                 if not entry:
                     continue
-                if _CJK.search(entry):
+                if CJK.search(entry):
                     self._cjk.append((entry, bit))
                     continue
                 prefix = entry.endswith("*")
@@ -187,7 +187,7 @@ class Lexicon:
         for literal, pattern, bit in self._loose:
             if not bits & bit and literal in text and pattern.search(text):
                 bits |= bit
-        if self._cjk and not text.isascii() and _CJK.search(text):
+        if self._cjk and not text.isascii() and CJK.search(text):
             for entry, bit in self._cjk:
                 if not bits & bit and entry in text:
                     bits |= bit

@@ -10,7 +10,7 @@ requests and are right on fewer than half: the candidates to remove.
     python scripts/lexicon_precision.py --source belle_eval --cjk-only
 
 The lexicon's CJK entries were pruned this way on BELLE (see README, "The classifier on public
-labeled requests"); AlignBench, a second Chinese source, is the check that was not used to prune.
+labeled requests"); AlignBench and MOSS, Chinese sources not used to prune, are the check.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import argparse
 import gzip
 import json
 import os
-import re
 from pathlib import Path
 
-from classifiers.features import Lexicon, default_lexicon, normalize, split_messages
+from classifiers.features import CJK, Lexicon, default_lexicon, normalize, split_messages
 
-CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
 DATA = Path(os.environ.get("PLANNER_BENCH_DATA", Path(__file__).parent.parent / "bench" / "data"))
 
 
@@ -50,7 +48,11 @@ def main() -> None:
     parser.add_argument("--source", required=True, help="a source name of the bench data")
     parser.add_argument("--data", type=Path, default=DATA / "public_requests.jsonl.gz")
     parser.add_argument("--min-hits", type=int, default=5)
-    parser.add_argument("--cjk-only", action="store_true", help="only entries with CJK or kana")
+    parser.add_argument(
+        "--cjk-only",
+        action="store_true",
+        help="only the entries the lexicon matches anywhere (CJK, kana, hangul)",
+    )
     args = parser.parse_args()
     with gzip.open(args.data, "rt", encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
