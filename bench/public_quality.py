@@ -138,6 +138,7 @@ def _predictions(
             [r["task_type"] for r in train],
             taxonomy=taxonomy,
             groups=[r["group"] for r in train],
+            domains=[r["source"] for r in train],  # each source is its own log file
             encoder=enc,
             cache=cache,
         )

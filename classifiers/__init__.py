@@ -85,6 +85,7 @@ from classifiers.model_dir import (
     save_classifier,
 )
 from classifiers.prediction import PredictedBatch, Prediction, TaskClassifier, load_classifier
+from classifiers.prior import PRIOR_CHOICES, PriorChoice
 from classifiers.rules import (
     RULES,
     Rule,
@@ -109,6 +110,7 @@ __all__ = [
     "LABEL_CHOICES",
     "MODEL_FILE",
     "PARITY_ATOL",
+    "PRIOR_CHOICES",
     "PROMPT_VERSION",
     "RULES",
     "SOURCES",
@@ -132,6 +134,7 @@ __all__ = [
     "ParityReport",
     "PredictedBatch",
     "Prediction",
+    "PriorChoice",
     "Rule",
     "RuleMatch",
     "RunDistribution",

@@ -62,6 +62,10 @@ class ModelParams:
     max_iter: int = 300
     class_weight: str | None = "balanced"
     augment: bool = True  # system-prompt dropout copies + lexicon examples (see training.py)
+    # The lexicon as a prior: its entries as training rows and its keyword markers weighed
+    # ``keyword_weight``. 'on' keeps both, 'off' drops both (keyword weight 0), 'auto' lets
+    # validation on the training rows choose (training.choose_prior).
+    lexicon_prior: str = "auto"
     calibrate: bool = True  # temperature scaling on the held-out rows (see calibration.py)
     refit: bool = True  # after the held-out evaluation, fit the exported model on every row
     # The sentence-encoder view, when the classifier has one. Its 384 dense dimensions compete

@@ -95,6 +95,7 @@ def build_card(
             "label_sources": dict(label_sources or {}),
             "seconds": trained.seconds,
             "params": trained.params.to_dict(),
+            "lexicon_prior": trained.prior.to_dict() if trained.prior is not None else None,
             "split": dict(trained.split),
             "temperature": trained.temperature,
             "warnings": list(trained.warnings),

@@ -19,6 +19,14 @@ Two augmentations of the TRAINING half (the held-out half is never touched) make
 what carries across sources instead of one source's habits: every request with a system prompt is
 also shown without it (a feature's system prompt otherwise decides alone), and every lexicon entry
 is shown once as a one-line request labeled with its family (for task types that have labels).
+
+The lexicon is a prior (its examples, and its keyword markers weighed 3): it carries a model to
+sources its labels never came from, and costs it on its own source (README, "The classifier on
+public labeled requests"). With ``lexicon_prior='auto'`` the training half decides: both models
+are fitted on folds of it, and the prior is left out only when that validates better by more
+than one standard error (``classifiers/prior.py``). The folds hold out whole log files when the labels
+come from two or more (``domains``), so the prior is judged on traffic the model has not seen;
+else whole groups, stratified by task type as the held-out split is.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +61,7 @@ from classifiers.features import (
     text_of,
 )
 from classifiers.model import ModelParams, build_pipeline
+from classifiers.prior import PRIOR_CHOICES, PRIOR_MIN_TEXTS, PriorChoice, choose_prior
 from classifiers.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
@@ -81,6 +90,7 @@ class TrainedClassifier:
     temperature: float = 1.0
     suggested_threshold: float | None = None  # reaches target_accuracy on held-out rows
     encoder: SentenceEncoder | None = field(repr=False, default=None)
+    prior: PriorChoice | None = None  # whether the lexicon prior was used, and why
 
 
 Messages = Sequence[Mapping[str, Any]]
@@ -193,6 +203,7 @@ def train_classifier(
     min_eval_examples: int = 5,
     lexicon: Lexicon | None = None,
     groups: Sequence[str | None] | None = None,
+    domains: Sequence[str | None] | None = None,
     label_source: str = "human",
     weights: Sequence[float] | None = None,
     encoder: SentenceEncoder | None = None,
@@ -201,9 +212,11 @@ def train_classifier(
 ) -> TrainedClassifier:
     """Fit on ``requests`` (chat message lists) labeled with task type names and evaluate on a
     held-out share split by group (``groups``: a conversation id per request, or None).
-    ``label_source`` ('human', 'relay', 'rules' or 'mixed') names what the figures are measured
-    against; ``weights`` (e.g. the rules' precision) weigh each label in the fit; ``encoder`` adds
-    a sentence-encoder view. Raises :class:`TrainingError` when there is too little to do."""
+    ``domains`` (the log file of each request, say) are what ``lexicon_prior='auto'`` validates
+    across when there are two or more. ``label_source`` ('human', 'relay', 'rules' or 'mixed')
+    names what the figures are measured against; ``weights`` (e.g. the rules' precision) weigh
+    each label in the fit; ``encoder`` adds a sentence-encoder view. Raises
+    :class:`TrainingError` when there is too little to do."""
     params = params or ModelParams()
     lexicon = lexicon or default_lexicon()
     if len(requests) != len(labels):
@@ -215,6 +228,12 @@ def train_classifier(
     started = time.perf_counter()
     if groups is not None and len(groups) != len(requests):
         raise TrainingError(f"{len(requests)} requests but {len(groups)} groups")
+    if domains is not None and len(domains) != len(requests):
+        raise TrainingError(f"{len(requests)} requests but {len(domains)} domains")
+    if params.lexicon_prior not in PRIOR_CHOICES:
+        raise TrainingError(
+            f"lexicon_prior must be one of {', '.join(PRIOR_CHOICES)}; got {params.lexicon_prior!r}"
+        )
     first: dict[tuple[str, str], int] = {}
     for i, (messages, label) in enumerate(zip(requests, labels, strict=True)):
         first.setdefault((request_text(messages, lexicon), label), i)
@@ -226,6 +245,7 @@ def train_classifier(
         for p in pairs
     ]
     row_weights = [float(weights[first[p]]) if weights is not None else 1.0 for p in pairs]
+    row_domains = [str(domains[first[p]]) for p in pairs] if domains is not None else None
     counts = Counter(y)
     if len(counts) < 2:
         have = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "no labeled requests"
@@ -259,8 +279,9 @@ def train_classifier(
         for label in rare
     ]
 
-    def fit(rows: Sequence[int], exclude: set[str]) -> tuple[Pipeline, int]:
-        """A pipeline fitted on ``rows`` (+ augmentations whose text is not in ``exclude``)."""
+    def fit(rows: Sequence[int], exclude: set[str], prior: bool) -> tuple[Pipeline, int]:
+        """A pipeline fitted on ``rows`` (+ augmentations whose text is not in ``exclude``),
+        with the lexicon prior or without it."""
         fx = [x[i] for i in rows]
         fy = [y[i] for i in rows]
         fw = [row_weights[i] for i in rows]
@@ -270,14 +291,16 @@ def train_classifier(
                 text = without_system(requests[first[pairs[i]]], lexicon)
                 if text is not None and (text, y[i]) not in first:
                     extra.add((text, y[i]))
-            extra.update(lexicon_examples(lexicon, sorted(set(fy))))
+            if prior:
+                extra.update(lexicon_examples(lexicon, sorted(set(fy))))
             added = sorted(pair for pair in extra if pair[0] not in exclude)
             fx += [p[0] for p in added]
             fy += [p[1] for p in added]
             fw += [1.0] * len(added)
         from sklearn.exceptions import ConvergenceWarning  # loaded with the model
 
-        model = build_pipeline(params, len(fx), lexicon, encoder=encoder, cache=cache)
+        built = params if prior else replace(params, keyword_weight=0.0)
+        model = build_pipeline(built, len(fx), lexicon, encoder=encoder, cache=cache)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             try:
@@ -290,7 +313,21 @@ def train_classifier(
                 notes.append(note)
         return model, len(fx) - len(rows)
 
-    pipeline, augmented = fit(train_idx, {x[i] for i in test_idx})
+    def fit_predict(train: list[int], test: list[int], prior: bool) -> list[str]:
+        model, _ = fit(train, {x[i] for i in test}, prior)
+        return [str(p) for p in model.predict([x[i] for i in test])]
+
+    if params.lexicon_prior != "auto":
+        prior = PriorChoice(params.lexicon_prior == "on", f"set: {params.lexicon_prior}")
+    elif label_source == "rules":
+        # Validation folds of rule labels would grade agreement with the rules, which fire on
+        # the lexicon's own words.
+        prior = PriorChoice(True, "kept: rule labels cannot judge the lexicon")
+    elif len(train_idx) < PRIOR_MIN_TEXTS:
+        prior = PriorChoice(True, f"kept: fewer than {PRIOR_MIN_TEXTS} training texts")
+    else:
+        prior = choose_prior(train_idx, y, row_groups, row_domains, fit_predict, seed)
+    pipeline, augmented = fit(train_idx, {x[i] for i in test_idx}, prior.use)
     test_texts = [x[i] for i in test_idx]
     classes = tuple(str(c) for c in pipeline.classes_)
     truth = [y[i] for i in test_idx]
@@ -336,7 +373,7 @@ def train_classifier(
     if params.refit and test_idx:
         # The figures above are the held-out model's; the exported model learns from every row
         # (held-out ones too), with the temperature fitted above.
-        pipeline, augmented = fit(sorted(train_idx + test_idx), set())
+        pipeline, augmented = fit(sorted(train_idx + test_idx), set(), prior.use)
         if temperature != 1.0:
             _fold_temperature(pipeline, temperature)
     return TrainedClassifier(
@@ -365,4 +402,5 @@ def train_classifier(
         temperature=temperature,
         suggested_threshold=suggested,
         encoder=encoder,
+        prior=prior,
     )

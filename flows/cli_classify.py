@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from classifiers import LABEL_CHOICES, load_taxonomy
+from classifiers import LABEL_CHOICES, PRIOR_CHOICES, load_taxonomy
 from flows.cli_common import (
     ConfigOption,
     JsonOption,
@@ -104,12 +104,27 @@ def train(
     config: Path | None = ConfigOption,
     model_dir: Path | None = ModelDirOption,
     taxonomy: Path | None = TaxonomyOption,
+    lexicon_prior: str | None = typer.Option(
+        None,
+        "--lexicon-prior",
+        show_default=False,
+        help="auto | on | off: train with the lexicon as a prior ('on': better on traffic unlike "
+        "the labeled requests; 'off': closer fit to them; 'auto', the default: whichever "
+        "validates better on the training requests). Overrides [classifier] lexicon_prior.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Label, train (held-out evaluation), export to ONNX (parity-checked) and save the model."""
     if labels not in LABEL_CHOICES:
         raise UserError(f"--labels must be one of {', '.join(LABEL_CHOICES)}; got {labels!r}")
+    if lexicon_prior is not None and lexicon_prior not in PRIOR_CHOICES:
+        raise UserError(
+            f"--lexicon-prior must be one of {', '.join(PRIOR_CHOICES)}; got {lexicon_prior!r}"
+        )
     settings = settings_from(config)
+    if lexicon_prior is not None:
+        section = settings.classifier.model_copy(update={"lexicon_prior": lexicon_prior})
+        settings = settings.model_copy(update={"classifier": section})
     if labels in ("relay", "all"):
         check_endpoints(settings, [])  # the annotator, when one is configured
     path = warehouse_path(settings, warehouse)
@@ -138,6 +153,18 @@ def train(
         f"Held-out: macro-F1 {summary['macro_f1']:.3f}, accuracy {summary['accuracy']:.3f}, "
         f"ECE {summary['ece']:.3f} on {summary['held_out_rows']} rows"
     )
+    prior = summary["lexicon_prior"]
+    if prior is not None:
+        s = prior["scores"]
+        measured = (
+            f"; {summary['figure']} with {s['on']:.3f}, without {s['off']:.3f}, "
+            f"standard error of the difference {s['se']:.3f}"
+            if s
+            else ""
+        )
+        console.print(
+            f"Lexicon prior: {'on' if prior['use'] else 'off'} ({prior['how']}{measured})"
+        )
     console.print(_per_class_table("Per task type (held out)", summary["per_class"]))
     for note in summary["warnings"]:
         console.print(f"note: {note}")

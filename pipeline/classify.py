@@ -69,6 +69,7 @@ from warehouse.labels import (
     read_labels,
     replace_labels,
     request_conversations,
+    request_files,
     request_messages,
     unlabeled_for_annotation,
 )
@@ -273,6 +274,7 @@ def train_from_warehouse(
     winners = [resolution.labels[rid] for rid, _ in rows]
     labels = [w.task_type for w in winners]
     conversations = request_conversations(con, ids)
+    files = request_files(con, ids)
     precision = rule_precision()
     weights = [
         max(precision.get(name, 0.5) for name in (w.annotator or "").split("+"))
@@ -289,6 +291,7 @@ def train_from_warehouse(
         params=params,
         seed=seed,
         groups=[conversations.get(rid) for rid, _ in rows],
+        domains=[files.get(rid) for rid, _ in rows],
         label_source=label_source,
         weights=weights if any(w != 1.0 for w in weights) else None,
         encoder=encoder,
@@ -347,6 +350,7 @@ def train_from_warehouse(
         "suggested_threshold": card.get("suggested_threshold"),
         "selective": ev.to_dict().get("selective"),
         "encoder": card.get("encoder"),
+        "lexicon_prior": card["training"]["lexicon_prior"],
         "macro_f1": ev.macro_f1,
         "accuracy": ev.accuracy,
         "ece": ev.calibration["ece"],
@@ -389,6 +393,7 @@ def train_with_settings(
             annotator=annotator,
             complete=annotator_completion(backend) if backend else None,
             confidence_threshold=settings.classifier.confidence_threshold,
+            params=ModelParams(lexicon_prior=settings.classifier.lexicon_prior),
             encoder=encoder,
             progress=progress,
         )

@@ -334,6 +334,15 @@ class ClassifierSettings(_Section):
             "its n-grams; the exported classifier then needs its tokenizer.json."
         ),
     )
+    lexicon_prior: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Train with the lexicon as a prior (its entries as examples, its keywords weighed "
+            "up): 'on' helps on traffic unlike the labeled requests, 'off' fits the labeled "
+            "traffic closer; 'auto' keeps the better on validation folds of the training "
+            "requests (whole log files held out when there are two or more)."
+        ),
+    )
     annotator: str | None = Field(
         None, description="Name of the relay candidate that labels unlabeled requests."
     )

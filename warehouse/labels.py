@@ -182,10 +182,25 @@ def request_conversations(
     con: duckdb.DuckDBPyConnection, request_ids: Sequence[str]
 ) -> dict[str, str | None]:
     """request_id -> conversation_id (from the log, else derived at ingest)."""
+    return _request_column(con, request_ids, "conversation_id")
+
+
+def request_files(
+    con: duckdb.DuckDBPyConnection, request_ids: Sequence[str]
+) -> dict[str, str | None]:
+    """request_id -> the log file it was ingested from."""
+    return _request_column(con, request_ids, "source_file")
+
+
+def _request_column(
+    con: duckdb.DuckDBPyConnection, request_ids: Sequence[str], column: str
+) -> dict[str, str | None]:
+    if column not in ("conversation_id", "source_file"):  # a name of ours, never user input
+        raise ValueError(f"not a request column this reads: {column!r}")
     if not request_ids:
         return {}
     rows = con.execute(
-        "SELECT request_id, conversation_id FROM requests "
+        f"SELECT request_id, {column} FROM requests "
         "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
         [list(request_ids)],
     ).fetchall()

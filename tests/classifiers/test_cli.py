@@ -82,6 +82,7 @@ def test_train_table_output(warehouse: Path, tmp_path: Path) -> None:
     code, out, err = run("train", "-w", str(warehouse), "--model-dir", str(tmp_path / "m"))
     assert code == 0, err
     assert "Held-out: macro-F1" in out and "Labels by source: metadata" in out
+    assert "Lexicon prior: on (kept: fewer than 200 training texts)" in out  # the demo repeats
     assert (tmp_path / "m" / "model_card.json").is_file()
 
 
@@ -91,6 +92,8 @@ def test_user_errors_are_one_line_and_exit_2(warehouse: Path, tmp_path: Path) ->
     assert "Traceback" not in err
     code, _, err = run("train", "--warehouse", str(warehouse), "--labels", "humans")
     assert code == 2 and "--labels must be one of metadata, rules, relay, all" in err
+    code, _, err = run("train", "--warehouse", str(warehouse), "--lexicon-prior", "maybe")
+    assert code == 2 and "--lexicon-prior must be one of auto, on, off; got 'maybe'" in err
     code, _, err = run(
         "predict", "--warehouse", str(warehouse), "--model-dir", str(tmp_path / "none")
     )
