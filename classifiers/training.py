@@ -24,9 +24,9 @@ The lexicon is a prior (its examples, and its keyword markers weighed 3): it car
 sources its labels never came from, and costs it on its own source (README, "The classifier on
 public labeled requests"). With ``lexicon_prior='auto'`` the training half decides: both models
 are fitted on folds of it, and the prior is left out only when that validates better by more
-than one standard error (``classifiers/prior.py``). The folds hold out whole log files when the labels
-come from two or more (``domains``), so the prior is judged on traffic the model has not seen;
-else whole groups, stratified by task type as the held-out split is.
+than one standard error (``classifiers/prior.py``). The folds hold out whole log files when the
+labels come from two or more (``domains``), so the prior is judged on traffic the model has not
+seen; else whole groups, stratified by task type as the held-out split is.
 """
 
 from __future__ import annotations
