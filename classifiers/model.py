@@ -64,7 +64,7 @@ class ModelParams:
     augment: bool = True  # system-prompt dropout copies + lexicon examples (see training.py)
     # The lexicon as a prior: its entries as training rows and its keyword markers weighed
     # ``keyword_weight``. 'on' keeps both, 'off' drops both (keyword weight 0), 'auto' lets
-    # validation on the training rows choose (training.choose_prior).
+    # validation on the training rows choose (classifiers/prior.py).
     lexicon_prior: str = "auto"
     calibrate: bool = True  # temperature scaling on the held-out rows (see calibration.py)
     refit: bool = True  # after the held-out evaluation, fit the exported model on every row

@@ -130,13 +130,13 @@ def choose_prior(
 
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(gold), len(gold)) for _ in range(PRIOR_BOOTSTRAP)]
-    gain = macro(off) - macro(on)
+    with_prior, without = macro(on), macro(off)
     se = float(np.std([macro(off, i) - macro(on, i) for i in draws], ddof=1))
-    scores = {"on": round(macro(on), 4), "off": round(macro(off), 4), "se": round(se, 4)}
+    scores = {"on": round(with_prior, 4), "off": round(without, 4), "se": round(se, 4)}
     unit = "log files" if by_domain else "groups"
     how = f"validated: {folds} folds of whole {unit} over {len(chosen)} training texts" + (
         f" (sampled from {len(rows)})" if len(chosen) < len(rows) else ""
     )
     if len(truth) < len(chosen):
         how += f", {len(truth)} of them validated (the others' types have too few {unit})"
-    return PriorChoice(not gain > se, how, scores)
+    return PriorChoice(not without - with_prior > se, how, scores)
