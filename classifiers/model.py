@@ -68,9 +68,9 @@ class ModelParams:
     lexicon_prior: str = "auto"
     calibrate: bool = True  # temperature scaling on the held-out rows (see calibration.py)
     refit: bool = True  # after the held-out evaluation, fit the exported model on every row
-    # The sentence-encoder view, when the classifier has one. Its 384 dense dimensions compete
-    # with four sparse views; weighted 3 (regularized less) it raised every public-data figure
-    # of the README's table at once (chosen on those figures: see README).
+    # The sentence-encoder view, when the classifier has one. Its dense dimensions (384 or 768)
+    # compete with four sparse views; weighted 3 (regularized less) it raised every public-data
+    # figure of the README's table at once (chosen on those figures: see README).
     encoder_weight: float = 3.0
 
     def to_dict(self) -> dict[str, Any]:

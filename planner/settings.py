@@ -330,7 +330,8 @@ class ClassifierSettings(_Section):
         None,
         description=(
             "An ONNX sentence-encoder folder (encoder.onnx, tokenizer.json, encoder.json; "
-            "`make encoder` builds all-MiniLM-L6-v2) whose embeddings the classifier uses beside "
+            "`make encoder` builds all-MiniLM-L6-v2, `make encoder-mpnet` the slower "
+            "all-mpnet-base-v2) whose embeddings the classifier uses beside "
             "its n-grams; the exported classifier then needs its tokenizer.json."
         ),
     )

