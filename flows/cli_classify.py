@@ -112,6 +112,14 @@ def train(
         "the labeled requests; 'off': closer fit to them; 'auto', the default: whichever "
         "validates better on the training requests). Overrides [classifier] lexicon_prior.",
     ),
+    encoder: Path | None = typer.Option(
+        None,
+        "--encoder",
+        show_default=False,
+        help="An ONNX sentence-encoder folder whose embeddings the classifier uses beside its "
+        "n-grams (`make encoder`: all-MiniLM-L6-v2; `make encoder-mpnet`: all-mpnet-base-v2, "
+        "slower). Overrides [classifier] encoder.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Label, train (held-out evaluation), export to ONNX (parity-checked) and save the model."""
@@ -122,8 +130,13 @@ def train(
             f"--lexicon-prior must be one of {', '.join(PRIOR_CHOICES)}; got {lexicon_prior!r}"
         )
     settings = settings_from(config)
+    overrides: dict[str, Any] = {}
     if lexicon_prior is not None:
-        section = settings.classifier.model_copy(update={"lexicon_prior": lexicon_prior})
+        overrides["lexicon_prior"] = lexicon_prior
+    if encoder is not None:
+        overrides["encoder"] = encoder.expanduser()
+    if overrides:
+        section = settings.classifier.model_copy(update=overrides)
         settings = settings.model_copy(update={"classifier": section})
     if labels in ("relay", "all"):
         check_endpoints(settings, [])  # the annotator, when one is configured
@@ -153,6 +166,9 @@ def train(
         f"Held-out: macro-F1 {summary['macro_f1']:.3f}, accuracy {summary['accuracy']:.3f}, "
         f"ECE {summary['ece']:.3f} on {summary['held_out_rows']} rows"
     )
+    if summary.get("encoder"):
+        enc = summary["encoder"]
+        console.print(f"Encoder: {enc['name']} ({enc['dimensions']} dimensions) beside the n-grams")
     prior = summary["lexicon_prior"]
     if prior is not None:
         s = prior["scores"]

@@ -181,3 +181,32 @@ def test_the_pipeline_trains_with_the_encoder_caching_vectors_in_the_warehouse(
     assert (tmp_path / "clf" / TOKENIZER_FILE).is_file()
     clf = load_classifier(tmp_path / "clf", threads=1)
     assert clf.predict_texts(["Summarize this: the meeting moved to Friday."]).task_types
+
+
+def test_classify_train_takes_the_encoder_from_the_command_line(
+    encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    """`classify train --encoder DIR` overrides `[classifier] encoder`: the card names the
+    encoder, the table says it, and the folder holds its tokenizer."""
+    from typer.testing import CliRunner
+
+    from demo.logs import write_chat_log
+    from flows.cli import app
+    from warehouse.connection import open_warehouse
+    from warehouse.ingest import ingest_paths
+
+    write_chat_log(tmp_path / "log.jsonl", 300, seed=4)
+    con = open_warehouse(tmp_path / "w.duckdb")
+    ingest_paths(con, [tmp_path / "log.jsonl"])
+    con.close()
+    base = ["classify", "train", "-w", str(tmp_path / "w.duckdb"), "--labels", "metadata"]
+    result = CliRunner().invoke(
+        app, [*base, "--model-dir", str(tmp_path / "a"), "--encoder", str(encoder.folder)]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert f"Encoder: {encoder.name} ({encoder.dimensions} dimensions)" in result.stdout
+    card = json.loads((tmp_path / "a" / CARD_FILE).read_text())
+    assert card["encoder"]["sha256"] == encoder.sha256
+    assert (tmp_path / "a" / TOKENIZER_FILE).is_file()
+    result = CliRunner().invoke(app, [*base, "--model-dir", str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["encoder"] is None
