@@ -134,7 +134,7 @@ def train(
     if lexicon_prior is not None:
         overrides["lexicon_prior"] = lexicon_prior
     if encoder is not None:
-        overrides["encoder"] = encoder.expanduser()
+        overrides["encoder"] = encoder  # load_encoder expands ~, as for the setting
     if overrides:
         section = settings.classifier.model_copy(update=overrides)
         settings = settings.model_copy(update={"classifier": section})
