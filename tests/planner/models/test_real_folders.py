@@ -143,20 +143,42 @@ def test_memory_does_not_scale_with_the_declared_context(tmp_path: Path) -> None
     assert abs(peak - base) < 0.1 * base, (base, peak)
 
 
+BACKEND_PEAK = """
+import json, sys
+from pathlib import Path
+from planner.replay.local import LocalBackend
+from planner.replay.protocol import ReplayRequest
+backend = LocalBackend("smol", Path(sys.argv[1]), max_new_tokens=16)
+results = []
+backend.replay([ReplayRequest("q", [{"role": "user", "content": "What is the capital of France?"}],
+                              16)], results.append)
+(result,) = results
+print(json.dumps({"ok": result.ok, "peak_mb": result.peak_rss_mb,
+                  "prompt_tokens": result.prompt_tokens, "held": backend.runtime._held_length}))
+"""
+
+
 def test_the_peak_stays_within_the_fit_tables_formula() -> None:
-    """The model's own peak for a request is within what devices.py would budget for it."""
+    """The model's own peak for a request (a LocalBackend's result) is within what devices.py
+    would budget for it. Measured in a fresh process, as own_peak is: the peak counts resident
+    growth since the load, and in a process that freed much before (a long test run) the model
+    reuses those pages and its growth undercounts it (17 MB for 82 MB of weights, once)."""
     folder = real_model("smollm2-135m-instruct", "int4")
-    backend = LocalBackend("smol", folder, max_new_tokens=16)
-    (result,) = run(backend, [ReplayRequest("q", CAPITAL, 16)])
+    done = subprocess.run(
+        [sys.executable, "-c", BACKEND_PEAK, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     info = inspect_model(folder)
-    rt = backend.runtime
-    assert result.ok and result.peak_rss_mb is not None and result.prompt_tokens is not None
+    assert result["ok"] and result["peak_mb"] is not None and result["prompt_tokens"] is not None
     kv, logits = generation_bytes(
-        info, prompt_tokens=result.prompt_tokens, max_length=rt._held_length
+        info, prompt_tokens=result["prompt_tokens"], max_length=result["held"]
     )
     budget = info.weight_bytes / MB + (kv + logits) / MB + RUNTIME_OVERHEAD_MB
-    assert info.weight_bytes / MB * 0.5 < result.peak_rss_mb < budget
-    backend.close()
+    assert info.weight_bytes / MB * 0.5 < result["peak_mb"] < budget
 
 
 def test_a_request_that_does_not_fit_is_a_typed_memory_error_and_the_next_starts_clean() -> None:
